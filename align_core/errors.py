@@ -1,0 +1,47 @@
+"""Errors with a reason: a bad row is quarantined with it, a bad request is reported with it."""
+
+from __future__ import annotations
+
+
+class RowRejected(Exception):
+    """A source row that cannot become a sample. The materialiser turns it into a quarantine row.
+
+    ``reason`` is a short stable code (one of ``REASONS``) that reports group by;
+    ``detail`` is a sentence naming the field at fault and what was expected.
+    """
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# The reason codes the built-in templates and the materialiser use; user templates may add their own.
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+EMPTY_TEXT = "empty_text"
+IDENTICAL_PAIR = "identical_pair"
+INVALID_PREFERENCE = "invalid_preference"
+UNSPLITTABLE_TRANSCRIPT = "unsplittable_transcript"
+BAD_ROLES = "bad_roles"
+UNDECODABLE = "undecodable"
+TEMPLATE_EXCEPTION = "template_exception"
+
+REASONS = (
+    MISSING_FIELD,
+    WRONG_TYPE,
+    EMPTY_TEXT,
+    IDENTICAL_PAIR,
+    INVALID_PREFERENCE,
+    UNSPLITTABLE_TRANSCRIPT,
+    BAD_ROLES,
+    UNDECODABLE,
+    TEMPLATE_EXCEPTION,
+)
+
+
+class UsageError(Exception):
+    """A request that cannot be carried out as given (unknown template, unreadable source...).
+
+    The CLI prints it as one line and exits 2.
+    """

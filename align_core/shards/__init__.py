@@ -1,0 +1,1 @@
+"""Conversation shards: schema, writer, manifest, reader and digest verification."""

@@ -1,0 +1,109 @@
+"""Conversations in Python and their columnar Arrow form.
+
+In Python a conversation is a list of messages ``{"role": str, "content": [part, ...]}`` with parts
+``{"type": "text", "text": str}`` or ``{"type": "image"|"audio"|"video", "text": None}``.
+Templates may write ``content`` as a plain string; ``normalize_conversation`` turns it into parts.
+
+``ConversationColumn`` appends conversations straight into flat child arrays and assembles the
+nested ``list<struct<...>>`` column at the end: building nested Arrow from Python dicts is the hot
+path of materialisation, and this is several times faster than ``pa.array(list_of_dicts)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from align_core.errors import BAD_ROLES, WRONG_TYPE, RowRejected
+from align_core.shards.schema import CONTENT_PART, MESSAGE, PART_TYPES, ROLES, TEXT_PART
+
+Message = dict[str, Any]
+Conversation = list[Message]
+
+
+def text_message(role: str, text: str) -> Message:
+    return {"role": role, "content": [{"type": TEXT_PART, "text": text}]}
+
+
+def normalize_conversation(messages: Any, column: str) -> Conversation:
+    """Check a template's conversation and give every message a list of typed parts.
+
+    Raises ``RowRejected`` naming ``column`` and the message index when the structure is wrong.
+    """
+    if not isinstance(messages, list):
+        raise RowRejected(WRONG_TYPE, f"{column}: expected a list of messages, got {type(messages).__name__}")
+    normalized = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RowRejected(WRONG_TYPE, f"{column}[{index}]: expected a message dict, got {type(message).__name__}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise RowRejected(BAD_ROLES, f"{column}[{index}].role: {role!r} is not one of {list(ROLES)}")
+        normalized.append({"role": role, "content": _normalize_content(message.get("content"), f"{column}[{index}]")})
+    return normalized
+
+
+def _normalize_content(content: Any, where: str) -> list[dict]:
+    if isinstance(content, str):
+        return [{"type": TEXT_PART, "text": content}]
+    if not isinstance(content, list):
+        raise RowRejected(WRONG_TYPE, f"{where}.content: expected a string or a list of parts, got {type(content).__name__}")
+    parts = []
+    for index, part in enumerate(content):
+        if isinstance(part, str):
+            parts.append({"type": TEXT_PART, "text": part})
+            continue
+        if not isinstance(part, dict) or part.get("type") not in PART_TYPES:
+            raise RowRejected(WRONG_TYPE, f"{where}.content[{index}]: expected a part with type in {list(PART_TYPES)}")
+        if part["type"] == TEXT_PART:
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise RowRejected(WRONG_TYPE, f"{where}.content[{index}].text: expected a string, got {type(text).__name__}")
+            parts.append({"type": TEXT_PART, "text": text})
+        else:
+            parts.append({"type": part["type"], "text": None})
+    return parts
+
+
+def conversation_text(messages: Conversation) -> str:
+    """All text of a conversation, for equality checks between continuations."""
+    return "\x1e".join(
+        f"{m['role']}\x1f" + "\x1f".join(p["text"] or f"<{p['type']}>" for p in m["content"]) for m in messages
+    )
+
+
+class ConversationColumn:
+    """Accumulates normalised conversations and builds one Arrow ``CONVERSATION`` array."""
+
+    def __init__(self) -> None:
+        self._message_offsets = [0]
+        self._roles: list[str] = []
+        self._part_offsets = [0]
+        self._part_types: list[str] = []
+        self._part_texts: list[str | None] = []
+
+    def __len__(self) -> int:
+        return len(self._message_offsets) - 1
+
+    def append(self, messages: Conversation) -> None:
+        for message in messages:
+            self._roles.append(message["role"])
+            for part in message["content"]:
+                self._part_types.append(part["type"])
+                self._part_texts.append(part["text"])
+            self._part_offsets.append(len(self._part_types))
+        self._message_offsets.append(len(self._roles))
+
+    def extend(self, conversations: Iterable[Conversation]) -> None:
+        for messages in conversations:
+            self.append(messages)
+
+    def to_array(self) -> pa.Array:
+        parts = pa.StructArray.from_arrays(
+            [pa.array(self._part_types, pa.string()), pa.array(self._part_texts, pa.string())],
+            fields=list(CONTENT_PART),
+        )
+        content = pa.ListArray.from_arrays(pa.array(self._part_offsets, pa.int32()), parts)
+        messages = pa.StructArray.from_arrays([pa.array(self._roles, pa.string()), content], fields=list(MESSAGE))
+        return pa.ListArray.from_arrays(pa.array(self._message_offsets, pa.int32()), messages)

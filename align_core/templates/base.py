@@ -1,0 +1,160 @@
+"""The dataset template interface and the helpers templates share.
+
+A template turns one raw source row (a dict) into a sample of one shard kind. It implements any of
+
+- ``format_supervised_sample(raw) -> (messages, meta)``
+- ``format_preference_sample(raw) -> (prompt, chosen, rejected, meta)``
+- ``format_prompt_only_sample(raw) -> (prompt, meta)``
+- ``format_unpaired_preference_sample(raw) -> (prompt, completion, desirable, meta)``
+
+and raises ``RowRejected`` with a reason for a row it cannot format. ``meta`` is a JSON-able dict
+(or None) of source fields a trainer may need, e.g. safety labels.
+
+Options are declared as a class attribute ``options = {"name": default}`` and given to the
+constructor; they are part of the dataset digest.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from align_core.errors import (
+    BAD_ROLES,
+    EMPTY_TEXT,
+    IDENTICAL_PAIR,
+    MISSING_FIELD,
+    WRONG_TYPE,
+    RowRejected,
+    UsageError,
+)
+from align_core.shards.conversation import Conversation, conversation_text, normalize_conversation
+from align_core.shards.schema import CONVERSATION_COLUMNS, Kind
+
+FORMAT_METHODS = {
+    Kind.SUPERVISED: "format_supervised_sample",
+    Kind.PREFERENCE: "format_preference_sample",
+    Kind.PROMPT_ONLY: "format_prompt_only_sample",
+    Kind.UNPAIRED_PREFERENCE: "format_unpaired_preference_sample",
+}
+
+
+class Template:
+    """Base class of dataset templates. ``name`` and ``code_version`` are set by ``register_template``."""
+
+    name: ClassVar[str] = ""
+    code_version: ClassVar[str] = ""
+    options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any):
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            known = ", ".join(sorted(self.options)) or "none"
+            raise UsageError(f"template {self.name!r} has no option {', '.join(unknown)}; its options: {known}")
+        self.settings = {**self.options, **options}
+
+    @classmethod
+    def supported_kinds(cls) -> list[Kind]:
+        return [kind for kind, method in FORMAT_METHODS.items() if getattr(cls, method, None) is not None]
+
+    def format(self, kind: Kind, raw: dict) -> dict[str, Any]:
+        """Format ``raw`` as a sample of ``kind``: ``{column: value}`` for the kind's columns + ``meta``.
+
+        Conversations come back normalised; ``meta`` as a JSON string.
+        """
+        method = getattr(self, FORMAT_METHODS[kind], None)
+        if method is None:
+            raise UsageError(
+                f"template {self.name!r} cannot produce {kind.value!r} samples; "
+                f"it supports: {', '.join(k.value for k in self.supported_kinds())}"
+            )
+        *values, meta = method(raw)
+        columns = CONVERSATION_COLUMNS[kind]
+        sample: dict[str, Any] = {
+            column: normalize_conversation(value, column) for column, value in zip(columns, values)
+        }
+        if kind is Kind.UNPAIRED_PREFERENCE:
+            sample["label"] = bool(values[-1])
+        if kind is Kind.PREFERENCE and conversation_text(sample["chosen"]) == conversation_text(sample["rejected"]):
+            raise RowRejected(IDENTICAL_PAIR, "chosen and rejected are identical")
+        sample["meta"] = json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str) if meta else None
+        return sample
+
+
+# Field helpers: one clear reason per way a raw field can be wrong.
+
+
+def field(raw: dict, name: str) -> Any:
+    if name not in raw or raw[name] is None:
+        raise RowRejected(MISSING_FIELD, f"field {name!r} is missing")
+    return raw[name]
+
+
+def text_field(raw: dict, name: str, *, allow_empty: bool = False) -> str:
+    value = field(raw, name)
+    if not isinstance(value, str):
+        raise RowRejected(WRONG_TYPE, f"field {name!r} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise RowRejected(EMPTY_TEXT, f"field {name!r} is empty")
+    return value
+
+
+def optional_text_field(raw: dict, name: str) -> str:
+    """A text field that may be absent or null (e.g. Alpaca's ``input``): '' then."""
+    value = raw.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RowRejected(WRONG_TYPE, f"field {name!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def int_field(raw: dict, name: str) -> int:
+    """An integer; digit strings are accepted because CSV sources carry every value as text."""
+    value = field(raw, name)
+    if isinstance(value, bool):
+        raise RowRejected(WRONG_TYPE, f"field {name!r} must be an integer, got bool")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise RowRejected(WRONG_TYPE, f"field {name!r} must be an integer, got {value!r}")
+
+
+def bool_field(raw: dict, name: str) -> bool:
+    """A boolean; 'true'/'false' strings are accepted because CSV sources carry every value as text."""
+    value = field(raw, name)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise RowRejected(WRONG_TYPE, f"field {name!r} must be a boolean, got {value!r}")
+
+
+def list_field(raw: dict, name: str) -> list:
+    value = field(raw, name)
+    if not isinstance(value, list):
+        raise RowRejected(WRONG_TYPE, f"field {name!r} must be a list, got {type(value).__name__}")
+    if not value:
+        raise RowRejected(EMPTY_TEXT, f"field {name!r} is an empty list")
+    return value
+
+
+def require_nonempty_text(messages: Conversation, column: str) -> None:
+    """Reject a conversation with a text part that is empty or only whitespace."""
+    for index, message in enumerate(messages):
+        for part in message["content"] if isinstance(message.get("content"), list) else [message.get("content")]:
+            text = part.get("text") if isinstance(part, dict) else part
+            kind = part.get("type", "text") if isinstance(part, dict) else "text"
+            if kind == "text" and (not isinstance(text, str) or not text.strip()):
+                raise RowRejected(EMPTY_TEXT, f"{column}[{index}] ({message.get('role')}) has empty text")
+
+
+def require_last_role(messages: Conversation, role: str, column: str) -> None:
+    if not messages:
+        raise RowRejected(EMPTY_TEXT, f"{column} has no messages")
+    last = messages[-1].get("role")
+    if last != role:
+        raise RowRejected(BAD_ROLES, f"{column} must end with the {role}, ends with {last!r}")

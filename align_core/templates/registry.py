@@ -1,0 +1,80 @@
+"""``@register_template("Name")``: the registry of dataset templates, built-in and user-supplied."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from align_core.errors import UsageError
+from align_core.templates.base import Template
+
+_REGISTRY: dict[str, type[Template]] = {}
+
+
+def _code_version(cls: type) -> str:
+    """Digest of the template's source and its bases', so editing a template invalidates its datasets."""
+    digest = hashlib.sha256()
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        try:
+            digest.update(inspect.getsource(klass).encode())
+        except (OSError, TypeError):  # defined interactively: fall back to the qualified name
+            digest.update(f"{klass.__module__}.{klass.__qualname__}".encode())
+    return digest.hexdigest()[:16]
+
+
+def register_template(name: str) -> Callable[[type[Template]], type[Template]]:
+    def decorate(cls: type[Template]) -> type[Template]:
+        if not (isinstance(cls, type) and issubclass(cls, Template)):
+            raise TypeError(f"@register_template({name!r}) must decorate a subclass of Template")
+        if not cls.supported_kinds():
+            raise TypeError(f"template {name!r} implements no format_*_sample method")
+        cls.name = name
+        cls.code_version = _code_version(cls)
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def known_templates() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_template(name: str, **options: Any) -> Template:
+    """An instance of the template registered as ``name``; an unknown name lists the known ones."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown template {name!r}; known templates: {', '.join(known_templates())}") from None
+    return cls(**options)
+
+
+def load_template_module(spec: str) -> None:
+    """Import a user's templates from a ``.py`` file path or a dotted module name."""
+    path = Path(spec)
+    if spec.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise UsageError(f"template module {spec!r}: no such file")
+        module_name = f"alignflow_user_templates_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+        if module_name in sys.modules:
+            return
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:
+            del sys.modules[module_name]
+            raise UsageError(f"template module {spec!r} failed to import: {error}") from error
+        return
+    try:
+        importlib.import_module(spec)
+    except ImportError as error:
+        raise UsageError(f"template module {spec!r} cannot be imported: {error}") from error

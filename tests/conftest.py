@@ -1,0 +1,29 @@
+"""Shared test setup: offline hubs, a throwaway state folder, and a session-wide Prefect server."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before anything imports Prefect or transformers: fail fast on any hub call, keep state out of $HOME.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("ALIGNFLOW_HOME", tempfile.mkdtemp(prefix="alignflow-test-home-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+from align_core.paths import configure_environment  # noqa: E402
+
+configure_environment()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real temporary Prefect server for the whole session (~9 s once); flows run against it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
