@@ -17,6 +17,7 @@ def state_dir() -> Path:
 def configure_environment() -> None:
     """Set defaults (never overrides) for Prefect, DeepSpeed and the HF libraries. Call before importing them."""
     home = state_dir()
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
     defaults = {
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -26,22 +26,42 @@ def text_message(role: str, text: str) -> Message:
     return {"role": role, "content": [{"type": TEXT_PART, "text": text}]}
 
 
+_ROLE_SET = frozenset(ROLES)
+
+
 def normalize_conversation(messages: Any, column: str) -> Conversation:
     """Check a template's conversation and give every message a list of typed parts.
 
     Raises ``RowRejected`` naming ``column`` and the message index when the structure is wrong.
+    This runs once per row of every dataset, so well-formed text messages take a fast path.
     """
-    if not isinstance(messages, list):
+    if type(messages) is not list:
         raise RowRejected(WRONG_TYPE, f"{column}: expected a list of messages, got {type(messages).__name__}")
     normalized = []
     for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise RowRejected(WRONG_TYPE, f"{column}[{index}]: expected a message dict, got {type(message).__name__}")
-        role = message.get("role")
-        if role not in ROLES:
-            raise RowRejected(BAD_ROLES, f"{column}[{index}].role: {role!r} is not one of {list(ROLES)}")
-        normalized.append({"role": role, "content": _normalize_content(message.get("content"), f"{column}[{index}]")})
+        if type(message) is dict and message.get("role") in _ROLE_SET:
+            content = message.get("content")
+            if type(content) is str:
+                normalized.append({"role": message["role"], "content": [{"type": TEXT_PART, "text": content}]})
+                continue
+            if type(content) is list and all(_is_text_part(part) for part in content):
+                normalized.append({"role": message["role"], "content": content})
+                continue
+        normalized.append(_normalize_message(message, f"{column}[{index}]"))
     return normalized
+
+
+def _is_text_part(part: Any) -> bool:
+    return type(part) is dict and part.get("type") == TEXT_PART and type(part.get("text")) is str and len(part) == 2
+
+
+def _normalize_message(message: Any, where: str) -> Message:
+    if not isinstance(message, dict):
+        raise RowRejected(WRONG_TYPE, f"{where}: expected a message dict, got {type(message).__name__}")
+    role = message.get("role")
+    if role not in ROLES:
+        raise RowRejected(BAD_ROLES, f"{where}.role: {role!r} is not one of {list(ROLES)}")
+    return {"role": role, "content": _normalize_content(message.get("content"), where)}
 
 
 def _normalize_content(content: Any, where: str) -> list[dict]:

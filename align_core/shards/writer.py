@@ -28,7 +28,7 @@ def sample_id(source_sha256: str, source_index: int) -> str:
     return f"{source_sha256[:16]}-{source_index}"
 
 
-class _Batch:
+class SampleBatch:
     """Columns of formatted samples, accumulated until flushed as one record batch."""
 
     def __init__(self, kind: Kind, media: tuple[str, ...]):
@@ -88,9 +88,9 @@ class ShardWriter:
         self.source_sha256 = source_sha256
         self.schema = shard_schema(kind, media)
         self.rows_per_shard = rows_per_shard
-        self.batch_rows = min(batch_rows, rows_per_shard)
+        self.batch_rows = batch_rows
         self.entries: list[FileEntry] = []
-        self._batch = _Batch(kind, media)
+        self._batch = SampleBatch(kind, media)
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
         self._sink = None
         self._rows_in_shard = 0
@@ -101,22 +101,32 @@ class ShardWriter:
         return sum(entry.rows for entry in self.entries) + self._rows_in_shard + len(self._batch)
 
     def add(self, source_index: int, sample: dict[str, Any]) -> None:
+        """Append one formatted sample (the output of ``Template.format``)."""
         self._batch.add(sample_id(self.source_sha256, source_index), source_index, sample)
-        if self._rows_in_shard + len(self._batch) >= self.rows_per_shard or len(self._batch) >= self.batch_rows:
+        if len(self._batch) >= self.batch_rows:
             self._flush_batch()
 
     def _flush_batch(self) -> None:
-        if not len(self._batch):
-            return
-        if self._writer is None:
-            path = self._shard_path(len(self.entries))
-            self._sink = pa.OSFile(str(path), "wb")
-            self._writer = pa.ipc.new_file(self._sink, self.schema, options=IPC_OPTIONS)
-        self._writer.write_batch(self._batch.to_record_batch(self.schema))
-        self._rows_in_shard += len(self._batch)
-        self._batch = _Batch(self.kind, self.media)
-        if self._rows_in_shard >= self.rows_per_shard:
-            self._close_shard()
+        if len(self._batch):
+            self.write_batch(self._batch.to_record_batch(self.schema))
+            self._batch = SampleBatch(self.kind, self.media)
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Append a batch built by ``SampleBatch`` (e.g. in a worker process), splitting it at shard boundaries."""
+        if batch.schema != self.schema:
+            raise ValueError(f"batch schema does not match the {self.kind.value} shard schema")
+        offset = 0
+        while offset < batch.num_rows:
+            if self._writer is None:
+                path = self._shard_path(len(self.entries))
+                self._sink = pa.OSFile(str(path), "wb")
+                self._writer = pa.ipc.new_file(self._sink, self.schema, options=IPC_OPTIONS)
+            piece = batch.slice(offset, self.rows_per_shard - self._rows_in_shard)
+            self._writer.write_batch(piece)
+            self._rows_in_shard += piece.num_rows
+            offset += piece.num_rows
+            if self._rows_in_shard >= self.rows_per_shard:
+                self._close_shard()
 
     def _shard_path(self, number: int) -> Path:
         return self.dataset_dir / SHARDS_SUBDIR / f"shard-{number:05d}.arrow"

@@ -29,7 +29,7 @@ from align_core.errors import (
     UsageError,
 )
 from align_core.shards.conversation import Conversation, conversation_text, normalize_conversation
-from align_core.shards.schema import CONVERSATION_COLUMNS, Kind
+from align_core.shards.schema import CONVERSATION_COLUMNS, Kind, parse_kind
 
 FORMAT_METHODS = {
     Kind.SUPERVISED: "format_supervised_sample",
@@ -62,6 +62,7 @@ class Template:
 
         Conversations come back normalised; ``meta`` as a JSON string.
         """
+        kind = parse_kind(kind)
         method = getattr(self, FORMAT_METHODS[kind], None)
         if method is None:
             raise UsageError(

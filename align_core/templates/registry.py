@@ -17,8 +17,14 @@ _REGISTRY: dict[str, type[Template]] = {}
 
 
 def _code_version(cls: type) -> str:
-    """Digest of the template's source and its bases', so editing a template invalidates its datasets."""
+    """Digest of the template's source, its bases' and the shared helpers' (``templates.base`` and
+    the conversation normaliser), so editing any of them invalidates the datasets they built."""
+    from align_core.shards import conversation
+    from align_core.templates import base
+
     digest = hashlib.sha256()
+    for module in (base, conversation):
+        digest.update(inspect.getsource(module).encode())
     for klass in cls.__mro__:
         if klass is object:
             continue

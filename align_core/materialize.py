@@ -1,0 +1,269 @@
+"""Materialise a raw source into a content-addressed dataset folder of conversation shards.
+
+    source --(chunks)--> template.format per row --> shards + quarantine --> manifest --> publish
+
+The folder is ``OUT_ROOT/<digest>/`` where the digest covers the source bytes, the template's name
+and code version, its options, the kind, the shard layout and the schema version: identical
+inputs are a cache hit (nothing rewritten), one changed byte, template or option is a new folder.
+Everything is built in a hidden staging folder and renamed into place after the manifest is
+written, so a killed run never leaves a folder that looks complete.
+
+Formatting runs in worker processes for large sources (chunks of ~4 MB or 20k rows); shards are
+written in source order by the parent, so the output is identical whatever the worker count.
+This module is plain Python; ``tasks/materialize.py`` wraps its steps as Prefect tasks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+
+import align_core
+from align_core.errors import TEMPLATE_EXCEPTION, UNDECODABLE, RowRejected, UsageError
+from align_core.io import publish_dir, remove_stale_staging, sha256_json, staging_dir
+from align_core.shards.manifest import MANIFEST_NAME, Manifest, read_manifest
+from align_core.shards.schema import SCHEMA_VERSION, Kind, parse_kind, shard_schema
+from align_core.shards.writer import DEFAULT_ROWS_PER_SHARD, QuarantineWriter, SampleBatch, ShardWriter, sample_id
+from align_core.sources import Chunk, SourceInfo, chunk_rows, fingerprint_source, iter_chunks
+from align_core.templates import get_template, load_template_module
+from align_core.templates.base import Template
+
+# Below this many source bytes, starting worker processes costs more than it saves.
+PARALLEL_MIN_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class MaterializeSpec:
+    """What to build; together with the source digest it determines the dataset digest."""
+
+    template: str
+    kind: Kind
+    template_options: dict[str, Any] = field(default_factory=dict)
+    template_module: str | None = None
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+    media: tuple[str, ...] = ()
+
+    def load_template(self) -> Template:
+        if self.template_module:
+            load_template_module(self.template_module)
+        template = get_template(self.template, **self.template_options)
+        if self.kind not in template.supported_kinds():
+            supported = ", ".join(k.value for k in template.supported_kinds())
+            raise UsageError(f"template {self.template!r} cannot produce {self.kind.value!r} samples; it supports: {supported}")
+        return template
+
+
+@dataclass
+class MaterializeResult:
+    path: Path
+    manifest: Manifest
+    cache_hit: bool
+
+
+def dataset_digest(source: SourceInfo, spec: MaterializeSpec, template: Template) -> str:
+    return sha256_json(
+        {
+            "source_sha256": source.sha256,
+            "source_format": source.format,
+            "template": spec.template,
+            "template_code_version": template.code_version,
+            "template_options": template.settings,
+            "kind": spec.kind.value,
+            "rows_per_shard": spec.rows_per_shard,
+            "media": list(spec.media),
+            "schema_version": SCHEMA_VERSION,
+        }
+    )[:32]
+
+
+def find_existing(out_root: str | os.PathLike, digest: str) -> Manifest | None:
+    """The manifest of an already published dataset with this digest, if any."""
+    path = Path(out_root) / digest
+    if not (path / MANIFEST_NAME).is_file():
+        return None
+    try:
+        return read_manifest(path)
+    except UsageError:
+        return None
+
+
+# Formatting (runs in worker processes; module-level so it pickles).
+
+_worker_templates: dict[tuple, Template] = {}
+
+
+def _template_for(spec: MaterializeSpec) -> Template:
+    key = (spec.template, spec.template_module, tuple(sorted(spec.template_options.items())))
+    if key not in _worker_templates:
+        _worker_templates[key] = spec.load_template()
+    return _worker_templates[key]
+
+
+@dataclass
+class FormattedChunk:
+    batch: pa.RecordBatch | None
+    quarantine: list[tuple[int, str, str, Any]]  # (source_index, reason, detail, raw)
+
+
+def format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str) -> FormattedChunk:
+    """Format every row of a chunk: good rows into one record batch, bad rows into quarantine tuples."""
+    template = _template_for(spec)
+    schema = shard_schema(spec.kind, spec.media)
+    samples = SampleBatch(spec.kind, spec.media)
+    quarantine = []
+    for index, row, raw in chunk_rows(chunk):
+        if isinstance(row, RowRejected):
+            quarantine.append((index, row.reason, row.detail, raw))
+            continue
+        try:
+            sample = template.format(spec.kind, row)
+        except RowRejected as rejected:
+            quarantine.append((index, rejected.reason, rejected.detail, raw))
+            continue
+        except UsageError:
+            raise
+        except Exception as error:  # a bug in a (user) template must not lose the rest of the data
+            quarantine.append((index, TEMPLATE_EXCEPTION, f"{type(error).__name__}: {error}", raw))
+            continue
+        samples.add(sample_id(source_sha256, index), index, sample)
+    if not len(samples):
+        return FormattedChunk(None, quarantine)
+    try:
+        return FormattedChunk(samples.to_record_batch(schema), quarantine)
+    except (pa.ArrowException, UnicodeError):
+        return _format_rows_individually(chunk, spec, source_sha256, schema, quarantine)
+
+
+def _format_rows_individually(chunk, spec, source_sha256, schema, quarantine) -> FormattedChunk:
+    """Slow path when some text cannot be stored as UTF-8 (e.g. lone surrogates in JSON escapes)."""
+    template = _template_for(spec)
+    rejected_indices = {item[0] for item in quarantine}
+    good = []
+    for index, row, raw in chunk_rows(chunk):
+        if index in rejected_indices:
+            continue
+        single = SampleBatch(spec.kind, spec.media)
+        single.add(sample_id(source_sha256, index), index, template.format(spec.kind, row))
+        try:
+            good.append(single.to_record_batch(schema))
+        except (pa.ArrowException, UnicodeError) as error:
+            quarantine.append((index, UNDECODABLE, f"row {index}: text is not valid UTF-8 ({error})", raw))
+    quarantine.sort(key=lambda item: item[0])
+    batch = pa.Table.from_batches(good, schema=schema).combine_chunks().to_batches()[0] if good else None
+    return FormattedChunk(batch, quarantine)
+
+
+def _init_worker(template_module: str | None) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if template_module:
+        load_template_module(template_module)
+
+
+def _formatted_chunks(source: SourceInfo, spec: MaterializeSpec, workers: int):
+    """Formatted chunks in source order, from a bounded pipeline of worker processes."""
+    chunks = iter_chunks(source.path, source.format)
+    if workers <= 1:
+        for chunk in chunks:
+            yield format_chunk(chunk, spec, source.sha256)
+        return
+    # spawn, not fork: the parent may run Prefect's threads, and forking a threaded process can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(spec.template_module,)) as pool:
+        pending: deque[Future] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(format_chunk, chunk, spec, source.sha256))
+            if len(pending) >= 2 * workers:  # bounded read-ahead keeps memory flat
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def default_workers(source: SourceInfo) -> int:
+    if source.bytes < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def build_dataset(
+    source: SourceInfo,
+    spec: MaterializeSpec,
+    out_root: str | os.PathLike,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> MaterializeResult:
+    """Build (or find) the dataset folder for ``source`` formatted by ``spec``."""
+    template = spec.load_template()
+    digest = dataset_digest(source, spec, template)
+    out_root = Path(out_root)
+    final = out_root / digest
+    existing = find_existing(out_root, digest)
+    if existing is not None:
+        return MaterializeResult(final, existing, cache_hit=True)
+    out_root.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out_root)
+    staging = staging_dir(final)
+    shards = ShardWriter(staging, spec.kind, source.sha256, spec.media, spec.rows_per_shard)
+    quarantine = QuarantineWriter(staging)
+    workers = workers or default_workers(source)
+    for formatted in _formatted_chunks(source, spec, workers):
+        if formatted.batch is not None:
+            shards.write_batch(formatted.batch)
+        for item in formatted.quarantine:
+            quarantine.add(*item)
+        if on_progress:
+            on_progress(shards.rows, quarantine.count)
+    shard_entries = shards.close()
+    quarantine_entry = quarantine.close()
+    manifest = Manifest(
+        dataset_digest=digest,
+        kind=spec.kind.value,
+        template=spec.template,
+        template_code_version=template.code_version,
+        template_options=template.settings,
+        source=source.to_dict(),
+        source_sha256=source.sha256,
+        rows=sum(entry.rows for entry in shard_entries),
+        quarantined=quarantine.count,
+        shards=shard_entries,
+        quarantine=quarantine_entry,
+        quarantine_reasons=dict(quarantine.reasons.most_common()),
+        media=list(spec.media),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        alignflow_version=align_core.__version__,
+    )
+    manifest.write(staging)  # last: a folder with a manifest is complete
+    if not publish_dir(staging, final):
+        return MaterializeResult(final, read_manifest(final), cache_hit=True)
+    return MaterializeResult(final, manifest, cache_hit=False)
+
+
+def materialize_dataset(
+    source: str | os.PathLike,
+    template: str,
+    kind: str | Kind,
+    out_root: str | os.PathLike,
+    template_options: dict[str, Any] | None = None,
+    template_module: str | None = None,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    source_format: str | None = None,
+    workers: int | None = None,
+) -> Path:
+    """One call, no Prefect: fingerprint, format and publish; returns the dataset folder."""
+    spec = MaterializeSpec(
+        template=template,
+        kind=parse_kind(kind),
+        template_options=dict(template_options or {}),
+        template_module=template_module,
+        rows_per_shard=rows_per_shard,
+    )
+    spec.load_template()  # fail on a bad template before hashing a large source
+    source_info = fingerprint_source(source, source_format)
+    return build_dataset(source_info, spec, out_root, workers).path

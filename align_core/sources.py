@@ -1,0 +1,345 @@
+"""Raw dataset sources: detect the format, fingerprint the bytes, and stream rows in chunks.
+
+Formats: JSON Lines, a JSON array, CSV, Parquet, Arrow IPC (file or stream) and a Hugging Face
+``save_to_disk`` folder. Every reader streams (bounded memory per chunk), so a source larger than
+memory works. A chunk carries the source index of its first row; ``chunk_rows`` turns it into
+``(source_index, row)`` pairs where ``row`` is a dict or a ``RowRejected`` (undecodable bytes,
+invalid JSON, a non-object row), so a bad line becomes a quarantine row, never a crash.
+
+Source index: the 0-based line number for JSON Lines (blank lines are skipped, so a user can find
+the row with ``sed -n``), the record position for every other format.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from align_core.errors import UNDECODABLE, WRONG_TYPE, RowRejected, UsageError
+from align_core.io import sha256_file, sha256_tree
+
+FORMATS = ("jsonl", "json", "csv", "parquet", "arrow", "hf_disk")
+JSONL_CHUNK_BYTES = 4 << 20
+ARROW_CHUNK_ROWS = 20_000
+ARROW_FILE_MAGIC = b"ARROW1"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: str
+    format: str
+    sha256: str
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "format": self.format, "sha256": self.sha256, "bytes": self.bytes}
+
+
+@dataclass
+class Chunk:
+    """A slice of the source: raw JSON Lines bytes, an Arrow record batch, or parsed rows."""
+
+    start_index: int
+    jsonl: bytes | None = None
+    batch: pa.RecordBatch | None = None
+    rows: list[Any] | None = None
+    text_as_binary: bool = False  # CSV: every value arrives as bytes and is decoded per value
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The source format from the folder layout, the suffix, or the first bytes."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"source {str(path)!r} does not exist")
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file():
+            splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+            raise UsageError(f"{path} is a DatasetDict; point at one split folder: {', '.join(splits)}")
+        if (path / "state.json").is_file():
+            return "hf_disk"
+        raise UsageError(f"{path} is a folder but not a Hugging Face save_to_disk dataset (no state.json)")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    if suffix in (".arrow", ".feather", ".ipc"):
+        return "arrow"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(ARROW_FILE_MAGIC) or head.startswith(b"\xff\xff\xff\xff"):
+        return "arrow"
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if stripped.startswith(b"["):
+        return "json"
+    if stripped.startswith(b"{"):
+        return "jsonl"  # many ".json" files on the hub are JSON Lines
+    raise UsageError(f"cannot tell the format of {path}; expected one of: {', '.join(FORMATS)}")
+
+
+def _hf_data_files(path: Path) -> list[Path]:
+    state = json.loads((path / "state.json").read_text())
+    return [path / entry["filename"] for entry in state.get("_data_files", [])]
+
+
+def fingerprint_source(path: str | os.PathLike, source_format: str | None = None) -> SourceInfo:
+    """sha256 of the source's bytes (a folder: every file, by relative path)."""
+    path = Path(path)
+    source_format = source_format or detect_format(path)
+    if source_format not in FORMATS:
+        raise UsageError(f"unknown source format {source_format!r}; expected one of: {', '.join(FORMATS)}")
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()]
+        return SourceInfo(str(path.absolute()), source_format, sha256_tree(path, files), sum(p.stat().st_size for p in files))
+    return SourceInfo(str(path.absolute()), source_format, sha256_file(path), path.stat().st_size)
+
+
+def stat_key(path: str | os.PathLike) -> str:
+    """A cheap change detector (sizes and mtimes) for caching the fingerprint between runs."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    parts = []
+    for file in files:
+        stat = file.stat()
+        parts.append(f"{file}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}")
+    return "|".join(parts)
+
+
+def iter_chunks(path: str | os.PathLike, source_format: str) -> Iterator[Chunk]:
+    """Stream the source as chunks of bounded size, in source order."""
+    path = Path(path)
+    readers = {
+        "jsonl": _jsonl_chunks,
+        "json": _json_array_chunks,
+        "csv": _csv_chunks,
+        "parquet": _parquet_chunks,
+        "arrow": _arrow_chunks,
+        "hf_disk": _hf_disk_chunks,
+    }
+    try:
+        yield from readers[source_format](path)
+    except (pa.ArrowInvalid, OSError, json.JSONDecodeError) as error:
+        raise UsageError(f"cannot read {path} as {source_format}: {error}") from error
+
+
+def _jsonl_chunks(path: Path) -> Iterator[Chunk]:
+    line_number = 0
+    carry = b""
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(JSONL_CHUNK_BYTES)
+            if not block:
+                break
+            block = carry + block
+            end = block.rfind(b"\n") + 1
+            if end == 0:  # one line longer than a chunk: keep reading
+                carry = block
+                continue
+            carry = block[end:]
+            yield Chunk(start_index=line_number, jsonl=block[:end])
+            line_number += block.count(b"\n", 0, end)
+    if carry.strip():
+        yield Chunk(start_index=line_number, jsonl=carry)
+
+
+def _json_array_chunks(path: Path, rows_per_chunk: int = 5_000) -> Iterator[Chunk]:
+    """Stream the objects of a top-level JSON array without loading the whole file."""
+    decoder = json.JSONDecoder()
+    index = 0
+    rows: list[Any] = []
+    with open(path, "r", encoding="utf-8", errors="surrogateescape") as handle:
+        buffer = handle.read(JSONL_CHUNK_BYTES).lstrip("\ufeff \t\r\n")
+        if not buffer.startswith("["):
+            raise UsageError(f"{path}: a JSON source must be an array of objects or JSON Lines")
+        position = 1
+        at_eof = False
+        while True:
+            while position < len(buffer) and buffer[position] in " \t\r\n,":
+                position += 1
+            if position < len(buffer) and buffer[position] == "]":
+                break
+            try:
+                value, end = decoder.raw_decode(buffer, position)
+            except json.JSONDecodeError as error:
+                if at_eof:
+                    raise UsageError(f"{path}: invalid JSON array near item {index}: {error.msg}") from None
+                more = handle.read(JSONL_CHUNK_BYTES)
+                at_eof = not more
+                buffer = buffer[position:] + more
+                position = 0
+                continue
+            rows.append(value)
+            index += 1
+            position = end
+            if len(rows) >= rows_per_chunk:
+                yield Chunk(start_index=index - len(rows), rows=rows)
+                rows = []
+            if position > JSONL_CHUNK_BYTES:  # drop consumed text so memory stays bounded
+                buffer, position = buffer[position:], 0
+    if rows:
+        yield Chunk(start_index=index - len(rows), rows=rows)
+
+
+def _csv_chunks(path: Path) -> Iterator[Chunk]:
+    # Every column as binary: CSV values are text, and decoding per value lets one row with
+    # invalid UTF-8 be quarantined instead of failing the whole block.
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), None)
+    if not header:
+        raise UsageError(f"{path}: CSV has no header row")
+    reader = pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(block_size=JSONL_CHUNK_BYTES),
+        parse_options=pa_csv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={name: pa.binary() for name in header},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    index = 0
+    for batch in reader:
+        yield Chunk(start_index=index, batch=batch, text_as_binary=True)
+        index += batch.num_rows
+
+
+def _parquet_chunks(path: Path) -> Iterator[Chunk]:
+    index = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=ARROW_CHUNK_ROWS):
+        yield Chunk(start_index=index, batch=batch)
+        index += batch.num_rows
+
+
+def _arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    with pa.memory_map(str(path)) as source:
+        if source.read(6) == ARROW_FILE_MAGIC:
+            source.seek(0)
+            reader = pa.ipc.open_file(source)
+            for number in range(reader.num_record_batches):
+                yield reader.get_batch(number)
+        else:
+            source.seek(0)
+            yield from pa.ipc.open_stream(source)
+
+
+def _arrow_chunks(path: Path, start: int = 0) -> Iterator[Chunk]:
+    index = start
+    for batch in _arrow_batches(path):
+        for offset in range(0, batch.num_rows, ARROW_CHUNK_ROWS):
+            piece = batch.slice(offset, ARROW_CHUNK_ROWS)
+            yield Chunk(start_index=index, batch=piece)
+            index += piece.num_rows
+
+
+def _hf_disk_chunks(path: Path) -> Iterator[Chunk]:
+    index = 0
+    for data_file in _hf_data_files(path):
+        for chunk in _arrow_chunks(data_file, start=index):
+            yield chunk
+            index = chunk.start_index + chunk.batch.num_rows
+
+
+# Turning chunks into rows (runs in materialisation workers).
+
+
+def chunk_rows(chunk: Chunk) -> list[tuple[int, dict | RowRejected, Any]]:
+    """``(source_index, row or RowRejected, raw for the quarantine)`` for every row of a chunk."""
+    if chunk.jsonl is not None:
+        return _jsonl_rows(chunk)
+    if chunk.rows is not None:
+        return [(chunk.start_index + i, _require_object(value), value) for i, value in enumerate(chunk.rows)]
+    return _batch_rows(chunk)
+
+
+def _require_object(value: Any) -> dict | RowRejected:
+    if isinstance(value, dict):
+        return value
+    return RowRejected(WRONG_TYPE, f"row must be a JSON object, got {type(value).__name__}")
+
+
+def _jsonl_rows(chunk: Chunk) -> list[tuple[int, dict | RowRejected, Any]]:
+    rows = []
+    for offset, line in enumerate(chunk.jsonl.split(b"\n")):
+        if not line.strip():
+            continue
+        index = chunk.start_index + offset
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raw = line.decode("utf-8", errors="replace")
+            rows.append((index, RowRejected(UNDECODABLE, f"line {index}: not valid JSON or UTF-8 ({error})"), raw))
+            continue
+        rows.append((index, _require_object(value), value))
+    return rows
+
+
+def _batch_rows(chunk: Chunk) -> list[tuple[int, dict | RowRejected, Any]]:
+    batch = chunk.batch
+    try:
+        values = batch.to_pylist()
+    except (UnicodeDecodeError, pa.ArrowException):
+        values = None
+    rows = []
+    for offset in range(batch.num_rows):
+        index = chunk.start_index + offset
+        if values is not None:
+            value = values[offset]
+        else:  # an invalid string somewhere in the batch: find the row(s) one by one
+            try:
+                value = batch.slice(offset, 1).to_pylist()[0]
+            except (UnicodeDecodeError, pa.ArrowException) as error:
+                rows.append((index, RowRejected(UNDECODABLE, f"row {index}: undecodable text ({error})"), {}))
+                continue
+        if chunk.text_as_binary:
+            value, problem = _decode_text_values(value)
+            if problem:
+                raw = {k: v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for k, v in value.items()}
+                rows.append((index, RowRejected(UNDECODABLE, f"row {index}: field {problem!r} is not valid UTF-8"), raw))
+                continue
+        rows.append((index, value, value))
+    return rows
+
+
+def _decode_text_values(row: dict) -> tuple[dict, str | None]:
+    decoded = {}
+    for key, value in row.items():
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return row, key
+        decoded[key] = value
+    return decoded, None
+
+
+def read_source_rows(path: str | os.PathLike, source_format: str | None = None) -> Iterator[tuple[int, dict | RowRejected, Any]]:
+    """Every row of a source in order (convenience for tools and tests; the materialiser uses chunks)."""
+    source_format = source_format or detect_format(path)
+    for chunk in iter_chunks(path, source_format):
+        yield from chunk_rows(chunk)
+
+
+__all__ = [
+    "FORMATS",
+    "Chunk",
+    "SourceInfo",
+    "chunk_rows",
+    "detect_format",
+    "fingerprint_source",
+    "iter_chunks",
+    "read_source_rows",
+    "stat_key",
+]

@@ -1,0 +1,51 @@
+"""The materialise flow: raw source -> formatted conversation shards -> (validated) dataset folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from align_core.materialize import MaterializeSpec
+from align_core.shards.schema import parse_kind
+from align_core.shards.writer import DEFAULT_ROWS_PER_SHARD
+from tasks.materialize import build_shards, dataset_published, fingerprint
+
+
+@flow(name="materialize")
+def materialize(
+    source: str,
+    template: str,
+    kind: str,
+    out: str,
+    template_options: dict[str, Any] | None = None,
+    template_module: str | None = None,
+    source_format: str | None = None,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    workers: int | None = None,
+    validate_contract: bool = True,
+    suite: str | None = None,
+) -> str:
+    """Materialise ``source`` with ``template`` into ``out/<digest>/``; returns that folder.
+
+    With ``validate_contract`` (the default) the shards then pass through their data contract, and an
+    error-severity failure fails this flow run.
+    """
+    spec = MaterializeSpec(
+        template=template,
+        kind=parse_kind(kind),
+        template_options=dict(template_options or {}),
+        template_module=template_module,
+        rows_per_shard=rows_per_shard,
+    )
+    spec.load_template()  # a bad template name or option fails here, before any hashing
+    out_root = str(Path(out).absolute())
+    source_info = fingerprint(str(Path(source).absolute()), source_format)
+    refresh = not dataset_published(source_info, spec, out_root)
+    dataset_dir = build_shards.with_options(refresh_cache=refresh)(source_info, spec, out_root, workers)
+    if validate_contract:
+        from tasks.validate import validate_shards
+
+        validate_shards(dataset_dir, suite=suite)
+    return dataset_dir

@@ -1,0 +1,73 @@
+"""Prefect tasks of the materialise flow: thin wrappers over ``align_core.materialize``.
+
+Caching is declared here: the fingerprint is cached by the source's sizes and mtimes (hashing a
+large file twice is the only cost a warm rerun would otherwise pay); the build is cached by the
+dataset digest, and the flow refreshes that cache whenever the published folder is missing, so a
+deleted folder is rebuilt instead of being served from a stale cache entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from align_core.materialize import MaterializeSpec, build_dataset, dataset_digest
+from align_core.paths import prefect_result_storage
+from align_core.sources import SourceInfo, fingerprint_source, stat_key
+
+
+def _fingerprint_key(context, parameters) -> str:
+    key = f"{parameters.get('source_format')}|{stat_key(parameters['source'])}"
+    return "fingerprint-" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _build_key(context, parameters) -> str:
+    spec: MaterializeSpec = parameters["spec"]
+    digest = dataset_digest(parameters["source"], spec, spec.load_template())
+    return f"materialize-{digest}-{hashlib.sha256(str(Path(parameters['out_root']).absolute()).encode()).hexdigest()[:12]}"
+
+
+@task(
+    name="fingerprint-source",
+    cache_key_fn=_fingerprint_key,
+    persist_result=True,
+    result_storage=prefect_result_storage(),
+)
+def fingerprint(source: str, source_format: str | None = None) -> SourceInfo:
+    """sha256 of the source bytes and its detected format."""
+    return fingerprint_source(source, source_format)
+
+
+@task(
+    name="build-shards",
+    cache_key_fn=_build_key,
+    persist_result=True,
+    result_storage=prefect_result_storage(),
+)
+def build_shards(source: SourceInfo, spec: MaterializeSpec, out_root: str, workers: int | None = None) -> str:
+    """Format the source into shards + quarantine + manifest, published atomically; returns the folder."""
+    result = build_dataset(source, spec, out_root, workers)
+    manifest = result.manifest
+    reasons = "\n".join(f"| {reason} | {count} |" for reason, count in manifest.quarantine_reasons.items()) or "| (none) | 0 |"
+    create_markdown_artifact(
+        key=f"dataset-{manifest.dataset_digest[:16]}",
+        description=f"{manifest.template} {manifest.kind} shards",
+        markdown=(
+            f"### Dataset `{manifest.dataset_digest}`\n\n"
+            f"- folder: `{result.path}`\n- source: `{source.path}` ({source.format}, sha256 `{source.sha256[:16]}`)\n"
+            f"- template: {manifest.template} (code {manifest.template_code_version}), kind: {manifest.kind}\n"
+            f"- rows: **{manifest.rows}** in {len(manifest.shards)} shard(s); quarantined: **{manifest.quarantined}**"
+            f"{' (already materialised: nothing rewritten)' if result.cache_hit else ''}\n\n"
+            f"| quarantine reason | rows |\n|---|---|\n{reasons}\n"
+        ),
+    )
+    return str(result.path)
+
+
+def dataset_published(source: SourceInfo, spec: MaterializeSpec, out_root: str) -> bool:
+    """Whether the dataset folder for these inputs exists, so the build cache may be trusted."""
+    digest = dataset_digest(source, spec, spec.load_template())
+    return (Path(out_root) / digest / "manifest.json").is_file()
