@@ -1,0 +1,140 @@
+"""Training config: sections, types, dotted overrides, and errors that name the key at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from align_core.config import build_config, dump_config, load_config, parse_overrides
+from align_core.errors import UsageError
+
+MINIMAL = {
+    "data_cfgs": {"train_datasets": ["data/a"]},
+    "model_cfgs": {"model_name_or_path": "models/tiny"},
+    "logger_cfgs": {"output_dir": "runs/x"},
+}
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_sections_load_with_types_and_defaults(tmp_path):
+    path = write_config(
+        tmp_path,
+        """
+train_cfgs:
+  algorithm: rm
+  epochs: 3
+  learning_rate: 2.0e-5
+  zero_stage: 2
+data_cfgs:
+  train_datasets: [data/prefs]
+  max_length: 256
+  truncation: truncate_prompt_left
+model_cfgs:
+  model_name_or_path: models/tiny
+logger_cfgs:
+  output_dir: runs/rm
+""",
+    )
+    config = load_config(path)
+    assert config.train_cfgs.algorithm == "rm"
+    assert config.train_cfgs.epochs == 3
+    assert config.train_cfgs.learning_rate == 2e-5
+    assert config.train_cfgs.zero_stage == 2
+    assert config.train_cfgs.gradient_accumulation_steps == 1  # default
+    assert config.data_cfgs.truncation == "truncate_prompt_left"
+    assert config.model_cfgs.trust_remote_code is False
+    # relative paths resolve against the caller's folder, so launched ranks see the same files
+    assert config.data_cfgs.train_datasets == [str(Path("data/prefs").absolute())]
+    assert config.logger_cfgs.output_dir == str(Path("runs/rm").absolute())
+
+
+def test_dotted_overrides_are_parsed_as_yaml_values():
+    config = build_config(
+        MINIMAL,
+        [
+            "train_cfgs.epochs=2",
+            "train_cfgs.learning_rate=1e-4",
+            "train_cfgs.gradient_checkpointing=true",
+            "train_cfgs.max_steps=null",
+            "data_cfgs.eval_datasets=[e1, e2]",
+            "model_cfgs.model_name_or_path=other/model",
+        ],
+    )
+    assert config.train_cfgs.epochs == 2
+    assert config.train_cfgs.learning_rate == 1e-4
+    assert config.train_cfgs.gradient_checkpointing is True
+    assert config.train_cfgs.max_steps is None
+    assert config.data_cfgs.eval_datasets == [str(Path("e1").absolute()), str(Path("e2").absolute())]
+    assert config.model_cfgs.model_name_or_path == "other/model"
+
+
+def test_unknown_override_key_is_an_error_with_a_suggestion():
+    with pytest.raises(UsageError, match=r"unknown config key 'train_cfgs.epoch' \(did you mean 'epochs'\?\)"):
+        build_config(MINIMAL, ["train_cfgs.epoch=2"])
+
+
+def test_unknown_key_in_file_is_an_error_naming_it(tmp_path):
+    path = write_config(tmp_path, dump_config(build_config(MINIMAL)).replace("learning_rate:", "learning_rat:"))
+    with pytest.raises(UsageError, match=r"'train_cfgs.learning_rat' \(did you mean 'learning_rate'\?\)"):
+        load_config(path)
+
+
+def test_unknown_section_is_an_error():
+    with pytest.raises(UsageError, match=r"unknown config section 'train_cfg' \(did you mean 'train_cfgs'\?\)"):
+        build_config({**MINIMAL, "train_cfg": {"epochs": 1}})
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train_cfgs.epochs=zero", r"train_cfgs.epochs: Input should be a valid integer"),
+        ("train_cfgs.epochs=0", r"train_cfgs.epochs: Input should be greater than or equal to 1"),
+        ("train_cfgs.zero_stage=4", r"train_cfgs.zero_stage: Input should be 0, 1, 2 or 3"),
+        ("data_cfgs.truncation=cut", r"data_cfgs.truncation: Input should be 'drop', 'truncate_prompt_left' or 'error'"),
+        ("train_cfgs.lr_scheduler_type=cosyne", r"train_cfgs.lr_scheduler_type: Input should be"),
+        ("epochs=2", r"expected section.key=value"),
+        ("train_cfgs.epochs", r"expected section.key=value"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_expectation(override, message):
+    with pytest.raises(UsageError, match=message):
+        build_config(MINIMAL, [override])
+
+
+def test_missing_required_keys_are_named():
+    with pytest.raises(UsageError, match=r"model_cfgs: required.*logger_cfgs: required"):
+        build_config({"data_cfgs": {"train_datasets": ["a"]}})
+    with pytest.raises(UsageError, match=r"data_cfgs.train_datasets: required"):
+        build_config({**MINIMAL, "data_cfgs": {}})
+
+
+def test_unreadable_and_malformed_files_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        load_config(write_config(tmp_path, "train_cfgs: [unclosed\n"))
+    with pytest.raises(UsageError, match="section 'train_cfgs' must be a mapping"):
+        load_config(write_config(tmp_path, "train_cfgs: 3\n"))
+
+
+def test_dump_then_load_round_trips_and_digest_ignores_chosen_keys(tmp_path):
+    config = build_config(MINIMAL, ["train_cfgs.seed=7"])
+    reloaded = load_config(write_config(tmp_path, dump_config(config)))
+    assert reloaded == config
+    assert reloaded.digest() == config.digest()
+    other = build_config(MINIMAL, ["train_cfgs.seed=7", "train_cfgs.save_interval=5"])
+    assert other.digest() != config.digest()
+    assert other.digest(ignore=["train_cfgs.save_interval"]) == config.digest(ignore=["train_cfgs.save_interval"])
+
+
+def test_parse_overrides_nests_by_section():
+    assert parse_overrides(["train_cfgs.epochs=2", "logger_cfgs.log_type=none"]) == {
+        "train_cfgs": {"epochs": 2},
+        "logger_cfgs": {"log_type": "none"},
+    }
