@@ -173,9 +173,13 @@ def _json_array_chunks(path: Path, rows_per_chunk: int = 5_000) -> Iterator[Chun
                 break
             try:
                 value, end = decoder.raw_decode(buffer, position)
+                # A number or literal ending exactly at the buffer's end may go on in the next read.
+                complete = end < len(buffer) or at_eof
             except json.JSONDecodeError as error:
                 if at_eof:
                     raise UsageError(f"{path}: invalid JSON array near item {index}: {error.msg}") from None
+                complete = False
+            if not complete:
                 more = handle.read(JSONL_CHUNK_BYTES)
                 at_eof = not more
                 buffer = buffer[position:] + more
@@ -196,7 +200,7 @@ def _json_array_chunks(path: Path, rows_per_chunk: int = 5_000) -> Iterator[Chun
 def _csv_chunks(path: Path) -> Iterator[Chunk]:
     # Every column as binary: CSV values are text, and decoding per value lets one row with
     # invalid UTF-8 be quarantined instead of failing the whole block.
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:  # -sig: Excel writes a BOM
         header = next(csv.reader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), None)
     if not header:
         raise UsageError(f"{path}: CSV has no header row")

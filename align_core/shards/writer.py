@@ -148,6 +148,26 @@ class ShardWriter:
         return self.entries
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, from "\\ud800" escapes or undecodable bytes
+        return False
+    return True
+
+
+def _utf8_safe(text: str) -> str:
+    """``text`` with lone surrogates escaped as ``\\udXXX``: an Arrow string must be valid UTF-8,
+    and the quarantine is exactly where such rows go."""
+    return text if _is_utf8(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _raw_json(raw: Any) -> str:
+    text = json.dumps(raw, ensure_ascii=False, default=repr)
+    # ASCII escapes keep a row with lone surrogates valid JSON that still decodes to the same row.
+    return text if _is_utf8(text) else json.dumps(raw, ensure_ascii=True, default=repr)
+
+
 class QuarantineWriter:
     """Rejected rows with their reason and the raw row as JSON, in one Arrow file."""
 
@@ -161,9 +181,9 @@ class QuarantineWriter:
 
     def add(self, source_index: int, reason: str, detail: str, raw: Any) -> None:
         self._rows["source_index"].append(source_index)
-        self._rows["reason"].append(reason)
-        self._rows["detail"].append(detail)
-        self._rows["raw"].append(raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=repr))
+        self._rows["reason"].append(_utf8_safe(reason))
+        self._rows["detail"].append(_utf8_safe(detail))
+        self._rows["raw"].append(_utf8_safe(raw) if isinstance(raw, str) else _raw_json(raw))
         self.reasons[reason] += 1
         self.count += 1
         if len(self._rows["reason"]) >= 10_000:
