@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import os
+import shutil
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -192,6 +193,19 @@ def default_workers(source: SourceInfo) -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 8))
 
 
+def _write_shards(source: SourceInfo, spec: MaterializeSpec, staging: Path, workers: int, on_progress):
+    shards = ShardWriter(staging, spec.kind, source.sha256, spec.media, spec.rows_per_shard)
+    quarantine = QuarantineWriter(staging)
+    for formatted in _formatted_chunks(source, spec, workers):
+        if formatted.batch is not None:
+            shards.write_batch(formatted.batch)
+        for item in formatted.quarantine:
+            quarantine.add(*item)
+        if on_progress:
+            on_progress(shards.rows, quarantine.count)
+    return shards.close(), quarantine.close(), dict(quarantine.reasons.most_common())
+
+
 def build_dataset(
     source: SourceInfo,
     spec: MaterializeSpec,
@@ -210,18 +224,11 @@ def build_dataset(
     out_root.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out_root)
     staging = staging_dir(final)
-    shards = ShardWriter(staging, spec.kind, source.sha256, spec.media, spec.rows_per_shard)
-    quarantine = QuarantineWriter(staging)
-    workers = workers or default_workers(source)
-    for formatted in _formatted_chunks(source, spec, workers):
-        if formatted.batch is not None:
-            shards.write_batch(formatted.batch)
-        for item in formatted.quarantine:
-            quarantine.add(*item)
-        if on_progress:
-            on_progress(shards.rows, quarantine.count)
-    shard_entries = shards.close()
-    quarantine_entry = quarantine.close()
+    try:
+        shard_entries, quarantine_entry, reasons = _write_shards(source, spec, staging, workers or default_workers(source), on_progress)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
+        raise
     manifest = Manifest(
         dataset_digest=digest,
         kind=spec.kind.value,
@@ -231,10 +238,10 @@ def build_dataset(
         source=source.to_dict(),
         source_sha256=source.sha256,
         rows=sum(entry.rows for entry in shard_entries),
-        quarantined=quarantine.count,
+        quarantined=quarantine_entry.rows,
         shards=shard_entries,
         quarantine=quarantine_entry,
-        quarantine_reasons=dict(quarantine.reasons.most_common()),
+        quarantine_reasons=reasons,
         media=list(spec.media),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         alignflow_version=align_core.__version__,

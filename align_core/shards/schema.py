@@ -24,6 +24,8 @@ from enum import Enum
 
 import pyarrow as pa
 
+from align_core.errors import UsageError
+
 # Bump when a column is added, removed or changes meaning; readers refuse versions they do not know.
 SCHEMA_VERSION = 1
 
@@ -63,7 +65,7 @@ def parse_kind(value: str | Kind) -> Kind:
         return Kind(value)
     except ValueError:
         valid = ", ".join(k.value for k in Kind)
-        raise ValueError(f"unknown shard kind {value!r}; expected one of: {valid}") from None
+        raise UsageError(f"unknown shard kind {value!r}; expected one of: {valid}") from None
 
 
 def shard_schema(kind: Kind | str, media: tuple[str, ...] = ()) -> pa.Schema:
