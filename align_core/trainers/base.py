@@ -1,0 +1,311 @@
+"""The training loop every algorithm shares; an algorithm is a small subclass that supplies the math.
+
+A subclass sets ``algorithm`` and ``dataset_kinds`` and implements
+
+- ``load_model(path)``: the trainable model (loaded under ZeRO-3 partitioning when that stage is on),
+- ``compute_loss(batch) -> (loss, metrics)``: one micro-batch's scalar loss and scalar metrics,
+- ``eval_step(batch) -> {name: (b,) tensor}``: per-example values an evaluation aggregates,
+- ``summarize_eval(values) -> {name: float}``.
+
+Everything else (distributed setup, data order and position, accumulation, checkpoints and resume,
+metrics, evaluation across ranks, export) lives here once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from align_core.config import TrainConfig, dump_config
+from align_core.errors import UsageError
+from align_core.io import atomic_write_json, atomic_write_text
+from align_core.shards.schema import Kind
+from align_core.trainers.batches import BatchPlan
+from align_core.trainers.checkpoint import CheckpointManager
+from align_core.trainers.engine import DistInfo, Engine, deepspeed_config, resolve_dtype, setup_distributed, zero3_model_loading
+from align_core.trainers.metrics import MetricsLogger
+
+RUN_CONFIG_NAME = "run_config.yaml"
+RESULT_NAME = "train_result.json"
+MODEL_DIR_NAME = "model"
+CHECKPOINTS_DIR_NAME = "checkpoints"
+
+# Settings a resumed run may change: they do not alter the sequence of updates.
+RESUME_SAFE_KEYS = (
+    "train_cfgs.save_interval",
+    "train_cfgs.keep_checkpoints",
+    "train_cfgs.eval_interval",
+    "train_cfgs.per_device_eval_batch_size",
+    "train_cfgs.debug_stop_after_steps",
+    "data_cfgs.num_workers",
+    "data_cfgs.token_cache_dir",
+    "logger_cfgs.log_type",
+    "logger_cfgs.progress_bar",
+)
+
+
+class Trainer:
+    algorithm: ClassVar[str] = ""
+    dataset_kinds: ClassVar[tuple[Kind, ...]] = ()
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.train_cfgs = config.train_cfgs
+        self.output_dir = Path(config.logger_cfgs.output_dir)
+        self.engine: Engine | None = None
+
+    # ----- algorithm hooks -------------------------------------------------------------------------
+
+    def load_model(self, path: str) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def load_datasets(self, dataset_dirs: list[str]) -> tuple[Dataset, list[int], Any]:
+        """(rows, token length of each row, collate function) for these dataset folders."""
+        raise NotImplementedError
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def eval_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def summarize_eval(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {name: column.float().mean().item() for name, column in values.items()}
+
+    def tokenizer_for_export(self) -> Any:
+        return None
+
+    # ----- the loop --------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        """Train to the configured number of steps, resuming from the last checkpoint; returns the result."""
+        self.dist = dist = setup_distributed()
+        done = self._finished_result()
+        if done is not None:
+            return done
+        resume_step = self._resume_step()
+        from transformers import set_seed
+
+        set_seed(self.train_cfgs.seed)
+        train_rows, train_lengths, self.collate = self.load_datasets(self.config.data_cfgs.train_datasets)
+        plan = BatchPlan(
+            len(train_rows),
+            self.train_cfgs.per_device_train_batch_size,
+            self.train_cfgs.seed,
+            dist.rank,
+            dist.world_size,
+            lengths=train_lengths if self.train_cfgs.length_grouping else None,
+        )
+        total_steps = self._total_steps(len(plan), len(train_rows))
+        self._build_engine(total_steps)
+        checkpoints = CheckpointManager(self.output_dir / CHECKPOINTS_DIR_NAME, self.train_cfgs.keep_checkpoints, dist)
+        checkpoints.remove_incomplete()
+        step, micro_step = 0, 0
+        if resume_step is not None:
+            client_state = checkpoints.load(self.engine, resume_step)
+            step, micro_step = client_state["step"], client_state["micro_step"]
+        eval_set = self._eval_set()
+        metrics = MetricsLogger(
+            self.output_dir,
+            enabled=dist.is_main,
+            start_step=step,
+            total_steps=total_steps,
+            tensorboard=self.config.logger_cfgs.log_type == "tensorboard",
+            progress_bar=self.config.logger_cfgs.progress_bar,
+            title=f"{self.algorithm} {Path(self.config.model_cfgs.model_name_or_path).name}",
+        )
+        last_saved = resume_step
+        last_metrics: dict[str, float] = {}
+        self.engine.train()
+        while step < total_steps:
+            epoch, offset = divmod(micro_step, len(plan))
+            batches = plan.epoch(epoch)[offset:]
+            loader = DataLoader(
+                train_rows, batch_sampler=batches, collate_fn=self.collate, num_workers=self.config.data_cfgs.num_workers
+            )
+            accumulated: dict[str, float] = {}
+            step_started = time.perf_counter()
+            for batch in loader:
+                batch = {key: value.to(self.engine.device) for key, value in batch.items()}
+                if not accumulated:
+                    step_lr = self.engine.lr  # the rate this step's update uses
+                loss, batch_metrics = self.compute_loss(batch)
+                _accumulate(accumulated, {"loss": loss.detach(), **batch_metrics}, batch)
+                stepped = self.engine.backward_step(loss)
+                micro_step += 1
+                if not stepped:
+                    continue
+                step += 1
+                last_metrics = self._reduce(accumulated, micro_steps=self.train_cfgs.gradient_accumulation_steps)
+                last_metrics["lr"] = step_lr
+                last_metrics["epoch"] = micro_step / len(plan)
+                last_metrics["tokens_per_second"] = last_metrics["tokens"] / (time.perf_counter() - step_started)
+                if eval_set is not None and self.train_cfgs.eval_interval and step % self.train_cfgs.eval_interval == 0:
+                    last_metrics.update(self.evaluate(*eval_set))
+                metrics.log(step, last_metrics)
+                if step % self.train_cfgs.save_interval == 0 or step == total_steps:
+                    checkpoints.save(self.engine, step, {"step": step, "micro_step": micro_step, "epoch": epoch})
+                    last_saved = step
+                    metrics.plot()
+                if self.train_cfgs.debug_stop_after_steps == step:
+                    os._exit(17)  # simulate a crash: no cleanup, no flush beyond what is on disk
+                accumulated, step_started = {}, time.perf_counter()
+                if step >= total_steps:
+                    break
+        if last_saved != step:
+            checkpoints.save(self.engine, step, {"step": step, "micro_step": micro_step, "epoch": micro_step // len(plan)})
+        final_eval = self.evaluate(*eval_set) if eval_set is not None else {}
+        self.engine.export_pretrained(self.output_dir / MODEL_DIR_NAME, self.tokenizer_for_export(), dist.is_main)
+        metrics.close()
+        result = {
+            "algorithm": self.algorithm,
+            "steps": step,
+            "model_dir": str(self.output_dir / MODEL_DIR_NAME),
+            "final_train_metrics": last_metrics,
+            "eval": final_eval,
+            "config_digest": self._config_digest(),
+            "world_size": dist.world_size,
+        }
+        if dist.is_main:
+            atomic_write_json(self.output_dir / RESULT_NAME, result)
+        torch.distributed.barrier()
+        return result
+
+    # ----- pieces of the loop ----------------------------------------------------------------------
+
+    def _config_digest(self) -> str:
+        return self.config.digest(ignore=RESUME_SAFE_KEYS)
+
+    def _finished_result(self) -> dict[str, Any] | None:
+        """The result of a completed run of this same config in output_dir, if there is one."""
+        path = self.output_dir / RESULT_NAME
+        if path.is_file():
+            result = json.loads(path.read_text())
+            if result.get("config_digest") == self._config_digest():
+                return result
+        return None
+
+    def _resume_step(self) -> int | None:
+        """Rank 0 decides whether output_dir holds a compatible run to resume; all ranks follow."""
+        decision: list[Any] = [None]
+        if self.dist.is_main:
+            decision[0] = self._check_previous_run()
+        torch.distributed.broadcast_object_list(decision, src=0)
+        if isinstance(decision[0], str):
+            raise UsageError(decision[0])
+        return decision[0]
+
+    def _check_previous_run(self) -> int | str | None:
+        """Step to resume from, None for a fresh run, or an error message."""
+        from align_core.config import load_config
+
+        checkpoints = CheckpointManager(self.output_dir / CHECKPOINTS_DIR_NAME, 1, self.dist)
+        latest = checkpoints.latest_step()
+        saved_config = self.output_dir / RUN_CONFIG_NAME
+        if latest is not None and saved_config.is_file():
+            previous = load_config(saved_config)
+            if previous.digest(ignore=RESUME_SAFE_KEYS) != self._config_digest():
+                changed = _changed_keys(previous.to_dict(), self.config.to_dict())
+                return (
+                    f"{self.output_dir} holds checkpoints of a run with other settings "
+                    f"({', '.join(changed)}); resume it unchanged or choose a new logger_cfgs.output_dir"
+                )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved_config, dump_config(self.config))
+        return latest
+
+    def _total_steps(self, batches_per_epoch: int, num_rows: int) -> int:
+        if self.train_cfgs.max_steps is not None:
+            return self.train_cfgs.max_steps
+        total = self.train_cfgs.epochs * batches_per_epoch // self.train_cfgs.gradient_accumulation_steps
+        if total == 0:
+            raise UsageError(
+                f"{num_rows} training rows give {batches_per_epoch} micro-batches per rank per epoch, fewer than "
+                f"train_cfgs.gradient_accumulation_steps={self.train_cfgs.gradient_accumulation_steps}: no optimizer step"
+            )
+        return total
+
+    def _build_engine(self, total_steps: int) -> None:
+        dtype = resolve_dtype(self.train_cfgs.precision)
+        ds_config = deepspeed_config(self.train_cfgs, dtype)
+        with zero3_model_loading(ds_config):
+            model = self.load_model(self.config.model_cfgs.model_name_or_path)
+        if self.train_cfgs.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.engine = Engine(model, self.train_cfgs, ds_config, total_steps)
+
+    def _reduce(self, accumulated: dict[str, torch.Tensor], micro_steps: int) -> dict[str, float]:
+        """Average metrics over micro-batches and ranks; ``tokens`` is a total."""
+        names = sorted(accumulated)
+        values = torch.stack([accumulated[name].float().reshape(()) for name in names]).to(self.engine.device)
+        torch.distributed.all_reduce(values)
+        world = self.dist.world_size
+        return {
+            name: value / (1 if name == "tokens" else world * micro_steps)
+            for name, value in zip(names, values.tolist())
+        }
+
+    def _eval_set(self) -> tuple[Dataset, BatchPlan] | None:
+        if not self.config.data_cfgs.eval_datasets:
+            return None
+        rows, _, _ = self.load_datasets(self.config.data_cfgs.eval_datasets)
+        plan = BatchPlan(
+            len(rows),
+            self.train_cfgs.per_device_eval_batch_size,
+            seed=0,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            shuffle=False,
+        )
+        return rows, plan
+
+    @torch.no_grad()
+    def evaluate(self, rows: Dataset, plan: BatchPlan) -> dict[str, float]:
+        """Per-example values from every rank, de-duplicated (the plan pads ranks with repeats), summarised."""
+        self.engine.train(False)
+        indices, columns = [], {}
+        batches = plan.epoch(0)
+        loader = DataLoader(rows, batch_sampler=batches, collate_fn=self.collate, num_workers=self.config.data_cfgs.num_workers)
+        for batch_indices, batch in zip(batches, loader):
+            batch = {key: value.to(self.engine.device) for key, value in batch.items()}
+            for name, values in self.eval_step(batch).items():
+                columns.setdefault(name, []).append(values.float().cpu())
+            indices += batch_indices
+        self.engine.train(True)
+        local = (indices, {name: torch.cat(parts) for name, parts in columns.items()})
+        gathered: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(gathered, local)
+        seen, merged = set(), {name: [] for name in local[1]}
+        for rank_indices, rank_columns in gathered:
+            for position, row in enumerate(rank_indices):
+                if row not in seen:
+                    seen.add(row)
+                    for name in merged:
+                        merged[name].append(rank_columns[name][position])
+        summary = self.summarize_eval({name: torch.stack(values) for name, values in merged.items()})
+        return {f"eval/{name}": value for name, value in summary.items()}
+
+
+def _accumulate(accumulated: dict[str, Any], metrics: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
+    """Add one micro-batch's metrics, and its count of non-pad tokens, to the step's running sums."""
+    for name, value in metrics.items():
+        accumulated[name] = accumulated.get(name, 0) + value.detach().float()
+    mask = batch.get("attention_mask")
+    tokens = mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel())
+    accumulated["tokens"] = accumulated.get("tokens", 0) + tokens.float()
+
+
+def _changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    changed = []
+    for section, values in after.items():
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if dotted not in RESUME_SAFE_KEYS and before.get(section, {}).get(key) != value:
+                changed.append(f"{dotted}: {before.get(section, {}).get(key)!r} -> {value!r}")
+    return changed

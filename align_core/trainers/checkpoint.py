@@ -1,0 +1,100 @@
+"""Atomic, resumable checkpoints: DeepSpeed state + data position + every RNG, under ``step-NNNNNNNN``.
+
+A checkpoint is written by all ranks into a hidden staging folder and renamed to its final name only
+after every rank has finished, so a folder named ``step-*`` is always complete; a run killed while
+saving leaves only a staging folder, which the next run removes. The last ``keep`` checkpoints stay.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from align_core.trainers.engine import DistInfo, Engine
+
+_FINAL = re.compile(r"^step-(\d{8})$")
+_STAGING_PREFIX = ".staging-"
+
+
+def checkpoint_tag(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and accelerator generator states of this rank."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointManager:
+    """Saves and finds checkpoints in ``root`` (``<output_dir>/checkpoints``)."""
+
+    def __init__(self, root: Path, keep: int, dist: DistInfo):
+        self.root = Path(root)
+        self.keep = keep
+        self.dist = dist
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _FINAL.match(p.name)) and p.is_dir())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def remove_incomplete(self) -> None:
+        """Drop staging folders of saves that never finished (all ranks are past any save here)."""
+        if self.dist.local_rank == 0 and self.root.is_dir():
+            for path in self.root.glob(f"{_STAGING_PREFIX}*"):
+                shutil.rmtree(path, ignore_errors=True)
+        torch.distributed.barrier()
+
+    def save(self, engine: Engine, step: int, client_state: dict[str, Any]) -> Path:
+        """Save on every rank; returns the final folder once it is complete on all of them."""
+        staging_tag = f"{_STAGING_PREFIX}{checkpoint_tag(step)}"
+        engine.save_checkpoint(self.root, staging_tag, client_state)
+        # RNG streams differ per rank (dropout, sampling), so each rank keeps its own.
+        torch.save(rng_state(), self.root / staging_tag / f"rng_state_rank{self.dist.rank}.pt")
+        torch.distributed.barrier()
+        final = self.root / checkpoint_tag(step)
+        # One rank per node renames: on a shared filesystem the first wins and the others find nothing.
+        if self.dist.local_rank == 0 and (self.root / staging_tag).exists():
+            try:
+                if final.exists():  # the same step saved again: move the old one aside, never leave a gap
+                    final.rename(self.root / f"{_STAGING_PREFIX}replaced-{checkpoint_tag(step)}")
+                (self.root / staging_tag).rename(final)
+                shutil.rmtree(self.root / f"{_STAGING_PREFIX}replaced-{checkpoint_tag(step)}", ignore_errors=True)
+            except FileNotFoundError:
+                pass
+            for old in self.steps()[: -self.keep]:
+                shutil.rmtree(self.root / checkpoint_tag(old), ignore_errors=True)
+        torch.distributed.barrier()
+        return final
+
+    def load(self, engine: Engine, step: int) -> dict[str, Any]:
+        """Restore model, optimiser, scheduler and this rank's RNG; returns the client state saved with it."""
+        tag = checkpoint_tag(step)
+        client_state = engine.load_checkpoint(self.root, tag)
+        rng_file = self.root / tag / f"rng_state_rank{self.dist.rank}.pt"
+        if not rng_file.is_file():
+            raise RuntimeError(f"{rng_file}: missing; checkpoint {tag} was saved by a different number of ranks")
+        set_rng_state(torch.load(rng_file, weights_only=False))
+        return client_state

@@ -1,0 +1,203 @@
+"""The one DeepSpeed engine every trainer shares: distributed setup, optimiser, schedule, step, export.
+
+Nothing here knows the algorithm. World size and device come from the launcher and DeepSpeed's
+accelerator (gloo on CPU, NCCL on GPU); a single process started without a launcher gets the
+environment of a one-rank world, so the same code runs in-process, under ``deepspeed`` or ``torchrun``,
+on one node or many.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from align_core.config import TrainCfgs
+from align_core.io import publish_dir, staging_dir
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def setup_distributed() -> DistInfo:
+    """Join the process group the launcher described, or form a one-rank world when started alone."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ:  # not started by a launcher
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    get_accelerator().set_device(local_rank)
+    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
+
+
+def resolve_dtype(precision: str) -> torch.dtype:
+    """Training dtype: ``auto`` is bf16 on an accelerator that supports it, fp32 on CPU."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if precision == "auto":
+        on_cpu = accelerator.device_name() == "cpu"
+        return torch.bfloat16 if not on_cpu and accelerator.is_bf16_supported() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def deepspeed_config(train_cfgs: TrainCfgs, dtype: torch.dtype) -> dict[str, Any]:
+    """The DeepSpeed JSON config for these settings; the global batch follows from the world size."""
+    zero: dict[str, Any] = {"stage": train_cfgs.zero_stage}
+    if train_cfgs.zero_stage == 3:
+        # export needs whole weights; gathering at save time is what makes save_pretrained correct
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": train_cfgs.per_device_train_batch_size,
+        "gradient_accumulation_steps": train_cfgs.gradient_accumulation_steps,
+        "gradient_clipping": train_cfgs.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
+        "zero_allow_untested_optimizer": True,  # torch AdamW: DeepSpeed's own Adam JIT-compiles for ~45 s on CPU
+        "steps_per_print": 1 << 30,  # we log our own metrics
+        "wall_clock_breakdown": False,
+    }
+
+
+@contextlib.contextmanager
+def zero3_model_loading(ds_config: dict[str, Any]) -> Iterator[None]:
+    """At ZeRO-3, let ``from_pretrained`` partition weights as it loads (no full copy per rank)."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    # transformers holds this object by weak reference: it must stay alive while models load.
+    keep_alive = HfDeepSpeedConfig(ds_config)
+    yield
+    del keep_alive
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: biases and norm scales (1-D) are not regularised."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+class Engine:
+    """A model wrapped by DeepSpeed with torch AdamW and a transformers LR schedule.
+
+    ``backward_step(loss)`` is one micro-batch; the optimiser steps every
+    ``gradient_accumulation_steps`` micro-batches, and ``global_step`` counts optimiser steps.
+    """
+
+    def __init__(self, model: torch.nn.Module, train_cfgs: TrainCfgs, ds_config: dict[str, Any], total_steps: int):
+        import deepspeed
+        from transformers import get_scheduler
+
+        self.train_cfgs = train_cfgs
+        optimizer = torch.optim.AdamW(
+            _parameter_groups(model, train_cfgs.weight_decay),
+            lr=train_cfgs.learning_rate,
+            betas=train_cfgs.adam_betas,
+            eps=train_cfgs.adam_epsilon,
+        )
+        scheduler = get_scheduler(
+            train_cfgs.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=round(train_cfgs.lr_warmup_ratio * total_steps),
+            num_training_steps=total_steps,
+        )
+        self.ds_engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
+        self.zero_stage = train_cfgs.zero_stage
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The unwrapped model (partitioned at ZeRO-3: gather before reading weights)."""
+        return self.ds_engine.module
+
+    @property
+    def device(self) -> torch.device:
+        return self.ds_engine.device
+
+    @property
+    def global_step(self) -> int:
+        return self.ds_engine.global_steps
+
+    @property
+    def lr(self) -> float:
+        return self.ds_engine.get_lr()[0]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ds_engine(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> None:
+        self.ds_engine.train(mode)
+
+    def backward_step(self, loss: torch.Tensor) -> bool:
+        """Backward one micro-batch loss (DeepSpeed scales it by 1/accumulation); True if the optimiser stepped."""
+        boundary = self.ds_engine.is_gradient_accumulation_boundary()
+        self.ds_engine.backward(loss)
+        self.ds_engine.step()
+        return boundary
+
+    def save_checkpoint(self, save_dir: Path, tag: str, client_state: dict[str, Any]) -> None:
+        """Every rank writes its shard of model, optimiser and scheduler state into ``save_dir/tag``."""
+        self.ds_engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
+
+    def load_checkpoint(self, save_dir: Path, tag: str) -> dict[str, Any]:
+        load_path, client_state = self.ds_engine.load_checkpoint(str(save_dir), tag=tag)
+        if load_path is None:
+            raise RuntimeError(f"{save_dir / tag}: DeepSpeed could not load this checkpoint")
+        return client_state
+
+    def export_pretrained(self, out_dir: Path, tokenizer: Any, is_main: bool) -> None:
+        """Save model and tokenizer in Hugging Face format, atomically (staged, then renamed).
+
+        All ranks must call this: at ZeRO-3 the weights are gathered collectively first, since
+        ``save_pretrained`` of a partitioned module writes empty tensors.
+        """
+        import deepspeed
+
+        gather = (
+            deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
+            if self.zero_stage == 3
+            else contextlib.nullcontext()
+        )
+        with gather:
+            if is_main:
+                out_dir = Path(out_dir)
+                staging = staging_dir(out_dir)
+                self.module.save_pretrained(staging, safe_serialization=True)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(staging)
+                if out_dir.exists():  # a re-export replaces the previous one
+                    shutil.rmtree(out_dir)
+                publish_dir(staging, out_dir)
+        torch.distributed.barrier()
