@@ -2,6 +2,7 @@
 
 Shared by the reader and materialiser tests: the same rows saved as JSON Lines, a JSON array, CSV,
 Parquet, Arrow IPC (file and stream) and a ``datasets`` ``save_to_disk`` folder must read back alike.
+Also the check both make on bad usage: a ``UsageError`` whose message is one line.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+
+from align_core.errors import UsageError
 
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task{paired}. "
@@ -156,3 +160,12 @@ def write_source(name: str, rows: list[dict], folder: Path) -> Path:
     file_name, writer, _ = SOURCE_WRITERS[name]
     folder.mkdir(parents=True, exist_ok=True)
     return writer(rows, folder / file_name)
+
+
+def usage_error_message(call: Callable[[], object]) -> str:
+    """The message of the ``UsageError`` that ``call()`` raises, checked to fit on one line (the CLI prints it)."""
+    with pytest.raises(UsageError) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message
+    return message

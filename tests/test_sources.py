@@ -7,10 +7,18 @@ import json
 
 import pyarrow as pa
 import pytest
-from rows import ALPACA_ROWS, SOURCE_WRITERS, many_alpaca_rows, write_hf_disk, write_jsonl, write_source
+from rows import (
+    ALPACA_ROWS,
+    SOURCE_WRITERS,
+    many_alpaca_rows,
+    usage_error_message,
+    write_hf_disk,
+    write_jsonl,
+    write_source,
+)
 
 from align_core import sources
-from align_core.errors import UNDECODABLE, WRONG_TYPE, RowRejected, UsageError
+from align_core.errors import UNDECODABLE, WRONG_TYPE, RowRejected
 from align_core.sources import detect_format, fingerprint_source, iter_chunks, read_source_rows
 
 
@@ -161,25 +169,17 @@ def test_folder_fingerprint_changes_when_one_data_file_changes(tmp_path):
 # --- usage errors: one line naming the source and what was expected -------------------------------
 
 
-def usage_error(call) -> str:
-    with pytest.raises(UsageError) as caught:
-        call()
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
-
-
-def test_missing_source_is_a_usage_error(tmp_path):
-    assert "does not exist" in usage_error(lambda: detect_format(tmp_path / "nope.jsonl"))
+def test_missing_source_is_a_usage_error_message(tmp_path):
+    assert "does not exist" in usage_error_message(lambda: detect_format(tmp_path / "nope.jsonl"))
 
 
 def test_unknown_format_lists_the_known_ones(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("just some notes\n")
-    message = usage_error(lambda: detect_format(path))
+    message = usage_error_message(lambda: detect_format(path))
     assert str(path) in message and "jsonl, json, csv, parquet, arrow, hf_disk" in message
     data = write_jsonl(ALPACA_ROWS, tmp_path / "rows.jsonl")
-    assert "'xml'" in usage_error(lambda: fingerprint_source(data, "xml"))
+    assert "'xml'" in usage_error_message(lambda: fingerprint_source(data, "xml"))
 
 
 def test_dataset_dict_folder_asks_for_one_split(tmp_path):
@@ -188,13 +188,13 @@ def test_dataset_dict_folder_asks_for_one_split(tmp_path):
     datasets.disable_progress_bars()
     splits = {"train": datasets.Dataset.from_list(ALPACA_ROWS[:2]), "test": datasets.Dataset.from_list(ALPACA_ROWS[2:])}
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "dd"))
-    message = usage_error(lambda: detect_format(tmp_path / "dd"))
+    message = usage_error_message(lambda: detect_format(tmp_path / "dd"))
     assert "DatasetDict" in message and "train, test" in message
 
 
 def test_plain_folder_is_not_a_source(tmp_path):
     (tmp_path / "folder").mkdir()
-    assert "state.json" in usage_error(lambda: detect_format(tmp_path / "folder"))
+    assert "state.json" in usage_error_message(lambda: detect_format(tmp_path / "folder"))
 
 
 @pytest.mark.parametrize(
@@ -208,7 +208,7 @@ def test_plain_folder_is_not_a_source(tmp_path):
 def test_corrupt_file_is_a_usage_error_naming_it(tmp_path, file_name, content, expected):
     path = tmp_path / file_name
     path.write_bytes(content)
-    message = usage_error(lambda: list(read_source_rows(path)))
+    message = usage_error_message(lambda: list(read_source_rows(path)))
     assert str(path) in message and expected in message
 
 
