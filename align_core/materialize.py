@@ -16,6 +16,7 @@ This module is plain Python; ``tasks/materialize.py`` wraps its steps as Prefect
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import multiprocessing
 import os
 import shutil
@@ -116,6 +117,18 @@ class FormattedChunk:
 
 def format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str) -> FormattedChunk:
     """Format every row of a chunk: good rows into one record batch, bad rows into quarantine tuples."""
+    # A chunk allocates ~10 small dicts/lists per row and frees them by refcount; the cyclic GC would
+    # rescan them over and over (measured: 4x slower formatting), so it pauses for the chunk.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _format_chunk(chunk, spec, source_sha256)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str) -> FormattedChunk:
     template = _template_for(spec)
     schema = shard_schema(spec.kind, spec.media)
     samples = SampleBatch(spec.kind, spec.media)

@@ -44,15 +44,15 @@ def normalize_conversation(messages: Any, column: str) -> Conversation:
             if type(content) is str:
                 normalized.append({"role": message["role"], "content": [{"type": TEXT_PART, "text": content}]})
                 continue
-            if type(content) is list and all(_is_text_part(part) for part in content):
-                normalized.append({"role": message["role"], "content": content})
-                continue
+            if type(content) is list:
+                for part in content:  # a for/else, not all(genexpr): this is the hottest loop of materialisation
+                    if type(part) is not dict or len(part) != 2 or part.get("type") != TEXT_PART or type(part.get("text")) is not str:
+                        break
+                else:
+                    normalized.append({"role": message["role"], "content": content})
+                    continue
         normalized.append(_normalize_message(message, f"{column}[{index}]"))
     return normalized
-
-
-def _is_text_part(part: Any) -> bool:
-    return type(part) is dict and part.get("type") == TEXT_PART and type(part.get("text")) is str and len(part) == 2
 
 
 def _normalize_message(message: Any, where: str) -> Message:
