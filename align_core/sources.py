@@ -86,8 +86,25 @@ def detect_format(path: str | os.PathLike) -> str:
     if stripped.startswith(b"["):
         return "json"
     if stripped.startswith(b"{"):
+        _require_json_lines(path, stripped)
         return "jsonl"  # many ".json" files on the hub are JSON Lines
     raise UsageError(f"cannot tell the format of {path}; expected one of: {', '.join(FORMATS)}")
+
+
+def _require_json_lines(path: Path, head: bytes) -> None:
+    """A file opening with '{' may also be one JSON object (e.g. ``{"data": [...]}`` pretty-printed);
+    read as lines, every line would be quarantined, so a first line that is not JSON is an error."""
+    first_line, newline, _ = head.partition(b"\n")
+    if not newline:  # the first line is longer than the sniffed head: nothing to tell it by
+        return
+    try:
+        orjson.loads(first_line)
+    except orjson.JSONDecodeError:
+        raise UsageError(
+            f"{path}: neither a JSON array nor JSON Lines (its first line is not a JSON value); "
+            "if it is one object holding the rows, save the rows as an array or as JSON Lines "
+            "(or pass the format 'jsonl' to read it line by line anyway)"
+        ) from None
 
 
 def _hf_data_files(path: Path) -> list[Path]:

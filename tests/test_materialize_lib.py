@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,8 +32,9 @@ from align_core.errors import (
     UNDECODABLE,
     WRONG_TYPE,
 )
-from align_core.materialize import materialize_dataset
+from align_core.materialize import MaterializeSpec, build_dataset, materialize_dataset
 from align_core.shards.dataset import ShardDataset
+from align_core.shards.schema import Kind
 from align_core.sources import fingerprint_source
 
 
@@ -310,7 +312,7 @@ def test_verify_catches_a_truncated_and_a_missing_shard(dataset_with_quarantine)
 KILLED_RUN = """
 import sys
 from align_core import sources
-from align_core.materialize import materialize_dataset
+from align_core.materialize import MaterializeSpec, build_dataset, materialize_dataset
 
 sources.JSONL_CHUNK_BYTES = 1_500  # small chunks, so shards are on disk before the kill
 materialize_dataset(sys.argv[1], "DiesMidway", "supervised", sys.argv[2], template_module=sys.argv[3], rows_per_shard=8)
@@ -339,6 +341,22 @@ def test_run_killed_mid_write_leaves_only_staging_which_the_next_run_replaces(tm
     assert [path.name for path in out.iterdir()] == [folder.name]
     dataset = ShardDataset(folder)
     assert dataset.num_rows == 60 and dataset.verify() == []
+
+
+def test_run_that_loses_the_publish_race_returns_the_winners_folder(tmp_path):
+    source = write_jsonl(ALPACA_ROWS, tmp_path / "rows.jsonl")
+    winner = materialize_dataset(source, "Alpaca", "supervised", tmp_path / "winner")
+    out = tmp_path / "out"
+
+    def concurrent_run_publishes(rows: int, quarantined: int) -> None:
+        if not (out / winner.name).exists():
+            shutil.copytree(winner, out / winner.name)
+
+    spec = MaterializeSpec(template="Alpaca", kind=Kind.SUPERVISED)
+    result = build_dataset(fingerprint_source(source), spec, out, workers=1, on_progress=concurrent_run_publishes)
+    assert (result.path, result.cache_hit) == (out / winner.name, True)
+    assert [path.name for path in out.iterdir()] == [winner.name]  # the loser's staging is gone
+    assert ShardDataset(result.path).verify() == []
 
 
 # --- usage errors ---------------------------------------------------------------------------------

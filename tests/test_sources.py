@@ -182,6 +182,14 @@ def test_unknown_format_lists_the_known_ones(tmp_path):
     assert "'xml'" in usage_error_message(lambda: fingerprint_source(data, "xml"))
 
 
+def test_json_file_holding_one_pretty_printed_object_is_refused_not_quarantined_line_by_line(tmp_path):
+    path = tmp_path / "alpaca_data.json"
+    path.write_text(json.dumps({"data": ALPACA_ROWS[:2]}, indent=2))
+    assert "neither a JSON array nor JSON Lines" in usage_error_message(lambda: detect_format(path))
+    # Asked for explicitly, it is read line by line: every line is an undecodable row.
+    assert {row.reason for _, row, _ in read_source_rows(path, "jsonl")} == {UNDECODABLE}
+
+
 def test_dataset_dict_folder_asks_for_one_split(tmp_path):
     import datasets
 
