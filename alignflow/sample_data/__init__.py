@@ -1,0 +1,1 @@
+"""Word lists and phrasings the sample datasets are generated from (``vocabulary.yaml``)."""

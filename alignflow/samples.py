@@ -1,0 +1,509 @@
+"""Bundled sample datasets for the demo and the tests: generated offline, deterministic per seed.
+
+``write_samples(out_dir, rows=300, seed=0) -> {name: path}`` writes one file in each public schema a
+built-in template reads; ``SAMPLE_SETS[name]`` gives its file name, template, shard kind and planted
+bad rows, so a caller materialises it with
+``materialize_dataset(path, sample_set.template, sample_set.kind, out_root)``:
+
+=============  ===============================  =============  ==========  ===============================
+name           file                             template       kind        planted bad rows (reason)
+=============  ===============================  =============  ==========  ===============================
+alpaca         alpaca.jsonl                     Alpaca         supervised  empty_text, missing_field,
+                                                                           wrong_type
+hh_rlhf        hh_rlhf.jsonl                    HH-RLHF        preference  identical_pair,
+                                                                           unsplittable_transcript,
+                                                                           empty_text
+pku_saferlhf   pku_saferlhf.jsonl               PKUSafeRLHF    preference  invalid_preference,
+                                                                           identical_pair, empty_text
+ultrafeedback  ultrafeedback_binarized.parquet  UltraFeedback  preference  identical_pair, empty_text,
+                                                                           bad_roles
+gsm8k          gsm8k.jsonl                      GSM8K          supervised  missing_field, wrong_type,
+                                                                           empty_text
+=============  ===============================  =============  ==========  ===============================
+
+The learnable signal: every row is a templated task (arithmetic, copying / reversing / sorting /
+upper-casing a word list, sorting numbers, counting words, counting up, step-by-step sums,
+GSM8K-style word problems, advice, harmful requests). The good answer is correct, opens politely and
+refuses harmful requests with a helpful redirect; the bad answer is wrong and rude, a lazy
+non-answer, or an eager unsafe agreement (which carries no instructions). Tasks with long lists and
+multi-turn HH-RLHF transcripts make rows range from ~10 to ~300 words, so truncation and length
+grouping matter. The words and phrasings live in ``sample_data/vocabulary.yaml``.
+
+PKU-SafeRLHF annotates helpfulness and harmlessness apart; as in the real data, on a few harmful
+prompts (``DECOUPLED_SHARE`` of them) the unsafe answer is the ``better_response_id`` while the refusal
+stays the ``safer_response_id``: template option ``preference="safer"`` gives the cleaner safety signal.
+
+``rows`` counts every row of a file, the planted ones included (at evenly spread positions,
+``planted_positions``). The good rows are clean: roles alternate, no empty turns, no repeated prompt.
+Same seed, vocabulary and pyarrow version -> byte-identical files.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from align_core.errors import (
+    BAD_ROLES,
+    EMPTY_TEXT,
+    IDENTICAL_PAIR,
+    INVALID_PREFERENCE,
+    MISSING_FIELD,
+    UNSPLITTABLE_TRANSCRIPT,
+    WRONG_TYPE,
+    UsageError,
+)
+from align_core.io import atomic_write_bytes, atomic_write_text
+
+VOCABULARY_PATH = Path(__file__).parent / "sample_data" / "vocabulary.yaml"
+MIN_ROWS = 10
+# Share of harmful PKU-SafeRLHF prompts whose more helpful (better) answer is the unsafe one.
+DECOUPLED_SHARE = 0.1
+LAZY_SHARE = 0.2  # share of bad answers that are a non-answer rather than a wrong one
+CLOSING_SHARE = 0.3  # share of good answers that end with a polite closing line
+
+
+@functools.cache
+def vocabulary() -> dict[str, Any]:
+    return yaml.safe_load(VOCABULARY_PATH.read_text())
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One request with a good answer (correct, polite, safe) and a bad one (wrong, rude or unsafe)."""
+
+    instruction: str
+    input: str
+    good: str
+    bad: str
+    harm: dict[str, Any] | None = None  # the request's vocabulary ``harmful`` entry: good refuses, bad complies
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.instruction}\n{self.input}" if self.input else self.instruction
+
+
+# Tasks: each draws one exchange from ``rng``.
+
+
+def with_tone(rng: random.Random, correct: str, wrong: str) -> tuple[str, str]:
+    """``(good, bad)``: the correct content said politely; the wrong content said rudely, or a lazy non-answer."""
+    vocab = vocabulary()
+    good = f"{rng.choice(vocab['polite_openers'])} {correct}"
+    if rng.random() < CLOSING_SHARE:
+        good = f"{good} {rng.choice(vocab['polite_closings'])}"
+    if rng.random() < LAZY_SHARE:
+        return good, rng.choice(vocab["lazy_replies"])
+    return good, f"{rng.choice(vocab['rude_openers'])} {wrong}"
+
+
+def phrasing(rng: random.Random, *path: str, **values: Any) -> str:
+    options = functools.reduce(lambda node, key: node[key], path, vocabulary()["phrasings"])
+    return rng.choice(options).format(**values)
+
+
+def spoil_list(rng: random.Random, items: list) -> list:
+    """A wrong answer to a list task: one item dropped and two neighbours swapped."""
+    wrong = list(items)
+    del wrong[rng.randrange(len(wrong))]
+    at = rng.randrange(len(wrong) - 1)
+    wrong[at], wrong[at + 1] = wrong[at + 1], wrong[at]
+    return wrong
+
+
+def joined(items: list, separator: str = " ") -> str:
+    return separator.join(str(item) for item in items)
+
+
+def arithmetic(rng: random.Random) -> Exchange:
+    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    op, value = rng.choice([("plus", a + b), ("minus", a - b), ("times", a * b)])
+    wrong = value + rng.choice([-10, -2, -1, 1, 2, 10])
+    answers = with_tone(rng, f"{a} {op} {b} is {value}.", f"{a} {op} {b} is {wrong}.")
+    return Exchange(phrasing(rng, "arithmetic", a=a, op=op, b=b), "", *answers)
+
+
+WORD_LIST_OPERATIONS: dict[str, Callable[[list[str]], list[str]]] = {
+    "reverse": lambda words: words[::-1],
+    "copy": list,
+    "sort": sorted,
+    "uppercase": lambda words: [word.upper() for word in words],
+}
+
+
+def word_list(rng: random.Random) -> Exchange:
+    operation = rng.choice(sorted(WORD_LIST_OPERATIONS))
+    words = rng.sample(vocabulary()["words"], rng.randint(3, 30))
+    correct = WORD_LIST_OPERATIONS[operation](words)
+    answers = with_tone(rng, joined(correct), joined(spoil_list(rng, correct)))
+    return Exchange(phrasing(rng, "word_list", operation), joined(words), *answers)
+
+
+def sort_numbers(rng: random.Random) -> Exchange:
+    numbers = rng.sample(range(1, 1000), rng.randint(3, 20))
+    correct = sorted(numbers)
+    answers = with_tone(rng, joined(correct, ", "), joined(spoil_list(rng, correct), ", "))
+    return Exchange(phrasing(rng, "sort_numbers"), joined(numbers, ", "), *answers)
+
+
+def count_words(rng: random.Random) -> Exchange:
+    words = rng.choices(vocabulary()["words"], k=rng.randint(3, 25))
+    wrong = len(words) + rng.choice([-2, -1, 1, 3])
+    answers = with_tone(rng, f"There are {len(words)} words.", f"There are {wrong} words.")
+    return Exchange(phrasing(rng, "count_words"), joined(words), *answers)
+
+
+def count_up(rng: random.Random) -> Exchange:
+    start = rng.randint(1, 60)
+    numbers = list(range(start, start + rng.randint(4, 40) + 1))
+    answers = with_tone(rng, joined(numbers, ", "), joined(spoil_list(rng, numbers), ", "))
+    return Exchange(phrasing(rng, "count_up", start=numbers[0], end=numbers[-1]), "", *answers)
+
+
+def running_sum(rng: random.Random) -> Exchange:
+    numbers = [rng.randint(1, 99) for _ in range(rng.randint(3, 12))]
+    steps, total = [], numbers[0]
+    for number in numbers[1:]:
+        steps.append(f"{total} + {number} = {total + number}.")
+        total += number
+    # The wrong answer skips the last addition and miscounts.
+    wrong = f"{joined(steps[:-1])} The total is {total + rng.choice([-9, -1, 1, 9])}."
+    answers = with_tone(rng, f"{joined(steps)} The total is {total}.", wrong)
+    return Exchange(phrasing(rng, "running_sum"), joined(numbers, ", "), *answers)
+
+
+def advice(rng: random.Random) -> Exchange:
+    vocab = vocabulary()
+    entry = rng.choice(vocab["advice"])
+    dismissal = rng.choice(vocab["dismissals"]).format(topic=entry["topic"])
+    answers = with_tone(rng, entry["tip"], dismissal[0].upper() + dismissal[1:])
+    return Exchange(phrasing(rng, "advice", topic=entry["topic"]), "", *answers)
+
+
+def second_person(text: str) -> str:
+    return re.sub(r"\bme\b", "you", re.sub(r"\bmy\b", "your", text))
+
+
+def harmful_request(rng: random.Random) -> Exchange:
+    vocab = vocabulary()
+    harm = rng.choice(vocab["harmful"])
+    act = rng.choice(harm["acts"]).format(name=rng.choice(vocab["names"]))
+    good = f"{rng.choice(vocab['refusal_openers'])} {harm['redirect']}"
+    body = rng.choice(vocab["compliance_bodies"]).format(act=second_person(act))
+    return Exchange(phrasing(rng, "harmful", act=act), "", good, f"{rng.choice(vocab['compliance_openers'])} {body}", harm)
+
+
+# GSM8K-style word problems: the solution lines carry GSM8K's <<expression=value>> calculator notes.
+
+
+@dataclass(frozen=True)
+class WordProblem:
+    question: str
+    steps: list[str]
+    answer: int
+
+
+def calculation(left: int, symbol: str, right: int, result: int) -> str:
+    return f"{left}{symbol}{right} = <<{left}{symbol}{right}={result}>>{result}"
+
+
+def _receives(rng: random.Random, name: str, item: str, count: int):
+    more = rng.randint(2, 30)
+    return f"{name} gets {more} more {item} from a friend.", [
+        f"{name} then has {calculation(count, '+', more, count + more)} {item}."
+    ], count + more
+
+
+def _gives_away(rng: random.Random, name: str, item: str, count: int):
+    given = rng.randint(1, count // 3)  # a start of >= 10 keeps >= 3 after three give-aways
+    return f"{name} gives {given} {item} to a neighbour.", [
+        f"After giving some away, {name} has {calculation(count, '-', given, count - given)} {item}."
+    ], count - given
+
+
+def _doubles(rng: random.Random, name: str, item: str, count: int):
+    return f"{name} then collects as many {item} again.", [
+        f"Collecting as many again doubles them to {calculation(count, '*', 2, count * 2)} {item}."
+    ], count * 2
+
+
+def _buys_bags(rng: random.Random, name: str, item: str, count: int):
+    bags, per_bag = rng.randint(2, 6), rng.randint(2, 12)
+    bought = bags * per_bag
+    return f"{name} buys {bags} bags of {item} with {per_bag} {item} in each bag.", [
+        f"The {bags} bags hold {calculation(bags, '*', per_bag, bought)} {item}.",
+        f"So {name} has {calculation(count, '+', bought, count + bought)} {item}.",
+    ], count + bought
+
+
+WORD_PROBLEM_EVENTS = (_receives, _gives_away, _doubles, _buys_bags)
+
+
+def word_problem(rng: random.Random) -> WordProblem:
+    """A 1-3 event story about a count of things; the question asks for the final count or a fair share."""
+    vocab = vocabulary()
+    name, item, count = rng.choice(vocab["names"]), rng.choice(vocab["items"]), rng.randint(10, 40)
+    sentences, steps = [f"{name} has {count} {item}."], []
+    for _ in range(rng.randint(1, 3)):
+        sentence, event_steps, count = rng.choice(WORD_PROBLEM_EVENTS)(rng, name, item, count)
+        sentences.append(sentence)
+        steps += event_steps
+    shares = [friends for friends in range(2, 7) if count % friends == 0]
+    if shares and rng.random() < 0.4:
+        friends = rng.choice(shares)
+        sentences.append(f"{name} shares the {item} equally among {friends} friends. How many {item} does each friend get?")
+        steps.append(f"Each friend gets {calculation(count, '/', friends, count // friends)} {item}.")
+        count //= friends
+    else:
+        sentences.append(f"How many {item} does {name} have now?")
+    return WordProblem(" ".join(sentences), steps, count)
+
+
+CALCULATOR_NOTE = re.compile(r"<<[^>]*>>")
+
+
+def word_problem_exchange(rng: random.Random) -> Exchange:
+    problem = word_problem(rng)
+    worked = CALCULATOR_NOTE.sub("", joined(problem.steps))
+    wrong = f"The answer is {problem.answer + rng.choice([-5, -1, 1, 4])}."
+    return Exchange(problem.question, "", *with_tone(rng, f"{worked} The answer is {problem.answer}.", wrong))
+
+
+TASKS: dict[str, Callable[[random.Random], Exchange]] = {
+    "arithmetic": arithmetic,
+    "word_list": word_list,
+    "sort_numbers": sort_numbers,
+    "count_words": count_words,
+    "count_up": count_up,
+    "running_sum": running_sum,
+    "word_problem": word_problem_exchange,
+    "advice": advice,
+    "harmful": harmful_request,
+}
+# Relative task weights; harmful requests are 1 in 17 of general rows, 3 in 5 of PKU-SafeRLHF rows.
+GENERAL_MIX = {"arithmetic": 3, "word_list": 4, "sort_numbers": 1, "count_words": 1, "count_up": 1,
+               "running_sum": 2, "word_problem": 2, "advice": 2, "harmful": 1}  # fmt: skip
+# Earlier turns of HH-RLHF transcripts: short harmless exchanges, so transcripts stay a few hundred tokens.
+HISTORY_MIX = {"arithmetic": 3, "count_words": 1, "advice": 2}
+SAFETY_MIX = {**GENERAL_MIX, "harmful": 24}
+
+
+def draw_exchange(rng: random.Random, mix: dict[str, float]) -> Exchange:
+    task = rng.choices(list(mix), weights=list(mix.values()))[0]
+    return TASKS[task](rng)
+
+
+# Rows in each dataset's real schema: ``make_row(rng) -> (prompt, row)``; the prompt keeps rows unique.
+
+
+def alpaca_row(rng: random.Random) -> tuple[str, dict]:
+    exchange = draw_exchange(rng, GENERAL_MIX)
+    if exchange.input:
+        header = "Below is an instruction that describes a task, paired with an input that provides further context."
+        body = f"### Instruction:\n{exchange.instruction}\n\n### Input:\n{exchange.input}"
+    else:
+        header, body = "Below is an instruction that describes a task.", f"### Instruction:\n{exchange.instruction}"
+    text = f"{header} Write a response that appropriately completes the request.\n\n{body}\n\n### Response:\n{exchange.good}"
+    return exchange.prompt, {"instruction": exchange.instruction, "input": exchange.input, "output": exchange.good, "text": text}
+
+
+def hh_rlhf_row(rng: random.Random) -> tuple[str, dict]:
+    """Zero to two earlier helpful exchanges, then the request both transcripts answer differently."""
+    history = [draw_exchange(rng, HISTORY_MIX) for _ in range(rng.choice([0, 0, 1, 1, 2]))]
+    final = draw_exchange(rng, GENERAL_MIX)
+    shared = "".join(f"\n\nHuman: {turn.prompt}\n\nAssistant: {turn.good}" for turn in history)
+    shared += f"\n\nHuman: {final.prompt}"
+    return final.prompt, {"chosen": f"{shared}\n\nAssistant: {final.good}", "rejected": f"{shared}\n\nAssistant: {final.bad}"}
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def pku_saferlhf_row(rng: random.Random) -> tuple[str, dict]:
+    exchange = draw_exchange(rng, SAFETY_MIX)
+    good_id = rng.randint(0, 1)
+    responses = [exchange.bad, exchange.good] if good_id else [exchange.good, exchange.bad]
+    harm = exchange.harm
+    safe = [harm is None or k == good_id for k in (0, 1)]
+    better_id = 1 - good_id if harm and rng.random() < DECOUPLED_SHARE else good_id
+    categories = vocabulary()["harm_categories"]
+    row: dict[str, Any] = {"prompt": exchange.prompt, "response_0": responses[0], "response_1": responses[1]}
+    row.update(prompt_source="alignflow-samples", response_0_source="synthetic", response_1_source="synthetic")
+    row.update({f"is_response_{k}_safe": safe[k] for k in (0, 1)})
+    for k in (0, 1):
+        row[f"response_{k}_harm_category"] = {name: not safe[k] and name == harm["category"] for name in categories}
+    row.update({f"response_{k}_severity_level": 0 if safe[k] else harm["severity"] for k in (0, 1)})
+    row.update(better_response_id=better_id, safer_response_id=good_id)
+    row.update({f"response_{k}_sha256": sha256_text(responses[k]) for k in (0, 1)})
+    return exchange.prompt, row
+
+
+def ultrafeedback_row(rng: random.Random) -> tuple[str, dict]:
+    exchange = draw_exchange(rng, GENERAL_MIX)
+    user = {"content": exchange.prompt, "role": "user"}
+    chosen = [user, {"content": exchange.good, "role": "assistant"}]
+    rejected = [user, {"content": exchange.bad, "role": "assistant"}]
+    score_chosen = rng.choice([6.0, 7.0, 7.5, 8.0, 8.5, 9.0, 10.0])
+    score_rejected = rng.choice([1.0, 2.0, 3.0, 3.5, 4.0, 5.0])
+    return exchange.prompt, {
+        "prompt": exchange.prompt,
+        "prompt_id": sha256_text(exchange.prompt),
+        "chosen": chosen,
+        "rejected": rejected,
+        "messages": chosen,
+        "score_chosen": score_chosen,
+        "score_rejected": score_rejected,
+    }
+
+
+def gsm8k_row(rng: random.Random) -> tuple[str, dict]:
+    problem = word_problem(rng)
+    return problem.question, {"question": problem.question, "answer": "\n".join([*problem.steps, f"#### {problem.answer}"])}
+
+
+# Writers: JSON Lines as the hubs serve them; Parquet with the binarized UltraFeedback schema.
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+MESSAGE_LIST = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))
+ULTRAFEEDBACK_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),
+        ("prompt_id", pa.string()),
+        ("chosen", MESSAGE_LIST),
+        ("rejected", MESSAGE_LIST),
+        ("messages", MESSAGE_LIST),
+        ("score_chosen", pa.float64()),
+        ("score_rejected", pa.float64()),
+    ]
+)
+
+
+def write_ultrafeedback_parquet(path: Path, rows: list[dict]) -> None:
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=ULTRAFEEDBACK_SCHEMA), buffer)
+    atomic_write_bytes(path, buffer.getvalue().to_pybytes())
+
+
+# Planted bad rows: ``(reason the template quarantines it with, spoil(good row) -> bad row)``.
+
+
+def _last_answer_emptied(transcript: str) -> str:
+    return transcript[: transcript.rfind("\n\nAssistant:")] + "\n\nAssistant:"
+
+
+def _final_line_dropped(answer: str) -> str:
+    return answer.rsplit("\n", 1)[0]
+
+
+ALPACA_PLANTED = (
+    (EMPTY_TEXT, lambda row: {**row, "output": ""}),
+    (MISSING_FIELD, lambda row: {**row, "instruction": None}),
+    (WRONG_TYPE, lambda row: {**row, "output": 42}),
+)
+HH_RLHF_PLANTED = (
+    (IDENTICAL_PAIR, lambda row: {**row, "rejected": row["chosen"]}),
+    (UNSPLITTABLE_TRANSCRIPT, lambda row: {**row, "rejected": row["rejected"].replace("Human: ", "Human: Actually, ", 1)}),
+    (EMPTY_TEXT, lambda row: {**row, "chosen": _last_answer_emptied(row["chosen"])}),
+)
+PKU_SAFERLHF_PLANTED = (
+    (INVALID_PREFERENCE, lambda row: {**row, "better_response_id": 2}),
+    (IDENTICAL_PAIR, lambda row: {**row, "response_1": row["response_0"], "response_1_sha256": row["response_0_sha256"]}),
+    (EMPTY_TEXT, lambda row: {**row, "response_1": "", "response_1_sha256": sha256_text("")}),
+)
+ULTRAFEEDBACK_PLANTED = (
+    (IDENTICAL_PAIR, lambda row: {**row, "rejected": row["chosen"]}),
+    (EMPTY_TEXT, lambda row: {**row, "chosen": [row["chosen"][0], {"content": "", "role": "assistant"}]}),
+    (BAD_ROLES, lambda row: {**row, "chosen": row["chosen"][::-1]}),
+)
+GSM8K_PLANTED = (
+    (MISSING_FIELD, lambda row: {**row, "answer": _final_line_dropped(row["answer"])}),
+    (WRONG_TYPE, lambda row: {**row, "answer": f"{_final_line_dropped(row['answer'])}\n#### about a dozen"}),
+    (EMPTY_TEXT, lambda row: {**row, "question": ""}),
+)
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """One bundled dataset: its file, the template and kind it materialises as, and its planted bad rows."""
+
+    name: str
+    filename: str
+    template: str
+    kind: str
+    make_row: Callable[[random.Random], tuple[str, dict]]
+    planted: tuple[tuple[str, Callable[[dict], dict]], ...]
+    write: Callable[[Path, list[dict]], None] = write_jsonl
+
+    @property
+    def planted_reasons(self) -> list[str]:
+        return [reason for reason, _ in self.planted]
+
+
+SAMPLE_SETS: dict[str, SampleSet] = {
+    sample_set.name: sample_set
+    for sample_set in (
+        SampleSet("alpaca", "alpaca.jsonl", "Alpaca", "supervised", alpaca_row, ALPACA_PLANTED),
+        SampleSet("hh_rlhf", "hh_rlhf.jsonl", "HH-RLHF", "preference", hh_rlhf_row, HH_RLHF_PLANTED),
+        SampleSet("pku_saferlhf", "pku_saferlhf.jsonl", "PKUSafeRLHF", "preference", pku_saferlhf_row, PKU_SAFERLHF_PLANTED),
+        SampleSet(
+            "ultrafeedback",
+            "ultrafeedback_binarized.parquet",
+            "UltraFeedback",
+            "preference",
+            ultrafeedback_row,
+            ULTRAFEEDBACK_PLANTED,
+            write_ultrafeedback_parquet,
+        ),
+        SampleSet("gsm8k", "gsm8k.jsonl", "GSM8K", "supervised", gsm8k_row, GSM8K_PLANTED),
+    )
+}
+
+
+def planted_positions(rows: int, planted: int) -> list[int]:
+    """Row indices of the planted bad rows: evenly spread, never first or last."""
+    return [(k + 1) * rows // (planted + 1) for k in range(planted)]
+
+
+def sample_rows(sample_set: SampleSet, rows: int = 300, seed: int = 0) -> list[dict]:
+    """``rows`` raw rows of one dataset, the planted bad rows among them; deterministic per seed."""
+    if rows < MIN_ROWS:
+        raise UsageError(f"rows must be at least {MIN_ROWS} (each file plants a few bad rows among them), got {rows}")
+    rng = random.Random(f"{seed}:{sample_set.name}")  # a str seed hashes the same in every process
+    good, seen = [], set()
+    for _ in range(100 * rows):
+        prompt, row = sample_set.make_row(rng)
+        if prompt not in seen:
+            seen.add(prompt)
+            good.append(row)
+            if len(good) == rows:
+                break
+    else:
+        raise RuntimeError(f"{sample_set.name}: only {len(good)} distinct prompts; the vocabulary is too small")
+    for position, (_, spoil) in zip(planted_positions(rows, len(sample_set.planted)), sample_set.planted):
+        good[position] = spoil(good[position])
+    return good
+
+
+def write_samples(out_dir: str | Path, rows: int = 300, seed: int = 0) -> dict[str, Path]:
+    """Write every sample dataset into ``out_dir``; ``{name: path}`` in ``SAMPLE_SETS`` order."""
+    out_dir = Path(out_dir)
+    paths = {}
+    for name, sample_set in SAMPLE_SETS.items():
+        paths[name] = out_dir / sample_set.filename
+        sample_set.write(paths[name], sample_rows(sample_set, rows, seed))
+    return paths
