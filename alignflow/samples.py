@@ -26,8 +26,8 @@ upper-casing a word list, sorting numbers, counting words, counting up, step-by-
 GSM8K-style word problems, advice, harmful requests). The good answer is correct, opens politely and
 refuses harmful requests with a helpful redirect; the bad answer is wrong and rude, a lazy
 non-answer, or an eager unsafe agreement (which carries no instructions). Tasks with long lists and
-multi-turn HH-RLHF transcripts make rows range from ~10 to ~300 words, so truncation and length
-grouping matter. The words and phrasings live in ``sample_data/vocabulary.yaml``.
+multi-turn HH-RLHF transcripts make rows range from ~35 to ~400 tokens (of the tiny test tokenizer,
+chat template included; medians 75-185), so truncation and length grouping matter. The words and phrasings live in ``sample_data/vocabulary.yaml``.
 
 PKU-SafeRLHF annotates helpfulness and harmlessness apart; as in the real data, on a few harmful
 prompts (``DECOUPLED_SHARE`` of them) the unsafe answer is the ``better_response_id`` while the refusal
@@ -290,7 +290,8 @@ TASKS: dict[str, Callable[[random.Random], Exchange]] = {
     "advice": advice,
     "harmful": harmful_request,
 }
-# Relative task weights; harmful requests are 1 in 17 of general rows, 3 in 5 of PKU-SafeRLHF rows.
+# Relative task weights: harmful requests are 1 in 17 general draws and 3 in 5 PKU-SafeRLHF draws (a bit
+# fewer rows: their prompts repeat more often, and a repeated prompt is drawn again).
 GENERAL_MIX = {"arithmetic": 3, "word_list": 4, "sort_numbers": 1, "count_words": 1, "count_up": 1,
                "running_sum": 2, "word_problem": 2, "advice": 2, "harmful": 1}  # fmt: skip
 # Earlier turns of HH-RLHF transcripts: short harmless exchanges, so transcripts stay a few hundred tokens.

@@ -7,8 +7,11 @@ import ast
 import json
 import math
 import operator
+import os
 import random
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -63,6 +66,15 @@ def test_same_seed_writes_byte_identical_files_and_another_seed_different_ones(t
     for name in SAMPLE_SETS:
         assert first[name].read_bytes() == again[name].read_bytes(), name
         assert first[name].read_bytes() != other[name].read_bytes(), name
+
+
+def test_files_do_not_depend_on_the_process_hash_seed(tmp_path):
+    """Nothing iterates a set or hashes with Python's per-process salt: another process writes the same bytes."""
+    here = write_samples(tmp_path / "here", rows=20, seed=1)
+    script = f"from alignflow.samples import write_samples; write_samples({str(tmp_path / 'there')!r}, rows=20, seed=1)"
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "PYTHONHASHSEED": "12345"})
+    for name, path in here.items():
+        assert path.read_bytes() == (tmp_path / "there" / path.name).read_bytes(), name
 
 
 def test_rows_counts_every_row_of_a_file_the_planted_ones_included(sample_paths):
