@@ -1,0 +1,80 @@
+"""Collators: lists of ``TokenDataset`` rows -> padded tensors, each batch only as long as its longest row.
+
+===============================  ==========================================================
+kind                             batch
+===============================  ==========================================================
+supervised                       ``input_ids``, ``attention_mask``, ``labels`` (b, L), right padded
+preference                       the same keys at (2b, L): rows ``[0, b)`` chosen, ``[b, 2b)``
+                                 rejected, so a trainer scores both in one forward pass
+unpaired_preference              as supervised, + ``desirable`` (b,) bool
+prompt_only                      ``input_ids``, ``attention_mask`` (b, L), left padded for generate()
+===============================  ==========================================================
+
+Padding: ``pad_token_id`` in ``input_ids``, 0 in ``attention_mask``, -100 in ``labels``.
+``pad_to_multiple_of`` rounds L up (GPU-friendly shapes; fewer distinct shapes to compile).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from align_core.data.schema import SEQUENCE_PREFIXES, has_labels
+from align_core.data.truncation import IGNORE_INDEX
+from align_core.shards.schema import Kind
+
+
+def padded_length(longest: int, pad_to_multiple_of: int | None = None) -> int:
+    if pad_to_multiple_of and longest % pad_to_multiple_of:
+        return longest + pad_to_multiple_of - longest % pad_to_multiple_of
+    return longest
+
+
+def pad_sequences(
+    sequences: Sequence[Sequence[int]],
+    pad_value: int,
+    side: str = "right",
+    pad_to_multiple_of: int | None = None,
+) -> torch.Tensor:
+    """Stack token lists into a (b, L) long tensor, padding on ``side`` ("right" or "left") with ``pad_value``."""
+    if side not in ("right", "left"):
+        raise ValueError(f"padding side must be 'right' or 'left', got {side!r}")
+    width = padded_length(max((len(sequence) for sequence in sequences), default=0), pad_to_multiple_of)
+    batch = torch.full((len(sequences), width), pad_value, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        # int32 -> int64 copies, so the read-only memory-mapped views are never handed to torch.
+        values = torch.from_numpy(np.asarray(sequence, dtype=np.int64))
+        if side == "right":
+            batch[row, : len(values)] = values
+        elif len(values):
+            batch[row, width - len(values) :] = values
+    return batch
+
+
+@dataclass
+class Collator:
+    """Pads a list of rows of ``kind`` into one batch (see the module docstring for the keys)."""
+
+    kind: Kind
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        side = "left" if self.kind is Kind.PROMPT_ONLY else "right"
+        prefixes = SEQUENCE_PREFIXES[self.kind]
+        # Prefix-major order: all chosen rows, then all rejected rows.
+        input_ids = [row[f"{prefix}input_ids"] for prefix in prefixes for row in rows]
+        ones = [np.ones(len(sequence), dtype=np.int64) for sequence in input_ids]
+        batch = {
+            "input_ids": pad_sequences(input_ids, self.pad_token_id, side, self.pad_to_multiple_of),
+            "attention_mask": pad_sequences(ones, 0, side, self.pad_to_multiple_of),
+        }
+        if has_labels(self.kind):
+            labels = [row[f"{prefix}labels"] for prefix in prefixes for row in rows]
+            batch["labels"] = pad_sequences(labels, IGNORE_INDEX, side, self.pad_to_multiple_of)
+        if self.kind is Kind.UNPAIRED_PREFERENCE:
+            batch["desirable"] = torch.tensor([bool(row["desirable"]) for row in rows])
+        return batch

@@ -1,0 +1,256 @@
+"""The token cache: a materialised dataset tokenised for one tokenizer, template and length policy.
+
+    tokenize_dataset(dataset_dir, tokenizer_path, max_length, truncation, cache_root) -> CACHE_ROOT/<key>/
+
+The key is a digest of the dataset's shard digests and kind, the tokenizer files' digest, the chat
+formatting's fingerprint (template text or custom function), ``max_length``, the truncation policy,
+``assistant_turns`` and the tokenisation code's own version. A changed tokenizer, template or
+policy is a new key, so a stale cache can never be read; the same inputs are a hit that rewrites
+nothing. The folder is built in a staging folder and renamed into place after its manifest.
+
+Layout: ``manifest.json`` (key inputs, counts of kept/truncated/dropped rows and tokens, shard
+digests, pad/bos/eos ids) + ``shards/tokens-NNNNN.arrow``: uncompressed Arrow IPC files, so
+``TokenDataset`` memory-maps them and a cache larger than RAM still trains.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+import align_core
+import align_core.chat as chat_module
+import align_core.data.encode as encode_module
+import align_core.data.schema as schema_module
+import align_core.data.truncation as truncation_module
+from align_core.chat import ModelFormatter
+from align_core.data.encode import ConversationEncoder
+from align_core.data.schema import SEQUENCE_PREFIXES, has_labels, token_record_batch, token_schema
+from align_core.data.truncation import IGNORE_INDEX, OUTCOMES, parse_truncation
+from align_core.errors import UsageError
+from align_core.io import (
+    atomic_write_json,
+    publish_dir,
+    remove_stale_staging,
+    sha256_file,
+    sha256_json,
+    sha256_tree,
+    staging_dir,
+)
+from align_core.models.registry import require_local_dir
+from align_core.paths import state_dir
+from align_core.shards.dataset import ShardDataset
+
+CACHE_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARDS_SUBDIR = "shards"
+DEFAULT_ROWS_PER_SHARD = 200_000
+
+# Files that define a tokenizer and its chat formatting; model weights are deliberately not among
+# them, so training a model further does not invalidate the token cache of its tokenizer.
+TOKENIZER_FILE_PATTERNS = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab*",
+    "merges.txt",
+    "*.model",
+    "chat_template*",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+
+
+def default_cache_root() -> Path:
+    return state_dir() / "token_cache"
+
+
+def tokenizer_files_digest(tokenizer_path: str | Path) -> str:
+    folder = require_local_dir(tokenizer_path, "tokenizer")
+    files = sorted({path for pattern in TOKENIZER_FILE_PATTERNS for path in folder.glob(pattern) if path.is_file()})
+    if not files:
+        raise UsageError(f"{folder}: no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
+    return sha256_tree(folder, files)
+
+
+def _code_version() -> str:
+    """Digest of the modules whose code decides the tokens, so changing them invalidates old caches."""
+    digest = hashlib.sha256()
+    for module in (encode_module, schema_module, truncation_module, chat_module):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CODE_VERSION = _code_version()
+
+
+def cache_key_inputs(
+    dataset: ShardDataset,
+    formatter: ModelFormatter,
+    tokenizer_path: str | Path,
+    max_length: int,
+    truncation_policy: str,
+    assistant_turns: str,
+) -> dict[str, Any]:
+    return {
+        "format": CACHE_FORMAT_VERSION,
+        "code_version": CODE_VERSION,
+        "kind": dataset.kind.value,
+        "shard_digests": dataset.shard_digests,
+        "tokenizer_digest": tokenizer_files_digest(tokenizer_path),
+        "chat_format": formatter.fingerprint,
+        "max_length": max_length,
+        "truncation": parse_truncation(truncation_policy).value,
+        "assistant_turns": assistant_turns,
+    }
+
+
+def token_cache_key(
+    dataset_dir: str | Path,
+    tokenizer_path: str | Path,
+    max_length: int,
+    truncation: str = "drop",
+    *,
+    assistant_turns: str = "all",
+    trust_remote_code: bool = False,
+) -> str:
+    """The cache key ``tokenize_dataset`` would use, without tokenising anything."""
+    formatter = ModelFormatter.from_pretrained(tokenizer_path, trust_remote_code)
+    inputs = cache_key_inputs(ShardDataset(dataset_dir), formatter, tokenizer_path, max_length, truncation, assistant_turns)
+    return sha256_json(inputs)
+
+
+def is_complete(cache_dir: str | Path) -> bool:
+    """A cache folder is complete once its manifest exists: the manifest is written last."""
+    return (Path(cache_dir) / MANIFEST_NAME).is_file()
+
+
+def read_token_manifest(cache_dir: str | Path) -> dict[str, Any]:
+    path = Path(cache_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise UsageError(f"{cache_dir}: no {MANIFEST_NAME}; not a complete token cache (run tokenize_dataset)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != CACHE_FORMAT_VERSION:
+        raise UsageError(f"{path}: token cache format {manifest.get('format')}, this alignflow reads {CACHE_FORMAT_VERSION}")
+    return manifest
+
+
+class _ShardSink:
+    """Writes token record batches into uncompressed Arrow IPC files of at most ``rows_per_shard`` rows."""
+
+    def __init__(self, folder: Path, arrow_schema: pa.Schema, rows_per_shard: int):
+        self.folder = folder
+        self.schema = arrow_schema
+        self.rows_per_shard = rows_per_shard
+        self.entries: list[dict[str, Any]] = []
+        self._writer = None
+        self._rows = 0
+        (folder / SHARDS_SUBDIR).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, number: int) -> Path:
+        return self.folder / SHARDS_SUBDIR / f"tokens-{number:05d}.arrow"
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        while batch.num_rows:
+            if self._writer is None:
+                self._writer = pa.ipc.new_file(str(self._path(len(self.entries))), self.schema)
+            take = min(batch.num_rows, self.rows_per_shard - self._rows)
+            self._writer.write_batch(batch.slice(0, take))
+            self._rows += take
+            batch = batch.slice(take)
+            if self._rows == self.rows_per_shard:
+                self._close_shard()
+
+    def _close_shard(self) -> None:
+        self._writer.close()
+        path = self._path(len(self.entries))
+        self.entries.append({"path": str(path.relative_to(self.folder)), "rows": self._rows, "sha256": sha256_file(path)})
+        self._writer, self._rows = None, 0
+
+    def close(self) -> list[dict[str, Any]]:
+        if self._writer is not None:
+            self._close_shard()
+        return self.entries
+
+
+def _token_counts(kind, batch: pa.RecordBatch) -> tuple[int, int]:
+    """(tokens, trained label tokens) in a token record batch."""
+    tokens = labelled = 0
+    for prefix in SEQUENCE_PREFIXES[kind]:
+        tokens += len(batch.column(f"{prefix}input_ids").flatten())
+        if has_labels(kind):
+            labels = batch.column(f"{prefix}labels").flatten().to_numpy()
+            labelled += int((labels != IGNORE_INDEX).sum())
+    return tokens, labelled
+
+
+def tokenize_dataset(
+    dataset_dir: str | Path,
+    tokenizer_path: str | Path,
+    max_length: int,
+    truncation: str = "drop",
+    cache_root: str | Path | None = None,
+    *,
+    assistant_turns: str = "all",
+    trust_remote_code: bool = False,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    batch_rows: int = 1024,
+) -> Path:
+    """Tokenise a materialised dataset folder into the token cache; returns the cache folder.
+
+    A complete folder for the same key is returned as is. ``truncation`` is ``drop``,
+    ``truncate_prompt_left`` or ``error``; ``assistant_turns`` (supervised) ``all`` or ``last``.
+    """
+    dataset = ShardDataset(dataset_dir)
+    policy = parse_truncation(truncation)
+    formatter = ModelFormatter.from_pretrained(tokenizer_path, trust_remote_code)
+    encoder = ConversationEncoder(formatter, max_length, policy, assistant_turns)
+    key_inputs = cache_key_inputs(dataset, formatter, tokenizer_path, max_length, policy.value, assistant_turns)
+    cache_key = sha256_json(key_inputs)
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    final = root / cache_key
+    if is_complete(final):
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(root)
+    staging = staging_dir(final)
+    kind = dataset.kind
+    sink = _ShardSink(staging, token_schema(kind), rows_per_shard)
+    outcomes: Counter[str] = Counter({outcome: 0 for outcome in OUTCOMES})
+    tokens = labelled = 0
+    for record_batch in dataset.iter_batches():
+        for start in range(0, record_batch.num_rows, batch_rows):
+            rows = record_batch.slice(start, batch_rows).to_pylist()
+            tokenized = token_record_batch(kind, encoder.encode_rows(kind, rows, outcomes))
+            batch_tokens, batch_labelled = _token_counts(kind, tokenized)
+            tokens, labelled = tokens + batch_tokens, labelled + batch_labelled
+            sink.write(tokenized)
+    shards = sink.close()
+    rows_out = sum(entry["rows"] for entry in shards)
+    tokenizer = formatter.tokenizer
+    manifest = {
+        "format": CACHE_FORMAT_VERSION,
+        "cache_key": cache_key,
+        "key_inputs": key_inputs,
+        "kind": kind.value,
+        "dataset": {"path": str(Path(dataset_dir).resolve()), "digest": dataset.digest, "rows": dataset.num_rows},
+        "tokenizer_path": str(Path(tokenizer_path).resolve()),
+        "chat_format_source": formatter.source,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "counts": {"rows_in": dataset.num_rows, "rows_out": rows_out, **outcomes, "tokens": tokens, "label_tokens": labelled},
+        "rows": rows_out,
+        "shards": shards,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "alignflow_version": align_core.__version__,
+    }
+    atomic_write_json(staging / MANIFEST_NAME, manifest)
+    publish_dir(staging, final)
+    return final

@@ -1,0 +1,88 @@
+"""``TokenDataset(cache_dir)``: a token cache folder as a map-style torch Dataset over memory-mapped Arrow.
+
+``dataset[i]`` is a dict of the row's columns (see ``align_core.data.schema``): token lists as
+read-only int32 numpy views into the mapped files (no copy until the collator pads them), ``id``
+as str, ``desirable`` as bool. ``dataset.lengths`` (n,) feeds length-grouped sampling;
+``dataset.collator()`` pads batches of it for the trainer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from torch.utils.data import Dataset
+
+from align_core.data.schema import TOKEN_LIST
+from align_core.data.token_cache import read_token_manifest
+from align_core.shards.schema import Kind
+
+
+class _MappedBatch:
+    """One record batch's columns as numpy views: (offsets, values) for token lists, arrays otherwise."""
+
+    def __init__(self, batch: pa.RecordBatch):
+        self.token_lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.scalars: dict[str, Any] = {}
+        for name, column in zip(batch.schema.names, batch.columns):
+            if column.type == TOKEN_LIST:
+                self.token_lists[name] = (column.offsets.to_numpy(), column.values.to_numpy())
+            else:
+                self.scalars[name] = column.to_numpy(zero_copy_only=False)
+
+    def row(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            name: values[offsets[index] : offsets[index + 1]] for name, (offsets, values) in self.token_lists.items()
+        }
+        for name, values in self.scalars.items():
+            value = values[index]
+            item[name] = value.item() if isinstance(value, np.generic) else value
+        return item
+
+
+class TokenDataset(Dataset):
+    def __init__(self, cache_dir: str | Path):
+        self.path = Path(cache_dir)
+        self.manifest = read_token_manifest(self.path)
+        self.kind = Kind(self.manifest["kind"])
+        self.pad_token_id: int = self.manifest["pad_token_id"]
+        self._maps = []  # keep the memory maps open for the views' lifetime
+        self._batches: list[_MappedBatch] = []
+        starts = [0]
+        for entry in self.manifest["shards"]:
+            source = pa.memory_map(str(self.path / entry["path"]))
+            self._maps.append(source)
+            reader = pa.ipc.open_file(source)
+            for index in range(reader.num_record_batches):
+                batch = reader.get_batch(index)
+                self._batches.append(_MappedBatch(batch))
+                starts.append(starts[-1] + batch.num_rows)
+        self._starts = np.asarray(starts)
+        self.lengths = np.concatenate(
+            [batch.scalars["length"] for batch in self._batches] or [np.zeros(0, dtype=np.int32)]
+        )
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} out of range for a token dataset of {len(self)} rows")
+        index %= len(self)
+        batch_number = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self._batches[batch_number].row(index - int(self._starts[batch_number]))
+
+    # Memory maps do not pickle: a worker process (spawn) reopens the folder instead.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+    def collator(self, pad_to_multiple_of: int | None = None):
+        """The collator for this dataset's kind and pad token."""
+        from align_core.data.collate import Collator
+
+        return Collator(self.kind, self.pad_token_id, pad_to_multiple_of)
