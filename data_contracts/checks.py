@@ -1,0 +1,168 @@
+"""Great Expectations over derived-column DataFrames, one chunk at a time, with counts summed.
+
+GX judges each chunk; the verdict for the dataset comes from the summed counts with the same rule
+GX applies (``mostly`` of the non-null rows must meet the expectation), so a dataset split into
+many chunks gets the verdict it would get as one frame. Only row-wise ("map") expectations add up
+like this; whole-table row counts are judged by ``table_result`` over the total.
+
+GX is imported lazily: it takes seconds, and the gate and the CLI's other commands never need it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from align_core.errors import UsageError
+from data_contracts.results import ExpectationResult
+from data_contracts.suite import ExpectationSpec, Suite
+
+SAMPLE_IDS = 5
+GX_SEVERITY = {"error": "critical", "warning": "warning"}
+
+
+@dataclass
+class Tally:
+    """Counts of one expectation summed over chunks."""
+
+    spec: ExpectationSpec
+    element_count: int = 0
+    missing_count: int = 0
+    unexpected_count: int = 0
+    sample_ids: list[str] = field(default_factory=list)
+
+    def add(self, gx_result: dict[str, Any], frame: pd.DataFrame) -> None:
+        """Add one chunk's GX result; ``frame`` is the chunk with its ``id``/``source_index`` columns."""
+        self.element_count += int(gx_result.get("element_count") or 0)
+        self.missing_count += int(gx_result.get("missing_count") or 0)
+        self.unexpected_count += int(gx_result.get("unexpected_count") or 0)
+        rows = gx_result.get("unexpected_rows")
+        if rows is not None and len(self.sample_ids) < SAMPLE_IDS:
+            failing = frame.loc[rows.index]  # GX keeps the chunk's index on the rows it returns
+            self.sample_ids += [_sample_label(i, s) for i, s in zip(failing["id"], failing["source_index"])]
+            del self.sample_ids[SAMPLE_IDS:]
+
+    def result(self) -> ExpectationResult:
+        judged = self.element_count - self.missing_count
+        # GX's rule: vacuously true without judged rows, else at least `mostly` of them must pass.
+        success = judged == 0 or (judged - self.unexpected_count) >= self.spec.mostly * judged - 1e-9
+        return _result(
+            self.spec,
+            success=success,
+            element_count=self.element_count,
+            unexpected_count=self.unexpected_count,
+            unexpected_percent=100.0 * self.unexpected_count / judged if judged else 0.0,
+            sample_ids=self.sample_ids,
+        )
+
+
+class GXChecks:
+    """A suite's row-wise expectations as a GX suite, run on successive DataFrame chunks."""
+
+    def __init__(self, suite: Suite, derived_columns: list[str]):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.suite = suite
+        self.tallies = {spec.name: Tally(spec) for spec in suite.expectations if not spec.table_level}
+        for spec in suite.expectations:
+            missing = [column for column in spec.columns if column not in derived_columns]
+            if missing:
+                raise UsageError(
+                    f"suite {suite.name}: expectation {spec.name!r} reads {', '.join(missing)}, which is not derived "
+                    f"for {suite.kind.value} shards; derived columns: {', '.join(derived_columns)}"
+                )
+        # GX fingerprints every column it is given (a hash per string): give it only what it reads.
+        self._columns = sorted({column for tally in self.tallies.values() for column in tally.spec.columns})
+        # An ephemeral context per run: nothing on disk, no shared state between concurrent runs.
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)  # its bar ignores TQDM_DISABLE
+        asset = context.data_sources.add_pandas("alignflow").add_dataframe_asset("derived")
+        self._batch_definition = asset.add_batch_definition_whole_dataframe("chunk")
+        expectations = [_gx_expectation(tally.spec) for tally in self.tallies.values()]
+        self._gx_suite = gx.ExpectationSuite(name=suite.version, expectations=expectations)
+
+    def validate(self, frame: pd.DataFrame) -> None:
+        """Run every row-wise expectation on ``frame`` and add its counts."""
+        if not self.tallies or frame.empty:
+            return
+        batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame[self._columns]})
+        # BASIC + a few unexpected rows: GX's SUMMARY walks every unexpected row in Python (seconds).
+        outcome = batch.validate(
+            self._gx_suite,
+            result_format={"result_format": "BASIC", "include_unexpected_rows": True, "partial_unexpected_count": SAMPLE_IDS},
+        )
+        for gx_result in outcome.results:
+            name = gx_result.expectation_config.meta["alignflow_name"]
+            if gx_result.exception_info and gx_result.exception_info.get("raised_exception"):
+                message = gx_result.exception_info.get("exception_message")
+                raise UsageError(f"suite {self.suite.name}: expectation {name!r} could not run: {message}")
+            self.tallies[name].add(gx_result.result, frame)
+
+    def results(self, rows: int) -> list[ExpectationResult]:
+        """Every expectation's verdict, in suite order; ``rows`` is the dataset's total row count."""
+        return [
+            table_result(spec, rows) if spec.table_level else self.tallies[spec.name].result()
+            for spec in self.suite.expectations
+        ]
+
+
+def table_result(spec: ExpectationSpec, rows: int) -> ExpectationResult:
+    """A whole-dataset row-count expectation, judged on the total over all shards."""
+    if spec.type == "expect_table_row_count_to_equal":
+        success = rows == spec.kwargs.get("value")
+    else:
+        low, high = spec.kwargs.get("min_value"), spec.kwargs.get("max_value")
+        success = (low is None or rows >= low) and (high is None or rows <= high)
+    return _result(spec, success=success, element_count=rows, unexpected_count=0, unexpected_percent=0.0, observed_value=rows)
+
+
+def _result(spec: ExpectationSpec, **outcome: Any) -> ExpectationResult:
+    return ExpectationResult(
+        name=spec.name,
+        type=spec.type,
+        columns=spec.columns,
+        kwargs=spec.kwargs,
+        severity=spec.severity,
+        mostly=spec.mostly,
+        description=spec.description,
+        **outcome,
+    )
+
+
+def _gx_expectation(spec: ExpectationSpec):
+    from great_expectations.exceptions import ExpectationNotFoundError
+    from great_expectations.expectations.expectation import (
+        ColumnMapExpectation,
+        ColumnPairMapExpectation,
+        MulticolumnMapExpectation,
+    )
+    from great_expectations.expectations.registry import get_expectation_impl
+
+    try:
+        expectation_class = get_expectation_impl(spec.type)
+    except ExpectationNotFoundError:
+        raise UsageError(f"expectation {spec.name!r}: GX has no expectation type {spec.type!r}") from None
+    if not issubclass(expectation_class, (ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation)):
+        raise UsageError(
+            f"expectation {spec.name!r}: {spec.type} is an aggregate check; validation streams the dataset in chunks, "
+            "so only row-wise (column map) expectations and table row counts are supported"
+        )
+    try:
+        return expectation_class(
+            **spec.domain,
+            **spec.kwargs,
+            mostly=spec.mostly,
+            severity=GX_SEVERITY[spec.severity],
+            meta={"alignflow_name": spec.name},
+        )
+    except Exception as error:  # pydantic's message names the bad argument
+        raise UsageError(f"expectation {spec.name!r} ({spec.type}): invalid arguments: {error}") from error
+
+
+def _sample_label(sample_id: Any, source_index: Any) -> str:
+    if sample_id is None or (isinstance(sample_id, float) and pd.isna(sample_id)):
+        return f"<null id, source row {source_index}>"
+    return str(sample_id)

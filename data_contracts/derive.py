@@ -1,0 +1,230 @@
+"""Per-row derived columns: what GX validates instead of the nested conversation lists.
+
+GX measures a list column by its string form, so each shard record batch is flattened here, with
+vectorised pyarrow/numpy (no Python loop over rows), into one flat row per sample:
+
+==================================  =========================================================
+column                              meaning
+==================================  =========================================================
+``id``, ``source_index``            the sample's id and source row (they name failing samples)
+``id_missing``                      the id is null or empty
+``{c}_turns``                       number of messages in conversation column ``c``
+``{c}_roles``                       role letters in order: S(ystem) U(ser) A(ssistant) ?(other)
+``{c}_first_role``/``_last_role``   role of the first / last message ("" when there is none)
+``{c}_empty_parts``                 text parts that are null, empty or whitespace only
+``{c}_max_turn_chars``              characters of the longest message (text parts summed)
+``{m}_placeholders``/``{m}_count``  media placeholders of type m in all columns / items in the row
+``prompt_repeat``                   the prompt (supervised: all but the last message) was seen before
+``sample_repeat``                   the whole sample (all conversations + label) was seen before
+``id_repeat``                       the id was seen before
+``chosen_equals_rejected``          preference only: the two continuations are identical
+``label``                           unpaired_preference only: desirable or not
+==================================  =========================================================
+
+The ``*_repeat`` columns span all batches of a dataset: ``RowDeriver`` remembers a 64-bit xxh3 hash
+of each distinct value it has seen (8 bytes a row per column, far less than the rows themselves).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind, shard_schema
+
+ROLE_LETTERS = {"system": "S", "user": "U", "assistant": "A"}
+UNKNOWN_ROLE = "?"
+# Separators that cannot occur in ordinary text keep "a|b" + "c" distinct from "a" + "b|c" when hashing.
+PART_SEPARATOR, MESSAGE_SEPARATOR, COLUMN_SEPARATOR = "\x1f", "\x1e", "\x1d"
+
+
+@dataclass
+class FlatConversations:
+    """One conversation column of a batch, flattened to messages and parts.
+
+    Shapes: ``rows`` samples, ``M`` messages, ``P`` content parts.
+    """
+
+    turns: np.ndarray  # (rows,) messages per sample
+    message_offsets: np.ndarray  # (rows + 1,) sample i owns messages [offsets[i], offsets[i+1])
+    roles: pa.Array  # (M,) role strings
+    part_offsets: np.ndarray  # (M + 1,) message j owns parts [offsets[j], offsets[j+1])
+    part_types: pa.Array  # (P,)
+    part_texts: pa.Array  # (P,) null for media placeholders
+
+    @classmethod
+    def from_column(cls, conversations: pa.Array) -> "FlatConversations":
+        turns = pc.fill_null(pc.list_value_length(conversations), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        messages = conversations.flatten()  # skips null lists and honours slicing offsets
+        content = messages.field("content")
+        part_counts = pc.fill_null(pc.list_value_length(content), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        parts = content.flatten()
+        return cls(
+            turns=turns,
+            message_offsets=_offsets(turns),
+            roles=messages.field("role"),
+            part_offsets=_offsets(part_counts),
+            part_types=parts.field("type"),
+            part_texts=parts.field("text"),
+        )
+
+    @property
+    def part_row(self) -> np.ndarray:
+        """(P,) the sample each part belongs to."""
+        message_row = np.repeat(np.arange(len(self.turns)), self.turns)
+        return np.repeat(message_row, np.diff(self.part_offsets))
+
+    def per_row(self, part_flags: np.ndarray) -> np.ndarray:
+        """(rows,) count of flagged parts per sample, from a (P,) boolean mask."""
+        return np.bincount(self.part_row[part_flags], minlength=len(self.turns)).astype(np.int64)
+
+    def role_letters(self) -> pa.Array:
+        """(rows,) e.g. "SUA" for system, user, assistant."""
+        codes = pc.fill_null(pc.index_in(self.roles, value_set=pa.array(list(ROLE_LETTERS))), len(ROLE_LETTERS))
+        letters = pa.array([*ROLE_LETTERS.values(), UNKNOWN_ROLE]).take(codes)
+        return pc.binary_join(_lists(self.message_offsets, letters), "")
+
+    def edge_role(self, last: bool) -> pa.Array:
+        """(rows,) role of the first or last message; "" for a sample without messages."""
+        positions = (self.message_offsets[1:] - 1) if last else self.message_offsets[:-1]
+        indices = pa.array(positions, pa.int64(), mask=self.turns == 0)  # null index -> null role
+        return pc.fill_null(pc.fill_null(self.roles, UNKNOWN_ROLE).take(indices), "")
+
+    def empty_text_parts(self) -> np.ndarray:
+        is_text = pc.equal(self.part_types, "text")
+        blank = pc.or_(pc.is_null(self.part_texts), pc.equal(pc.utf8_trim_whitespace(self.part_texts), ""))
+        return self.per_row(_mask(pc.and_(is_text, blank)))
+
+    def max_turn_chars(self) -> np.ndarray:
+        part_chars = pc.fill_null(pc.utf8_length(self.part_texts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        message_chars = np.add.reduceat(np.append(part_chars, 0), self.part_offsets[:-1]) if len(self.roles) else part_chars[:0]
+        message_chars[np.diff(self.part_offsets) == 0] = 0  # reduceat yields the next value for empty groups
+        result = np.zeros(len(self.turns), np.int64)
+        has_turns = self.turns > 0
+        if has_turns.any():
+            result[has_turns] = np.maximum.reduceat(message_chars, self.message_offsets[:-1][has_turns])
+        return result
+
+    def media_parts(self, media_type: str) -> np.ndarray:
+        return self.per_row(_mask(pc.equal(self.part_types, media_type)))
+
+    @cached_property
+    def message_texts(self) -> pa.Array:
+        """(M,) each message as one string: role, then its parts (media as "<image>")."""
+        placeholders = pc.binary_join_element_wise("<", pc.fill_null(self.part_types, ""), ">", "")
+        parts = pc.coalesce(self.part_texts, placeholders)
+        joined_parts = pc.binary_join(_lists(self.part_offsets, parts), PART_SEPARATOR)
+        return pc.binary_join_element_wise(pc.fill_null(self.roles, ""), joined_parts, PART_SEPARATOR)
+
+    def texts(self, drop_last_message: bool = False) -> pa.Array:
+        """(rows,) each conversation as one string, for hashing and equality."""
+        messages = self.message_texts
+        turns = self.turns
+        if drop_last_message:
+            keep = np.ones(len(messages), bool)
+            keep[self.message_offsets[1:][turns > 0] - 1] = False
+            messages, turns = messages.filter(pa.array(keep)), np.maximum(turns - 1, 0)
+        return pc.binary_join(_lists(_offsets(turns), messages), MESSAGE_SEPARATOR)
+
+
+class RowDeriver:
+    """Turns shard record batches of one dataset into DataFrames of derived columns, in order.
+
+    Keep one deriver per dataset pass: its repeat columns remember every earlier batch.
+    """
+
+    def __init__(self, kind: Kind, media: tuple[str, ...] = ()):
+        self.kind = kind
+        self.media = tuple(media)
+        self._seen = {"id": SeenHashes(), "prompt": SeenHashes(), "sample": SeenHashes()}
+
+    def frame(self, batch: pa.RecordBatch) -> pd.DataFrame:
+        columns: dict[str, pa.Array | np.ndarray] = {"id": batch.column("id"), "source_index": batch.column("source_index")}
+        flats = {name: FlatConversations.from_column(batch.column(name)) for name in CONVERSATION_COLUMNS[self.kind]}
+        texts = {name: flat.texts() for name, flat in flats.items()}
+        for name, flat in flats.items():
+            columns[f"{name}_turns"] = flat.turns
+            columns[f"{name}_roles"] = flat.role_letters()
+            columns[f"{name}_first_role"] = flat.edge_role(last=False)
+            columns[f"{name}_last_role"] = flat.edge_role(last=True)
+            columns[f"{name}_empty_parts"] = flat.empty_text_parts()
+            columns[f"{name}_max_turn_chars"] = flat.max_turn_chars()
+        for media_type in self.media:
+            columns[f"{media_type}_placeholders"] = sum(flat.media_parts(media_type) for flat in flats.values())
+            items = batch.column(MEDIA_COLUMNS[media_type])
+            columns[f"{media_type}_count"] = pc.fill_null(pc.list_value_length(items), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        prompt = flats["messages"].texts(drop_last_message=True) if self.kind is Kind.SUPERVISED else texts["prompt"]
+        sample_parts = list(texts.values())
+        if self.kind is Kind.PREFERENCE:
+            columns["chosen_equals_rejected"] = _mask(pc.equal(texts["chosen"], texts["rejected"]))
+        if self.kind is Kind.UNPAIRED_PREFERENCE:
+            columns["label"] = batch.column("label")
+            sample_parts.append(pc.cast(batch.column("label"), pa.string()))
+        sample = pc.binary_join_element_wise(*[pc.fill_null(part, "") for part in sample_parts], COLUMN_SEPARATOR)
+        columns["id_missing"] = _mask(pc.or_kleene(pc.is_null(batch.column("id")), pc.equal(batch.column("id"), "")))
+        columns["id_repeat"] = self._repeats("id", batch.column("id"))
+        columns["prompt_repeat"] = self._repeats("prompt", prompt)
+        columns["sample_repeat"] = self._repeats("sample", sample)
+        return pa.table({name: _as_arrow(values) for name, values in columns.items()}).to_pandas()
+
+    def _repeats(self, key: str, values: pa.Array) -> np.ndarray:
+        """(rows,) True where the value occurred earlier in this batch or any earlier batch."""
+        binary = pc.fill_null(values, "").cast(pa.binary()).to_pylist()
+        # xxh3 over the raw bytes is ~20x faster than pandas' hash of Python strings.
+        hashes = np.fromiter(map(xxhash.xxh3_64_intdigest, binary), np.uint64, len(binary))
+        repeated = pd.Series(hashes).duplicated().to_numpy() | self._seen[key].contains(hashes)
+        self._seen[key].add(hashes[~repeated])
+        return repeated
+
+
+class SeenHashes:
+    """A set of 64-bit hashes in sorted numpy runs, merged like a binary counter.
+
+    8 bytes per distinct row (a Python set needs ~70), O(log n) sorted runs to search.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def contains(self, hashes: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(hashes), bool)
+        for run in self.runs:
+            positions = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
+            found |= run[positions] == hashes
+        return found
+
+    def add(self, new_hashes: np.ndarray) -> None:
+        """Add hashes that are not in the set yet."""
+        run = np.sort(new_hashes)
+        while self.runs and len(self.runs[-1]) <= len(run):
+            run = np.sort(np.concatenate([self.runs.pop(), run]), kind="stable")  # merging two sorted runs
+        if len(run):
+            self.runs.append(run)
+
+
+def derived_columns(kind: Kind, media: tuple[str, ...] = ()) -> list[str]:
+    """Names of the derived columns for a dataset of ``kind`` with ``media``."""
+    empty = pa.RecordBatch.from_pylist([], schema=shard_schema(kind, media))
+    return list(RowDeriver(kind, media).frame(empty).columns)
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def _lists(offsets: np.ndarray, values: pa.Array) -> pa.ListArray:
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values)
+
+
+def _mask(values: pa.Array) -> np.ndarray:
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _as_arrow(values: pa.Array | np.ndarray) -> pa.Array:
+    return values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)

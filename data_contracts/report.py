@@ -1,0 +1,108 @@
+"""One validation result, three ways to read it: a terminal table, Prefect markdown, an HTML page.
+
+The HTML page is self-contained (inline CSS, no scripts, no fonts or styles from a CDN), so it
+reads the same offline as online; GX's own Data Docs fetch their CSS from a CDN.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from data_contracts.results import ExpectationResult, ValidationResult
+
+TEMPLATE = "report.html.jinja"
+
+
+@dataclass
+class Row:
+    """One expectation, formatted for display."""
+
+    status: str
+    name: str
+    severity: str
+    unexpected: str
+    rows: str
+    percent: str
+    mostly: str
+    samples: str
+    rule: str
+    description: str
+
+
+def rows(result: ValidationResult) -> list[Row]:
+    return [_row(r) for r in result.results]
+
+
+def _row(r: ExpectationResult) -> Row:
+    table_level = r.observed_value is not None
+    return Row(
+        status=r.status,
+        name=r.name,
+        severity=r.severity,
+        unexpected=f"observed {r.observed_value}" if table_level else str(r.unexpected_count),
+        rows=str(r.element_count),
+        percent="" if table_level else f"{r.unexpected_percent:.2f}%",
+        mostly="" if table_level else f"{r.mostly:g}",
+        samples=", ".join(r.sample_ids),
+        rule=f"{r.type}({', '.join(r.columns)}{', ' if r.columns and r.kwargs else ''}{_kwargs(r.kwargs)})",
+        description=r.description,
+    )
+
+
+def _kwargs(kwargs: dict) -> str:
+    return ", ".join(f"{key}={json.dumps(value)}" for key, value in kwargs.items())
+
+
+def verdict(result: ValidationResult) -> str:
+    """e.g. "FAILED: 2 error(s), 1 warning(s)" or "PASSED (1 warning)"."""
+    errors, warnings = len(result.failures), len(result.warnings)
+    if not result.passed:
+        return f"FAILED: {errors} error(s), {warnings} warning(s)"
+    return f"PASSED ({warnings} warning(s))" if warnings else "PASSED"
+
+
+def render_text(result: ValidationResult) -> str:
+    """A fixed-width table for the terminal, then the verdict."""
+    header = ("status", "expectation", "severity", "unexpected", "rows", "%", "mostly", "sample ids")
+    body = [(r.status, r.name, r.severity, r.unexpected, r.rows, r.percent, r.mostly, r.samples) for r in rows(result)]
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header) - 1)]
+    right_aligned = {3, 4, 5, 6}
+    lines = []
+    for line in (header, *body):
+        cells = [cell.rjust(w) if i in right_aligned else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths))]
+        lines.append("  ".join([*cells, line[-1]]).rstrip())
+    lines.append("")
+    lines.append(f"{verdict(result)}  ({result.rows} rows, {result.kind}, suite {result.suite_version}, {result.seconds:.2f} s)")
+    return "\n".join(lines)
+
+
+def render_markdown(result: ValidationResult) -> str:
+    """The Prefect artifact: verdict, dataset facts and the expectation table."""
+    lines = [
+        f"### Data contract {verdict(result)}",
+        "",
+        f"- dataset: `{result.dataset_digest}` ({result.kind}, {result.rows} rows)",
+        f"- folder: `{result.dataset_dir}`",
+        f"- suite: `{result.suite_version}`" + (f" with overrides `{json.dumps(result.overrides)}`" if result.overrides else ""),
+        f"- report: `{Path(result.dataset_dir) / 'report.html'}`",
+        "",
+        "| status | expectation | severity | unexpected | rows | % | mostly | sample ids |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows(result):
+        cells = (r.status, f"`{r.name}`", r.severity, r.unexpected, r.rows, r.percent, r.mostly, r.samples)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_html(result: ValidationResult) -> str:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent),
+        autoescape=True,  # ids and descriptions come from data: never let them become markup
+        undefined=jinja2.StrictUndefined,
+    )
+    return environment.get_template(TEMPLATE).render(result=result, rows=rows(result), verdict=verdict(result))
