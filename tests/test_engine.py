@@ -14,7 +14,6 @@ import torch
 
 from align_core.config import TrainCfgs
 from align_core.losses import sft_loss
-from align_core.trainers.batches import BatchPlan
 from align_core.trainers.checkpoint import CheckpointManager, checkpoint_tag
 from align_core.trainers.engine import Engine, deepspeed_config, resolve_dtype, setup_distributed, zero3_model_loading
 from align_core.trainers.metrics import LOSS_CURVE_NAME, METRICS_NAME, MetricsLogger, read_metrics
@@ -140,31 +139,6 @@ def test_checkpoints_are_published_whole_and_only_the_last_n_kept(tmp_path):
     assert manager.latest_step() == 3
     manager.remove_incomplete()
     assert not (tmp_path / ".staging-step-00000004").exists()
-
-
-def test_batch_plan_splits_rows_across_ranks_deterministically():
-    plans = [BatchPlan(10, batch_size=2, seed=3, rank=rank, world_size=3) for rank in range(3)]
-    epochs = [plan.epoch(0) for plan in plans]
-    assert all(len(plan) == 2 for plan in plans)  # 10 rows padded to 12 over 3 ranks, 4 rows each
-    assert [len(batches) for batches in epochs] == [2, 2, 2]
-    rows = [row for batches in epochs for batch in batches for row in batch]
-    assert sorted(set(rows)) == list(range(10))  # every row is read; 2 repeats pad the last ranks
-    assert plans[0].epoch(0) == epochs[0]  # the same plan again: resume relies on it
-    assert plans[0].epoch(1) != epochs[0]  # a new epoch reshuffles
-
-
-def test_length_grouped_plan_cuts_padding():
-    generator = torch.Generator().manual_seed(0)
-    lengths = [int(x) for x in torch.randint(5, 300, (400,), generator=generator)]
-
-    def pad_fraction(batches):
-        padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
-        return 1 - sum(lengths[i] for batch in batches for i in batch) / padded
-
-    plain = BatchPlan(400, 8, seed=0, rank=0, world_size=1).epoch(0)
-    grouped = BatchPlan(400, 8, seed=0, rank=0, world_size=1, lengths=lengths).epoch(0)
-    assert sorted(i for b in grouped for i in b) == list(range(400))
-    assert pad_fraction(grouped) < 0.1 < 0.3 < pad_fraction(plain)
 
 
 def test_metrics_logger_truncates_steps_past_the_resumed_checkpoint(tmp_path):

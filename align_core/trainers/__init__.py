@@ -1,1 +1,23 @@
-"""Trainers: one small class per algorithm over the shared loop (base.py) and DeepSpeed engine (engine.py)."""
+"""Trainers: one small class per algorithm over the shared loop (base.py) and DeepSpeed engine (engine.py).
+
+``get_trainer(algorithm)`` maps ``train_cfgs.algorithm`` to its class; a new algorithm is one
+``Trainer`` subclass added to ``TRAINERS``.
+"""
+
+from __future__ import annotations
+
+from align_core.errors import UsageError
+from align_core.trainers.base import Trainer
+from align_core.trainers.rm import RMTrainer
+from align_core.trainers.sft import SFTTrainer
+
+TRAINERS: dict[str, type[Trainer]] = {trainer.algorithm: trainer for trainer in (SFTTrainer, RMTrainer)}
+
+
+def get_trainer(algorithm: str) -> type[Trainer]:
+    if algorithm not in TRAINERS:
+        raise UsageError(f"train_cfgs.algorithm: unknown {algorithm!r}; expected one of {', '.join(sorted(TRAINERS))}")
+    return TRAINERS[algorithm]
+
+
+__all__ = ["TRAINERS", "RMTrainer", "SFTTrainer", "Trainer", "get_trainer"]

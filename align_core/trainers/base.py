@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from align_core.config import TrainConfig, dump_config
 from align_core.errors import UsageError
 from align_core.io import atomic_write_json, atomic_write_text
+from align_core.shards.dataset import ShardDataset
 from align_core.shards.schema import Kind
-from align_core.trainers.batches import BatchPlan
+from align_core.data.sampler import LengthGroupedSampler
 from align_core.trainers.checkpoint import CheckpointManager
 from align_core.trainers.engine import DistInfo, Engine, deepspeed_config, resolve_dtype, setup_distributed, zero3_model_loading
 from align_core.trainers.metrics import MetricsLogger
@@ -50,6 +51,21 @@ RESUME_SAFE_KEYS = (
 )
 
 
+def run_digest(config: TrainConfig) -> str:
+    """What identifies a run: every setting except those a resume may change."""
+    return config.digest(ignore=RESUME_SAFE_KEYS)
+
+
+def finished_result(config: TrainConfig) -> dict[str, Any] | None:
+    """The result of a completed run of this same config in its output_dir, if there is one."""
+    path = Path(config.logger_cfgs.output_dir) / RESULT_NAME
+    if path.is_file():
+        result = json.loads(path.read_text())
+        if result.get("config_digest") == run_digest(config):
+            return result
+    return None
+
+
 class Trainer:
     algorithm: ClassVar[str] = ""
     dataset_kinds: ClassVar[tuple[Kind, ...]] = ()
@@ -66,8 +82,41 @@ class Trainer:
         raise NotImplementedError
 
     def load_datasets(self, dataset_dirs: list[str]) -> tuple[Dataset, list[int], Any]:
-        """(rows, token length of each row, collate function) for these dataset folders."""
-        raise NotImplementedError
+        """(rows, token length of each row, collate function) for materialised dataset folders.
+
+        Each folder is tokenised into the token cache (a hit when already there): one rank per node
+        first, the others after it, so they read the cache rather than race to build it.
+        """
+        from align_core.data.token_cache import tokenize_dataset
+        from align_core.data.token_dataset import TokenDataset
+
+        data_cfgs, model_cfgs = self.config.data_cfgs, self.config.model_cfgs
+        kinds = {folder: ShardDataset(folder).kind for folder in dataset_dirs}
+        for folder, kind in kinds.items():
+            if kind not in self.dataset_kinds:
+                expected = " or ".join(k.value for k in self.dataset_kinds)
+                raise UsageError(f"{folder}: a {kind.value} dataset; {self.algorithm} trains on {expected} datasets")
+        caches = []
+        for first in (True, False):
+            if (self.dist.local_rank == 0) == first:
+                caches = [
+                    tokenize_dataset(
+                        folder, model_cfgs.model_name_or_path, data_cfgs.max_length, data_cfgs.truncation,
+                        data_cfgs.token_cache_dir, assistant_turns=data_cfgs.assistant_turns,
+                        trust_remote_code=model_cfgs.trust_remote_code,
+                    )
+                    for folder in dataset_dirs
+                ]
+            torch.distributed.barrier()
+        parts = [TokenDataset(cache) for cache in caches]
+        for folder, part in zip(dataset_dirs, parts):
+            if len(part) == 0:
+                raise UsageError(
+                    f"{folder}: no row left after tokenising with max_length={data_cfgs.max_length} and "
+                    f"truncation={data_cfgs.truncation} (see {part.path / 'manifest.json'} for the counts)"
+                )
+        rows = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        return rows, [int(n) for part in parts for n in part.lengths], parts[0].collator()
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -79,7 +128,10 @@ class Trainer:
         return {name: column.float().mean().item() for name, column in values.items()}
 
     def tokenizer_for_export(self) -> Any:
-        return None
+        """Saved beside the exported model, so the folder loads as a whole with from_pretrained."""
+        from align_core.models.registry import load_tokenizer
+
+        return load_tokenizer(self.config.model_cfgs.model_name_or_path, self.config.model_cfgs.trust_remote_code)
 
     # ----- the loop --------------------------------------------------------------------------------
 
@@ -94,15 +146,17 @@ class Trainer:
 
         set_seed(self.train_cfgs.seed)
         train_rows, train_lengths, self.collate = self.load_datasets(self.config.data_cfgs.train_datasets)
-        plan = BatchPlan(
-            len(train_rows),
+        # The order is a pure function of (seed, epoch, rank): a resume skips batches without reading them.
+        sampler = LengthGroupedSampler(
+            train_lengths,
             self.train_cfgs.per_device_train_batch_size,
-            self.train_cfgs.seed,
-            dist.rank,
-            dist.world_size,
-            lengths=train_lengths if self.train_cfgs.length_grouping else None,
+            seed=self.train_cfgs.seed,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            group_by_length=self.train_cfgs.length_grouping,
         )
-        total_steps = self._total_steps(len(plan), len(train_rows))
+        batches_per_epoch = -(-len(sampler) // self.train_cfgs.per_device_train_batch_size)
+        total_steps = self._total_steps(batches_per_epoch, len(train_rows))
         self._build_engine(total_steps)
         checkpoints = CheckpointManager(self.output_dir / CHECKPOINTS_DIR_NAME, self.train_cfgs.keep_checkpoints, dist)
         checkpoints.remove_incomplete()
@@ -124,15 +178,16 @@ class Trainer:
         last_metrics: dict[str, float] = {}
         self.engine.train()
         while step < total_steps:
-            epoch, offset = divmod(micro_step, len(plan))
-            batches = plan.epoch(epoch)[offset:]
+            epoch, offset = divmod(micro_step, batches_per_epoch)
+            sampler.set_epoch(epoch)
+            batches = sampler.batches()[offset:]
             loader = DataLoader(
                 train_rows, batch_sampler=batches, collate_fn=self.collate, num_workers=self.config.data_cfgs.num_workers
             )
             accumulated: dict[str, float] = {}
             step_started = time.perf_counter()
             for batch in loader:
-                batch = {key: value.to(self.engine.device) for key, value in batch.items()}
+                batch = _to_device(batch, self.engine.device)
                 if not accumulated:
                     step_lr = self.engine.lr  # the rate this step's update uses
                 loss, batch_metrics = self.compute_loss(batch)
@@ -144,7 +199,7 @@ class Trainer:
                 step += 1
                 last_metrics = self._reduce(accumulated, micro_steps=self.train_cfgs.gradient_accumulation_steps)
                 last_metrics["lr"] = step_lr
-                last_metrics["epoch"] = micro_step / len(plan)
+                last_metrics["epoch"] = micro_step / batches_per_epoch
                 last_metrics["tokens_per_second"] = last_metrics["tokens"] / (time.perf_counter() - step_started)
                 if eval_set is not None and self.train_cfgs.eval_interval and step % self.train_cfgs.eval_interval == 0:
                     last_metrics.update(self.evaluate(*eval_set))
@@ -159,7 +214,7 @@ class Trainer:
                 if step >= total_steps:
                     break
         if last_saved != step:
-            checkpoints.save(self.engine, step, {"step": step, "micro_step": micro_step, "epoch": micro_step // len(plan)})
+            checkpoints.save(self.engine, step, {"step": step, "micro_step": micro_step, "epoch": micro_step // batches_per_epoch})
         final_eval = self.evaluate(*eval_set) if eval_set is not None else {}
         self.engine.export_pretrained(self.output_dir / MODEL_DIR_NAME, self.tokenizer_for_export(), dist.is_main)
         metrics.close()
@@ -180,16 +235,10 @@ class Trainer:
     # ----- pieces of the loop ----------------------------------------------------------------------
 
     def _config_digest(self) -> str:
-        return self.config.digest(ignore=RESUME_SAFE_KEYS)
+        return run_digest(self.config)
 
     def _finished_result(self) -> dict[str, Any] | None:
-        """The result of a completed run of this same config in output_dir, if there is one."""
-        path = self.output_dir / RESULT_NAME
-        if path.is_file():
-            result = json.loads(path.read_text())
-            if result.get("config_digest") == self._config_digest():
-                return result
-        return None
+        return finished_result(self.config)
 
     def _resume_step(self) -> int | None:
         """Rank 0 decides whether output_dir holds a compatible run to resume; all ranks follow."""
@@ -241,39 +290,34 @@ class Trainer:
         self.engine = Engine(model, self.train_cfgs, ds_config, total_steps)
 
     def _reduce(self, accumulated: dict[str, torch.Tensor], micro_steps: int) -> dict[str, float]:
-        """Average metrics over micro-batches and ranks; ``tokens`` is a total."""
+        """Average metrics over micro-batches and ranks; counts (names ending in ``tokens``) are totals."""
         names = sorted(accumulated)
         values = torch.stack([accumulated[name].float().reshape(()) for name in names]).to(self.engine.device)
         torch.distributed.all_reduce(values)
         world = self.dist.world_size
         return {
-            name: value / (1 if name == "tokens" else world * micro_steps)
+            name: value / (1 if name.endswith("tokens") else world * micro_steps)
             for name, value in zip(names, values.tolist())
         }
 
-    def _eval_set(self) -> tuple[Dataset, BatchPlan] | None:
+    def _eval_set(self) -> tuple[Dataset, list[list[int]]] | None:
+        """Eval rows and this rank's batches of them (grouped by length: fewer pad tokens to score)."""
         if not self.config.data_cfgs.eval_datasets:
             return None
-        rows, _, _ = self.load_datasets(self.config.data_cfgs.eval_datasets)
-        plan = BatchPlan(
-            len(rows),
-            self.train_cfgs.per_device_eval_batch_size,
-            seed=0,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            shuffle=False,
+        rows, lengths, self.eval_collate = self.load_datasets(self.config.data_cfgs.eval_datasets)
+        sampler = LengthGroupedSampler(
+            lengths, self.train_cfgs.per_device_eval_batch_size, seed=0, rank=self.dist.rank, world_size=self.dist.world_size
         )
-        return rows, plan
+        return rows, sampler.batches()
 
     @torch.no_grad()
-    def evaluate(self, rows: Dataset, plan: BatchPlan) -> dict[str, float]:
-        """Per-example values from every rank, de-duplicated (the plan pads ranks with repeats), summarised."""
+    def evaluate(self, rows: Dataset, batches: list[list[int]]) -> dict[str, float]:
+        """Per-example values from every rank, de-duplicated (the sampler pads ranks with repeats), summarised."""
         self.engine.train(False)
         indices, columns = [], {}
-        batches = plan.epoch(0)
-        loader = DataLoader(rows, batch_sampler=batches, collate_fn=self.collate, num_workers=self.config.data_cfgs.num_workers)
+        loader = DataLoader(rows, batch_sampler=batches, collate_fn=self.eval_collate, num_workers=self.config.data_cfgs.num_workers)
         for batch_indices, batch in zip(batches, loader):
-            batch = {key: value.to(self.engine.device) for key, value in batch.items()}
+            batch = _to_device(batch, self.engine.device)
             for name, values in self.eval_step(batch).items():
                 columns.setdefault(name, []).append(values.float().cpu())
             indices += batch_indices
@@ -290,6 +334,10 @@ class Trainer:
                         merged[name].append(rank_columns[name][position])
         summary = self.summarize_eval({name: torch.stack(values) for name, values in merged.items()})
         return {f"eval/{name}": value for name, value in summary.items()}
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
 def _accumulate(accumulated: dict[str, Any], metrics: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:

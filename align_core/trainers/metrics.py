@@ -74,6 +74,9 @@ class MetricsLogger:
         self.enabled = enabled
         self.output_dir = Path(output_dir)
         self.title = title
+        self.total_steps = total_steps
+        # without a bar (e.g. output streamed into a log), ~20 plain lines per run say how it goes
+        self.print_every = 0 if progress_bar else max(1, total_steps // 20)
         self._board = self._bar = self._file = None
         if not enabled:
             return
@@ -103,6 +106,9 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", refresh=False)
+        elif self.print_every and (step % self.print_every == 0 or step == self.total_steps):
+            shown = " ".join(f"{key} {value:.4g}" for key, value in metrics.items() if key != "epoch")
+            print(f"{self.title} step {step}/{self.total_steps} {shown}", flush=True)
 
     def plot(self) -> None:
         if self.enabled:

@@ -1,0 +1,126 @@
+"""The training entry point: ``python -m align_core.launch CONFIG [section.key=value ...]``.
+
+Each rank runs this module: the ``deepspeed`` or ``torchrun`` launcher starts one copy per rank with
+RANK/WORLD_SIZE/LOCAL_RANK set; started alone it trains as a one-rank world. ``launch_command`` and
+``run_streaming`` build and run that command as a subprocess for callers that want isolation (the
+Prefect task, ``alignflow train --nproc N``).
+
+Exit codes: 0 trained (or already complete), 2 bad config or input (one line on stderr), else failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from align_core.errors import UsageError
+from align_core.paths import configure_environment
+
+LAUNCHERS = ("deepspeed", "torchrun")
+# Variables a launcher sets per rank: a child must not inherit the parent's own process group.
+DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE")
+RESULT_PREFIX = "ALIGNFLOW_RESULT "
+
+
+def run(config_path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Train in this process as one rank of whatever world the environment describes."""
+    configure_environment()
+    _quiet_libraries()
+    from align_core.config import load_config
+    from align_core.trainers import get_trainer
+
+    config = load_config(config_path, overrides)
+    return get_trainer(config.train_cfgs.algorithm)(config).train()
+
+
+def _quiet_libraries() -> None:
+    # DeepSpeed logs every engine detail at INFO and torch warns about its own c10d renames each step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    warnings.filterwarnings("ignore", message=".*torch.distributed.*is deprecated.*")
+    from deepspeed.utils import logger as deepspeed_logger
+
+    deepspeed_logger.setLevel(logging.WARNING)
+
+
+def _launcher_binary(name: str) -> str:
+    beside_python = Path(sys.executable).parent / name
+    found = str(beside_python) if beside_python.exists() else shutil.which(name)
+    if not found:
+        raise UsageError(f"launcher {name!r} not found beside {sys.executable} or on PATH")
+    return found
+
+
+def launch_command(
+    config_path: str | Path,
+    overrides: Sequence[str] = (),
+    nproc: int = 1,
+    launcher: str = "deepspeed",
+    launcher_args: Sequence[str] = (),
+) -> list[str]:
+    """The command that trains ``config_path`` on ``nproc`` local ranks (plain python for one rank)."""
+    entry = ["align_core.launch", str(Path(config_path).absolute()), *overrides]
+    if nproc < 1:
+        raise UsageError(f"nproc must be >= 1, got {nproc}")
+    if nproc == 1 and not launcher_args:
+        return [sys.executable, "-m", *entry]
+    if launcher == "deepspeed":
+        # --num_gpus is DeepSpeed's name for local ranks; on CPU (DS_ACCELERATOR=cpu) they are processes
+        return [_launcher_binary("deepspeed"), "--num_gpus", str(nproc), *launcher_args, "--no_local_rank", "--module", *entry]
+    if launcher == "torchrun":
+        return [_launcher_binary("torchrun"), "--nproc_per_node", str(nproc), *launcher_args, "-m", *entry]
+    raise UsageError(f"unknown launcher {launcher!r}; expected one of {', '.join(LAUNCHERS)}")
+
+
+def launch_env(nproc: int) -> dict[str, str]:
+    """The child's environment: ours minus any process-group settings, one OpenMP thread per rank if several."""
+    configure_environment()
+    env = {key: value for key, value in os.environ.items() if key not in DISTRIBUTED_ENV}
+    if nproc > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")  # ranks share the cores; more threads each only thrash
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def run_streaming(command: Sequence[str], emit: Callable[[str], None], env: dict[str, str] | None = None) -> int:
+    """Run ``command``, passing each output line (stdout and stderr merged) to ``emit``; its exit code."""
+    process = subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1, errors="replace"
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        emit(line.rstrip("\n"))
+    return process.wait()
+
+
+def parse_result(lines: Sequence[str]) -> dict[str, Any] | None:
+    """The result a launched run printed (``ALIGNFLOW_RESULT {json}``), if any."""
+    for line in reversed(lines):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--local_rank")]
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__.strip().splitlines()[0], file=sys.stderr)
+        return 2
+    try:
+        result = run(args[0], args[1:])
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Reward model: a score head trained on preference pairs with the pairwise (Bradley-Terry) loss."""
+
+from __future__ import annotations
+
+import torch
+
+from align_core.losses import pairwise_reward_loss
+from align_core.shards.schema import Kind
+from align_core.trainers.base import Trainer
+
+
+class RMTrainer(Trainer):
+    algorithm = "rm"
+    dataset_kinds = (Kind.PREFERENCE,)
+
+    def load_model(self, path: str) -> torch.nn.Module:
+        from align_core.models.registry import load_score_model
+
+        return load_score_model(path, trust_remote_code=self.config.model_cfgs.trust_remote_code)
+
+    def _pair_scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b,) end scores of the chosen and the rejected responses, from one forward over the 2b stacked rows."""
+        end_scores = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).end_scores
+        chosen_scores, rejected_scores = end_scores.float().chunk(2)
+        return chosen_scores, rejected_scores
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        chosen_scores, rejected_scores = self._pair_scores(batch)
+        losses = pairwise_reward_loss(chosen_scores, rejected_scores, self.train_cfgs.score_regularization)
+        return losses.mean(), {
+            "accuracy": (chosen_scores > rejected_scores).float().mean(),
+            "rewards/chosen": chosen_scores.mean(),
+            "rewards/rejected": rejected_scores.mean(),
+            "rewards/margin": (chosen_scores - rejected_scores).mean(),
+        }
+
+    def eval_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        chosen_scores, rejected_scores = self._pair_scores(batch)
+        losses = pairwise_reward_loss(chosen_scores, rejected_scores, self.train_cfgs.score_regularization)
+        return {"loss": losses, "chosen": chosen_scores, "rejected": rejected_scores}
+
+    def summarize_eval(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        chosen, rejected = values["chosen"], values["rejected"]
+        rewards = torch.cat([chosen, rejected])
+        return {
+            "loss": values["loss"].mean().item(),
+            "accuracy": (chosen > rejected).float().mean().item(),
+            "reward_mean": rewards.mean().item(),
+            "reward_std": rewards.std(unbiased=False).item(),
+            "rewards/margin": (chosen - rejected).mean().item(),
+        }

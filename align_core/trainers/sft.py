@@ -1,0 +1,38 @@
+"""Supervised fine-tuning: next-token cross-entropy on the assistant tokens of supervised shards."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from align_core.losses import sequence_logps, sft_loss
+from align_core.shards.schema import Kind
+from align_core.trainers.base import Trainer
+
+
+class SFTTrainer(Trainer):
+    algorithm = "sft"
+    dataset_kinds = (Kind.SUPERVISED,)
+
+    def load_model(self, path: str) -> torch.nn.Module:
+        from align_core.models.registry import load_causal_lm
+
+        return load_causal_lm(path, trust_remote_code=self.config.model_cfgs.trust_remote_code)
+
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(b, L, V) logits; the loss is ours (not the model's), so every algorithm shifts labels alike."""
+        return self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, n_label_tokens = sft_loss(self._logits(batch), batch["labels"])
+        return loss, {"label_tokens": n_label_tokens}
+
+    def eval_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        sum_logps, _, n_tokens = sequence_logps(self._logits(batch), batch["labels"])
+        return {"nll": -sum_logps, "label_tokens": n_tokens}
+
+    def summarize_eval(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        # per token over the whole eval set, as the training loss is per token
+        loss = (values["nll"].sum() / values["label_tokens"].sum().clamp(min=1)).item()
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}

@@ -1,0 +1,77 @@
+"""Prefect task: train a model from a config in a subprocess, its output streamed into the run's log.
+
+The subprocess is ``python -m align_core.launch`` (one rank) or the ``deepspeed``/``torchrun``
+launcher (several), so a crash in training never takes the orchestrating process with it. A rerun
+with the same output_dir resumes from the last checkpoint (the trainer does that), and a run that
+already finished returns its result without launching anything.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any, Sequence
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from align_core.config import load_config
+from align_core.launch import launch_command, launch_env, parse_result, run_streaming
+from align_core.trainers.base import finished_result, run_digest
+
+TAIL_LINES = 60
+
+
+@task(name="train-model")
+def train_model(
+    config_path: str | Path,
+    overrides: Sequence[str] = (),
+    nproc: int = 1,
+    launcher: str = "deepspeed",
+    launcher_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Train ``config_path`` (with ``section.key=value`` overrides) on ``nproc`` local ranks; returns the
+    result (``model_dir``, ``steps``, final metrics). Refuses datasets that have not passed their contract."""
+    from data_contracts.gate import require_validated
+
+    logger = get_run_logger()
+    config = load_config(config_path, overrides)
+    for dataset_dir in [*config.data_cfgs.train_datasets, *config.data_cfgs.eval_datasets]:
+        require_validated(dataset_dir)
+    done = finished_result(config)
+    if done is not None:
+        logger.info("already trained in %s; nothing to do", config.logger_cfgs.output_dir)
+        return done
+    # Log lines, not a redrawn progress bar, in a log stream.
+    command = launch_command(config_path, [*overrides, "logger_cfgs.progress_bar=false"], nproc, launcher, launcher_args)
+    logger.info("launching: %s", " ".join(command))
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+
+    def emit(line: str) -> None:
+        tail.append(line)
+        logger.info(line)
+
+    exit_code = run_streaming(command, emit, launch_env(nproc))
+    if exit_code != 0:
+        raise RuntimeError(
+            f"training of {config_path} exited with code {exit_code}; rerun to resume from the last checkpoint "
+            f"in {config.logger_cfgs.output_dir}. Last output:\n" + "\n".join(tail)
+        )
+    result = parse_result(list(tail)) or finished_result(config)
+    if result is None:
+        raise RuntimeError(f"training of {config_path} exited 0 but reported no result")
+    _publish_summary(config.train_cfgs.algorithm, run_digest(config), result)
+    return result
+
+
+def _publish_summary(algorithm: str, digest: str, result: dict[str, Any]) -> None:
+    metrics = {**result.get("final_train_metrics", {}), **result.get("eval", {})}
+    rows = "\n".join(f"| {name} | {value:.6g} |" for name, value in sorted(metrics.items()) if isinstance(value, (int, float)))
+    create_markdown_artifact(
+        key=f"train-{algorithm}-{digest[:16]}",
+        description=f"{algorithm} training result",
+        markdown=(
+            f"### {algorithm} run `{digest[:16]}`\n\n- model: `{result['model_dir']}`\n- steps: {result['steps']}\n"
+            f"- ranks: {result.get('world_size')}\n\n| metric | value |\n|---|---|\n{rows}\n"
+        ),
+    )
