@@ -13,12 +13,13 @@ parameters: small enough to train on a laptop CPU, big enough that losses move l
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from align_core.errors import UsageError
 from align_core.io import publish_dir, staging_dir
@@ -90,10 +91,22 @@ def build_tiny_tokenizer(vocab_size: int = 2048, corpus_dir: Path = CORPUS_DIR) 
     )
 
 
+def as_auto_tokenizer_loads_it(tokenizer: PreTrainedTokenizerFast, arch: str):
+    """The tokenizer exactly as ``AutoTokenizer`` will load it from a folder of model type ``arch``.
+
+    For some model types transformers swaps in its own tokenizer class, which rebuilds the
+    pre-tokenizer and adds tokens (Qwen2: its split regex, NFC and ``<|endoftext|>``). Saving that
+    class's view instead of ours makes the saved files a fixed point: what tests and training
+    load is what the model's vocabulary was sized for.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        AutoConfig.for_model(arch).save_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
 def tiny_config(arch: str, tokenizer: PreTrainedTokenizerFast, **sizes: Any):
     """A config of ``arch`` with the given sizes (Llama field names) and the tokenizer's special ids."""
-    if arch not in ARCHITECTURES:
-        raise UsageError(f"unknown tiny-model arch {arch!r}; expected one of: {', '.join(ARCHITECTURES)}")
     renames = _RENAMED_FIELDS.get(arch, {})
     fields = {renames.get(name, name): value for name, value in sizes.items()}
     fields.pop("", None)  # a field the architecture does not have
@@ -127,7 +140,9 @@ def build_tiny_model(
     if hidden_size % num_heads:
         raise UsageError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
     out_dir = Path(out_dir)
-    tokenizer = build_tiny_tokenizer(vocab_size)
+    if arch not in ARCHITECTURES:
+        raise UsageError(f"unknown tiny-model arch {arch!r}; expected one of: {', '.join(ARCHITECTURES)}")
+    tokenizer = as_auto_tokenizer_loads_it(build_tiny_tokenizer(vocab_size), arch)
     config = tiny_config(
         arch,
         tokenizer,
