@@ -163,6 +163,6 @@ def _gx_expectation(spec: ExpectationSpec):
 
 
 def _sample_label(sample_id: Any, source_index: Any) -> str:
-    if sample_id is None or (isinstance(sample_id, float) and pd.isna(sample_id)):
-        return f"<null id, source row {source_index}>"
-    return str(sample_id)
+    if not isinstance(sample_id, str) or not sample_id:  # null arrives from pandas as None or NaN
+        return f"<missing id, source row {source_index}>"
+    return sample_id

@@ -1,0 +1,128 @@
+"""Derived columns against values worked out by hand from small conversations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from align_core.shards.schema import Kind, shard_schema
+from align_core.shards.writer import SampleBatch
+from data_contracts.derive import RowDeriver, SeenHashes, derived_columns
+from test_contracts_support import IMAGE, image_item, msg
+
+
+def record_batch(kind: Kind, samples: list[dict], media: tuple[str, ...] = ()) -> pa.RecordBatch:
+    batch = SampleBatch(kind, media)
+    for index, sample in enumerate(samples):
+        batch.add(sample.get("id", f"id-{index}"), index, sample)
+    return batch.to_record_batch(shard_schema(kind, media))
+
+
+PREFERENCE_SAMPLES = [
+    {  # system + user with an image; a blank rejected answer
+        "prompt": [msg("system", "be nice"), msg("user", "hi", IMAGE)],
+        "chosen": [msg("assistant", "hello there")],
+        "rejected": [msg("assistant", "  ")],
+        "images": [image_item(0)],
+    },
+    {  # identical continuations; a placeholder without an image
+        "prompt": [msg("user", "hi", IMAGE)],
+        "chosen": [msg("assistant", "yo")],
+        "rejected": [msg("assistant", "yo")],
+        "images": [],
+    },
+    {  # no prompt turns; a two-part user turn inside chosen
+        "prompt": [],
+        "chosen": [msg("assistant", "x"), msg("user", "abc", "de")],
+        "rejected": [msg("user", "q")],
+        "images": [],
+    },
+]
+
+
+def test_conversation_columns_are_flattened_per_row():
+    frame = RowDeriver(Kind.PREFERENCE, ("image",)).frame(record_batch(Kind.PREFERENCE, PREFERENCE_SAMPLES, ("image",)))
+
+    assert frame["prompt_turns"].tolist() == [2, 1, 0]
+    assert frame["prompt_roles"].tolist() == ["SU", "U", ""]
+    assert frame["chosen_roles"].tolist() == ["A", "A", "AU"]
+    assert frame["rejected_roles"].tolist() == ["A", "A", "U"]
+    assert frame["prompt_first_role"].tolist() == ["system", "user", ""]
+    assert frame["prompt_last_role"].tolist() == ["user", "user", ""]
+    assert frame["chosen_last_role"].tolist() == ["assistant", "assistant", "user"]
+    assert frame["rejected_empty_parts"].tolist() == [1, 0, 0]  # "  " is blank
+    assert frame["chosen_empty_parts"].tolist() == [0, 0, 0]
+    # longest message: "be nice" (7) vs "hi" (2); "abc" + "de" (5) vs "x" (1)
+    assert frame["prompt_max_turn_chars"].tolist() == [7, 2, 0]
+    assert frame["chosen_max_turn_chars"].tolist() == [11, 2, 5]
+    assert frame["image_placeholders"].tolist() == [1, 1, 0]
+    assert frame["image_count"].tolist() == [1, 0, 0]
+    assert frame["chosen_equals_rejected"].tolist() == [False, True, False]
+
+
+def test_supervised_prompt_is_everything_before_the_last_message():
+    samples = [
+        {"messages": [msg("user", "q"), msg("assistant", "a1")]},
+        {"messages": [msg("user", "q"), msg("assistant", "a2")]},  # same prompt, other answer
+        {"messages": [msg("user", "q"), msg("assistant", "a1")]},  # same prompt and answer
+        {"messages": [msg("user", "other"), msg("assistant", "a1")]},
+    ]
+    frame = RowDeriver(Kind.SUPERVISED).frame(record_batch(Kind.SUPERVISED, samples))
+
+    assert frame["prompt_repeat"].tolist() == [False, True, True, False]
+    assert frame["sample_repeat"].tolist() == [False, False, True, False]
+
+
+def test_repeats_are_remembered_across_batches():
+    deriver = RowDeriver(Kind.PROMPT_ONLY)
+    first = [{"id": "a", "prompt": [msg("user", "p1")]}, {"id": "b", "prompt": [msg("user", "p2")]}]
+    second = [{"id": "c", "prompt": [msg("user", "p2")]}, {"id": "a", "prompt": [msg("user", "p3")]}]
+
+    deriver.frame(record_batch(Kind.PROMPT_ONLY, first))
+    frame = deriver.frame(record_batch(Kind.PROMPT_ONLY, second))
+
+    assert frame["prompt_repeat"].tolist() == [True, False]
+    assert frame["id_repeat"].tolist() == [False, True]
+
+
+def test_missing_ids_and_unknown_roles_are_visible():
+    samples = [
+        {"id": None, "prompt": [msg("user", "p1")]},
+        {"id": "", "prompt": [msg("user", "p2")]},
+        {"id": "ok", "prompt": [msg("tool", "p3"), msg("user", "p4")]},  # a role the schema does not know
+    ]
+    frame = RowDeriver(Kind.PROMPT_ONLY).frame(record_batch(Kind.PROMPT_ONLY, samples))
+
+    assert frame["id_missing"].tolist() == [True, True, False]
+    assert frame["prompt_roles"].tolist() == ["U", "U", "?U"]
+
+
+def test_unpaired_preference_samples_differ_by_label():
+    samples = [
+        {"prompt": [msg("user", "p")], "completion": [msg("assistant", "c")], "label": True},
+        {"prompt": [msg("user", "p")], "completion": [msg("assistant", "c")], "label": False},
+        {"prompt": [msg("user", "p")], "completion": [msg("assistant", "c")], "label": True},
+    ]
+    frame = RowDeriver(Kind.UNPAIRED_PREFERENCE).frame(record_batch(Kind.UNPAIRED_PREFERENCE, samples))
+
+    assert frame["sample_repeat"].tolist() == [False, False, True]
+    assert frame["label"].tolist() == [True, False, True]
+
+
+def test_seen_hashes_finds_members_across_merged_runs():
+    seen = SeenHashes()
+    for start in range(0, 1000, 100):  # ten additions merge into a handful of sorted runs
+        seen.add(np.arange(start, start + 100, dtype=np.uint64) * np.uint64(7))
+
+    probe = np.array([0, 7, 6993, 6994, 7000, 2**63], dtype=np.uint64)
+    assert seen.contains(probe).tolist() == [True, True, True, False, False, False]
+    assert len(seen.runs) < 10
+    assert sum(len(run) for run in seen.runs) == 1000
+
+
+def test_derived_column_names_follow_the_kind_and_media():
+    columns = derived_columns(Kind.PREFERENCE, ("image",))
+
+    for column in ("prompt_roles", "chosen_last_role", "rejected_empty_parts", "image_placeholders", "image_count"):
+        assert column in columns
+    assert "messages_roles" not in derived_columns(Kind.PREFERENCE)
