@@ -1,0 +1,123 @@
+"""``alignflow deploy [PIPELINE.yaml] --name NAME --cron CRON``: serve a flow as a scheduled deployment.
+
+``flow.serve`` registers the deployment with its schedule on the Prefect server and then keeps
+running: this process is the one that starts the scheduled (and manually triggered) runs, each in a
+subprocess in the current folder. Stopping it (Ctrl-C, SIGTERM) pauses the schedule.
+Schedules need a real server, so the command refuses to run against Prefect's temporary one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Optional
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import typer
+
+from align_core.errors import UsageError
+from alignflow.commands.data import parse_options
+from alignflow.server import api_is_healthy, use_recorded_server
+
+# The project's flows by name: `runs retry` finds a run's code here when the run has no deployment.
+PROJECT_FLOWS = {
+    "pipeline": "flows.pipeline:pipeline",
+    "materialize": "flows.materialize:materialize",
+}
+PIPELINE_ENTRYPOINT = PROJECT_FLOWS["pipeline"]
+
+
+def is_file_entrypoint(entrypoint: str) -> bool:
+    """``path/to/file.py:func`` (loaded as a script) rather than ``package.module:func`` (imported)."""
+    return entrypoint.rpartition(":")[0].endswith(".py")
+
+
+def load_flow(entrypoint: str):
+    """The Prefect flow at ``path/file.py:func``, ``package.module:func`` or ``package.module.func``."""
+    from prefect.flows import Flow, load_flow_from_entrypoint
+
+    # Prefect reads `a.b:c` as a file path; a module path is spelled `a.b.c`.
+    target = entrypoint if is_file_entrypoint(entrypoint) else entrypoint.replace(":", ".")
+    try:
+        loaded = load_flow_from_entrypoint(target, use_placeholder_flow=False)
+    except Exception as error:  # a missing file, module or name, or the module raising on import
+        raise UsageError(f"cannot load the flow {entrypoint!r} (expected path/file.py:func or package.module:func): {error}") from error
+    if not isinstance(loaded, Flow):
+        raise UsageError(f"{entrypoint!r} is not a Prefect flow")
+    return loaded
+
+
+def check_parameters(flow, parameters: dict[str, Any]) -> None:
+    """Fail before serving when a parameter is unknown or a required one is missing."""
+    signature = inspect.signature(flow.fn)
+    accepted = list(signature.parameters)
+    unknown = sorted(set(parameters) - set(accepted))
+    if unknown:
+        raise UsageError(f"flow {flow.name!r} has no parameter {', '.join(unknown)}; it takes: {', '.join(accepted)}")
+    missing = [name for name, p in signature.parameters.items() if p.default is inspect.Parameter.empty and name not in parameters]
+    if missing:
+        raise UsageError(f"flow {flow.name!r} needs {', '.join(missing)}: pass --param NAME=VALUE (or the config file for `config`)")
+
+
+def require_real_server() -> str:
+    """The API URL of a running Prefect server; a clear error when only the temporary one would start."""
+    api_url = use_recorded_server()
+    if not api_url:
+        raise UsageError(
+            "schedules need a running Prefect server, and none is configured (only Prefect's temporary "
+            "server would start, which cannot schedule runs): run `alignflow server start` first, or export PREFECT_API_URL"
+        )
+    if api_url.startswith("http") and not api_is_healthy(api_url):
+        raise UsageError(f"the Prefect server at {api_url} does not answer; check `alignflow server status`")
+    return api_url
+
+
+def build_schedule(cron: str, timezone: str):
+    from prefect.schedules import Cron
+
+    try:
+        ZoneInfo(timezone)
+        return Cron(cron, timezone=timezone)
+    except ZoneInfoNotFoundError:
+        raise UsageError(f"--timezone {timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+    except ValueError as error:
+        raise UsageError(f"--cron {cron!r}: {error} (expected five fields: minute hour day month weekday)") from None
+
+
+def deploy_command(
+    config: Optional[Path] = typer.Argument(None, help="pipeline YAML; passed to the flow as config=<absolute path>"),
+    name: str = typer.Option(..., "--name", help="deployment name (the deployment is FLOW/NAME)"),
+    cron: Optional[str] = typer.Option(None, "--cron", help='schedule, e.g. "0 3 * * *"; omit to trigger runs by hand'),
+    timezone: str = typer.Option("UTC", "--timezone", help="time zone the cron schedule is read in"),
+    flow_entrypoint: str = typer.Option(PIPELINE_ENTRYPOINT, "--flow", help="the flow to serve: path/file.py:func or package.module:func"),
+    param: list[str] = typer.Option([], "--param", help="flow parameter key=value (repeatable; values read as YAML)"),
+) -> None:
+    """Serve a flow as deployment NAME on the running Prefect server; runs until stopped."""
+    parameters = parse_options(param)
+    if config is not None:
+        if not config.is_file():
+            raise UsageError(f"pipeline config {config} is not a file")
+        parameters["config"] = str(config.absolute())
+    api_url = require_real_server()  # before Prefect is imported: it reads PREFECT_API_URL once
+
+    from prefect.types.entrypoint import EntrypointType
+
+    flow = load_flow(flow_entrypoint)
+    check_parameters(flow, parameters)
+    schedule = build_schedule(cron, timezone) if cron else None
+    when = f"cron {cron!r} ({timezone})" if cron else "no schedule (trigger runs by hand)"
+    typer.echo(
+        f"serving deployment '{flow.name}/{name}' on {api_url}, {when}.\n"
+        "This process starts the deployment's runs: keep it running (Ctrl-C stops it and pauses the schedule).",
+        err=True,
+    )
+    flow.serve(
+        name=name,
+        schedule=schedule,
+        parameters=parameters,
+        entrypoint_type=EntrypointType.FILE_PATH if is_file_entrypoint(flow_entrypoint) else EntrypointType.MODULE_PATH,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy_command)
