@@ -6,10 +6,12 @@ pre-tokenizer splits at newlines, so the pieces concatenate to the whole)."""
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from align_core.chat import ModelFormatter
@@ -45,11 +47,12 @@ def assistant(text):
     return {"role": "assistant", "content": text}
 
 
-def write_dataset(root: Path, kind: Kind, samples: list[dict]) -> Path:
-    """A dataset folder written with the shard writer, as the materialiser would leave it."""
+def write_dataset(root: Path, kind: Kind, samples: list[dict], rows_per_shard: int = 3) -> Path:
+    """A dataset folder written with the shard writer, as the materialiser would leave it (several
+    shards by default, so readers cross shard boundaries)."""
     source_sha256 = hashlib.sha256(repr(samples).encode()).hexdigest()
     folder = root / f"{kind.value}-{source_sha256[:12]}"
-    writer = ShardWriter(folder, kind, source_sha256, rows_per_shard=3)
+    writer = ShardWriter(folder, kind, source_sha256, rows_per_shard=rows_per_shard)
     for index, sample in enumerate(samples):
         sample = dict(sample)
         for column in CONVERSATION_COLUMNS[kind]:
@@ -318,6 +321,16 @@ def test_token_dataset_rows_equal_the_encoder_output(supervised_dataset, tokeniz
     assert dataset[-1]["id"] == dataset[2]["id"]
     with pytest.raises(IndexError):
         dataset[3]
+
+
+def test_token_dataset_maps_its_shards_without_copying_and_pickles_by_path(supervised_dataset, tokenizer_dir, tmp_path):
+    cache = tokenize_dataset(supervised_dataset, tokenizer_dir, 72, "drop", tmp_path)
+    allocated = pa.total_allocated_bytes()
+    dataset = TokenDataset(cache)
+    assert pa.total_allocated_bytes() - allocated < 1024  # token columns are views into the mapped files
+    assert not dataset[0]["input_ids"].flags.writeable
+    clone = pickle.loads(pickle.dumps(dataset))  # how DataLoader workers receive it under spawn
+    assert len(clone) == len(dataset) and clone[2]["labels"].tolist() == dataset[2]["labels"].tolist()
 
 
 def test_cache_is_a_hit_for_the_same_inputs(supervised_dataset, tokenizer_dir, tmp_path):

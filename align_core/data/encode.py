@@ -17,10 +17,9 @@ counts as the assistant's.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable
-
 from align_core.chat import AssistantSpan, ChatTemplateError, ModelFormatter
 from align_core.data.schema import TokenizedRow
 from align_core.data.truncation import IGNORE_INDEX, EncodedSequence, Truncation, fit_row
@@ -58,10 +57,13 @@ def row_renders(kind: Kind, row: dict, assistant_turns: str = "all") -> list[_Re
     return [_Render(prompt + row[column], len(prompt), len(prompt)) for column in continuations]
 
 
-def tokens_overlapping(offsets: list[tuple[int, int]], spans: Iterable[AssistantSpan]) -> list[bool]:
-    """For each token ``(start, end)`` in characters: does it overlap any of ``spans``?"""
-    ranges = [(span.start, span.end) for span in spans]
-    return [any(start < span_end and end > span_start for span_start, span_end in ranges) for start, end in offsets]
+def token_range(starts: list[int], ends: list[int], span: AssistantSpan) -> range:
+    """Indices of the tokens whose characters ``[start, end)`` overlap ``span``.
+
+    Token offsets run left to right, so two binary searches find the first token ending after the
+    span starts and the first token starting at or after the span ends.
+    """
+    return range(bisect.bisect_right(ends, span.start), bisect.bisect_left(starts, span.end))
 
 
 class ConversationEncoder:
@@ -110,14 +112,20 @@ class ConversationEncoder:
 
     @staticmethod
     def _sequence(render: _Render, spans: list[AssistantSpan], input_ids: list[int], offsets) -> EncodedSequence:
+        input_ids = list(input_ids)
         if render.label_from is None:
-            return EncodedSequence(list(input_ids), None, len(input_ids))
-        trained = tokens_overlapping(offsets, [span for span in spans if span.message_index >= render.label_from])
-        labels = [token if is_trained else IGNORE_INDEX for token, is_trained in zip(input_ids, trained)]
-        first_response_span = [span for span in spans if span.message_index >= render.protect_from][:1]
-        in_response = tokens_overlapping(offsets, first_response_span)
-        response_start = next((index for index, hit in enumerate(in_response) if hit), len(input_ids))
-        return EncodedSequence(list(input_ids), labels, response_start)
+            return EncodedSequence(input_ids, None, len(input_ids))
+        starts, ends = (list(column) for column in zip(*offsets)) if offsets else ([], [])
+        if starts != sorted(starts):  # the binary searches below rely on text order
+            raise UsageError("the tokenizer returned token offsets out of text order; cannot place label masks")
+        labels = [IGNORE_INDEX] * len(input_ids)
+        for span in spans:
+            if span.message_index >= render.label_from:
+                tokens = token_range(starts, ends, span)
+                labels[tokens.start : tokens.stop] = input_ids[tokens.start : tokens.stop]
+        response = next((span for span in spans if span.message_index >= render.protect_from), None)
+        response_tokens = token_range(starts, ends, response) if response else range(0)
+        return EncodedSequence(input_ids, labels, response_tokens.start if response_tokens else len(input_ids))
 
     def encode_rows(self, kind: Kind, rows: list[dict], outcomes: Counter) -> list[TokenizedRow]:
         """Tokenise shard rows (dicts of their columns), fit them to ``max_length``; counts go to ``outcomes``."""
