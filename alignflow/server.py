@@ -155,8 +155,8 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def start_server(port: int = DEFAULT_PORT, timeout: float = 120.0, home: Path | None = None) -> tuple[ServerRecord, bool]:
     """Start the server (or find it running); returns its record and whether this call started it.
 
-    The first start on a fresh state folder creates and migrates the database: 20-30 s on a busy
-    2-core machine, 5-9 s afterwards, hence the generous default ``timeout`` (seconds).
+    The first start on a fresh state folder creates and migrates the database: 25-40 s measured on a
+    busy 2-core machine, 8-15 s afterwards, hence the generous default ``timeout`` (seconds).
     """
     home = home or state_dir()
     status = server_status(home)

@@ -9,6 +9,7 @@ Schedules need a real server, so the command refuses to run against Prefect's te
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Any, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -61,13 +62,18 @@ def check_parameters(flow, parameters: dict[str, Any]) -> None:
 
 def require_real_server() -> str:
     """The API URL of a running Prefect server; a clear error when only the temporary one would start."""
-    api_url = use_recorded_server()
+    explicit = bool(os.environ.get("PREFECT_API_URL"))
+    use_recorded_server()  # before Prefect is imported: it reads PREFECT_API_URL once
+    from prefect.settings import get_current_settings
+
+    api_url = get_current_settings().api.url  # the environment, the recorded server or a Prefect profile
     if not api_url:
         raise UsageError(
             "schedules need a running Prefect server, and none is configured (only Prefect's temporary "
             "server would start, which cannot schedule runs): run `alignflow server start` first, or export PREFECT_API_URL"
         )
-    if api_url.startswith("http") and not api_is_healthy(api_url):
+    # Our own server answers /api/health; a URL the user chose (Prefect Cloud, say) may need credentials for it.
+    if not explicit and not api_is_healthy(api_url):
         raise UsageError(f"the Prefect server at {api_url} does not answer; check `alignflow server status`")
     return api_url
 
@@ -98,7 +104,7 @@ def deploy_command(
         if not config.is_file():
             raise UsageError(f"pipeline config {config} is not a file")
         parameters["config"] = str(config.absolute())
-    api_url = require_real_server()  # before Prefect is imported: it reads PREFECT_API_URL once
+    api_url = require_real_server()
 
     from prefect.types.entrypoint import EntrypointType
 

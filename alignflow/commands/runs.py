@@ -114,13 +114,13 @@ def list_runs(
 @runs_app.command("retry")
 def retry_run(
     run_id: str = typer.Argument(..., help="flow run id (or unique name) from `alignflow runs list`"),
-    entrypoint: Optional[str] = typer.Option(None, "--entrypoint", help="the run's flow code, path/file.py:func or package.module:func (default: the project flow of that name)"),
+    entrypoint: Optional[str] = typer.Option(None, "--entrypoint", help="run here with this flow code, path/file.py:func or package.module:func (default: the project flow of that name; a deployment's run goes to its serving process)"),
     timeout: float = typer.Option(3600.0, help="seconds to wait for a deployment's run to finish"),
 ) -> None:
     """Rerun a finished flow run with its parameters: steps whose results are cached show as Cached.
 
-    A run of a deployment is rescheduled for its `alignflow deploy` process to pick up; any other
-    run executes here, in this process.
+    A run of a deployment is rescheduled for its `alignflow deploy` process to pick up (unless
+    --entrypoint is given); any other run executes here, in this process.
     """
     from prefect.states import Scheduled
 
@@ -130,7 +130,8 @@ def retry_run(
             current = flow_run.state.name if flow_run.state else "no state"
             raise UsageError(f"flow run {flow_run.id} is {current}; only a finished run ({', '.join(s.lower() for s in TERMINAL_STATES)}) can be retried")
         flow_name = client.read_flow(flow_run.flow_id).name
-        flow = None if flow_run.deployment_id else load_flow(entrypoint or _project_entrypoint(flow_name, flow_run.id))
+        # A deployment's run goes back to its serving process, unless --entrypoint asks to run it here.
+        flow = load_flow(entrypoint) if entrypoint else None if flow_run.deployment_id else load_flow(_project_entrypoint(flow_name, flow_run.id))
         if flow is not None and flow.name != flow_name:
             raise UsageError(f"{entrypoint!r} holds flow {flow.name!r}, but run {flow_run.id} is of flow {flow_name!r}")
         client.set_flow_run_state(flow_run.id, Scheduled(message="Retried by alignflow runs retry"), force=True)
