@@ -276,6 +276,10 @@ def test_retry_reruns_a_failed_run_with_finished_steps_cached(tmp_path, prefect_
     (tmp_path / "fail").unlink()
     run_id = str(failed.state_details.flow_run_id)
 
+    wrong_code = CliRunner().invoke(app, ["runs", "retry", run_id, "--entrypoint", "flows/materialize.py:materialize"])
+    assert isinstance(wrong_code.exception, UsageError)
+    assert f"holds flow 'materialize', but run {run_id} is of flow 'test-server-flaky'" in str(wrong_code.exception)
+
     result = CliRunner().invoke(app, ["runs", "retry", run_id, "--entrypoint", f"{__file__}:flaky"])
     assert result.exit_code == 0, result.output
     task_lines = [line.split() for line in result.stdout.splitlines() if line.startswith("  ")]

@@ -130,10 +130,7 @@ def retry_run(
             current = flow_run.state.name if flow_run.state else "no state"
             raise UsageError(f"flow run {flow_run.id} is {current}; only a finished run ({', '.join(s.lower() for s in TERMINAL_STATES)}) can be retried")
         flow_name = client.read_flow(flow_run.flow_id).name
-        # A deployment's run goes back to its serving process, unless --entrypoint asks to run it here.
-        flow = load_flow(entrypoint) if entrypoint else None if flow_run.deployment_id else load_flow(_project_entrypoint(flow_name, flow_run.id))
-        if flow is not None and flow.name != flow_name:
-            raise UsageError(f"{entrypoint!r} holds flow {flow.name!r}, but run {flow_run.id} is of flow {flow_name!r}")
+        flow = _flow_to_run_here(entrypoint, flow_run, flow_name)
         client.set_flow_run_state(flow_run.id, Scheduled(message="Retried by alignflow runs retry"), force=True)
         typer.echo(f"retrying {flow_name} run {flow_run.name} ({flow_run.id})", err=True)
         if flow is None:
@@ -147,10 +144,18 @@ def retry_run(
         raise typer.Exit(1)
 
 
-def _project_entrypoint(flow_name: str, flow_run_id) -> str:
-    if flow_name not in PROJECT_FLOWS:
-        raise UsageError(f"run {flow_run_id} is of flow {flow_name!r}, not a project flow and not from a deployment: pass --entrypoint path/file.py:func")
-    return PROJECT_FLOWS[flow_name]
+def _flow_to_run_here(entrypoint: str | None, flow_run, flow_name: str):
+    """The flow to run in this process; None when the run goes back to its deployment's serving process."""
+    if not entrypoint:
+        if flow_run.deployment_id:
+            return None
+        if flow_name not in PROJECT_FLOWS:
+            raise UsageError(f"run {flow_run.id} is of flow {flow_name!r}, not a project flow and not from a deployment: pass --entrypoint path/file.py:func")
+        entrypoint = PROJECT_FLOWS[flow_name]
+    flow = load_flow(entrypoint)
+    if flow.name != flow_name:
+        raise UsageError(f"{entrypoint!r} holds flow {flow.name!r}, but run {flow_run.id} is of flow {flow_name!r}")
+    return flow
 
 
 def _run_here(flow, flow_run) -> None:
