@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass
+
 from align_core.chat import AssistantSpan, ChatTemplateError, ModelFormatter
 from align_core.data.schema import TokenizedRow
 from align_core.data.truncation import IGNORE_INDEX, EncodedSequence, Truncation, fit_row
@@ -30,7 +31,7 @@ ASSISTANT_TURNS = ("all", "last")
 
 
 @dataclass(frozen=True)
-class _Render:
+class Render:
     """One conversation to render. ``label_from``: first message index whose assistant turns get
     labels (None: a prompt to render with the generation prompt). ``protect_from``: first message
     of the response that truncation must keep."""
@@ -45,16 +46,16 @@ def _last_assistant_index(messages: list[dict]) -> int:
     return indices[-1] if indices else len(messages)
 
 
-def row_renders(kind: Kind, row: dict, assistant_turns: str = "all") -> list[_Render]:
+def row_renders(kind: Kind, row: dict, assistant_turns: str = "all") -> list[Render]:
     """The conversations a shard row of ``kind`` is rendered as (chosen before rejected)."""
     if kind is Kind.SUPERVISED:
         last = _last_assistant_index(row["messages"])
-        return [_Render(row["messages"], 0 if assistant_turns == "all" else last, last)]
+        return [Render(row["messages"], 0 if assistant_turns == "all" else last, last)]
     if kind is Kind.PROMPT_ONLY:
-        return [_Render(row["prompt"], None, len(row["prompt"]))]
+        return [Render(row["prompt"], None, len(row["prompt"]))]
     prompt = row["prompt"]
     continuations = ("chosen", "rejected") if kind is Kind.PREFERENCE else ("completion",)
-    return [_Render(prompt + row[column], len(prompt), len(prompt)) for column in continuations]
+    return [Render(prompt + row[column], len(prompt), len(prompt)) for column in continuations]
 
 
 def token_range(starts: list[int], ends: list[int], span: AssistantSpan) -> range:
@@ -88,7 +89,7 @@ class ConversationEncoder:
         self.truncation = truncation
         self.assistant_turns = assistant_turns
 
-    def encode(self, renders: list[_Render], row_ids: list[str]) -> list[EncodedSequence]:
+    def encode(self, renders: list[Render], row_ids: list[str]) -> list[EncodedSequence]:
         """Token ids and labels for each render (``row_ids`` name the row of each, for errors)."""
         texts, spans = [], []
         for render, row_id in zip(renders, row_ids):
@@ -111,12 +112,12 @@ class ConversationEncoder:
         ]
 
     @staticmethod
-    def _sequence(render: _Render, spans: list[AssistantSpan], input_ids: list[int], offsets) -> EncodedSequence:
+    def _sequence(render: Render, spans: list[AssistantSpan], input_ids: list[int], offsets) -> EncodedSequence:
         input_ids = list(input_ids)
         if render.label_from is None:
             return EncodedSequence(input_ids, None, len(input_ids))
         starts, ends = (list(column) for column in zip(*offsets)) if offsets else ([], [])
-        if starts != sorted(starts):  # the binary searches below rely on text order
+        if starts != sorted(starts) or ends != sorted(ends):  # the binary searches below rely on text order
             raise UsageError("the tokenizer returned token offsets out of text order; cannot place label masks")
         labels = [IGNORE_INDEX] * len(input_ids)
         for span in spans:
