@@ -41,7 +41,7 @@ from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind, 
 ROLE_LETTERS = {"system": "S", "user": "U", "assistant": "A"}
 UNKNOWN_ROLE = "?"
 # Separators that cannot occur in ordinary text keep "a|b" + "c" distinct from "a" + "b|c" when hashing.
-PART_SEPARATOR, MESSAGE_SEPARATOR, COLUMN_SEPARATOR = "\x1f", "\x1e", "\x1d"
+PART_SEPARATOR, MESSAGE_SEPARATOR = "\x1f", "\x1e"
 
 
 @dataclass
@@ -96,13 +96,18 @@ class FlatConversations:
         indices = pa.array(positions, pa.int64(), mask=self.turns == 0)  # null index -> null role
         return pc.fill_null(pc.fill_null(self.roles, UNKNOWN_ROLE).take(indices), "")
 
+    @cached_property
+    def part_chars(self) -> np.ndarray:
+        """(P,) characters of each part (0 for media placeholders)."""
+        return pc.fill_null(pc.utf8_length(self.part_texts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
     def empty_text_parts(self) -> np.ndarray:
-        is_text = pc.equal(self.part_types, "text")
-        blank = pc.or_(pc.is_null(self.part_texts), pc.equal(pc.utf8_trim_whitespace(self.part_texts), ""))
-        return self.per_row(_mask(pc.and_(is_text, blank)))
+        is_text = _mask(pc.equal(self.part_types, "text"))
+        blank = (self.part_chars == 0) | _mask(pc.utf8_is_space(self.part_texts))  # is_space: non-empty, all blank
+        return self.per_row(is_text & blank)
 
     def max_turn_chars(self) -> np.ndarray:
-        part_chars = pc.fill_null(pc.utf8_length(self.part_texts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        part_chars = self.part_chars
         message_chars = np.add.reduceat(np.append(part_chars, 0), self.part_offsets[:-1]) if len(self.roles) else part_chars[:0]
         message_chars[np.diff(self.part_offsets) == 0] = 0  # reduceat yields the next value for empty groups
         result = np.zeros(len(self.turns), np.int64)
@@ -117,8 +122,9 @@ class FlatConversations:
     @cached_property
     def message_texts(self) -> pa.Array:
         """(M,) each message as one string: role, then its parts (media as "<image>")."""
-        placeholders = pc.binary_join_element_wise("<", pc.fill_null(self.part_types, ""), ">", "")
-        parts = pc.coalesce(self.part_texts, placeholders)
+        parts = self.part_texts
+        if parts.null_count:  # media placeholders carry no text: stand in "<image>" etc.
+            parts = pc.coalesce(parts, pc.binary_join_element_wise("<", pc.fill_null(self.part_types, ""), ">", ""))
         joined_parts = pc.binary_join(_lists(self.part_offsets, parts), PART_SEPARATOR)
         return pc.binary_join_element_wise(pc.fill_null(self.roles, ""), joined_parts, PART_SEPARATOR)
 
@@ -159,28 +165,46 @@ class RowDeriver:
             columns[f"{media_type}_placeholders"] = sum(flat.media_parts(media_type) for flat in flats.values())
             items = batch.column(MEDIA_COLUMNS[media_type])
             columns[f"{media_type}_count"] = pc.fill_null(pc.list_value_length(items), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-        prompt = flats["messages"].texts(drop_last_message=True) if self.kind is Kind.SUPERVISED else texts["prompt"]
-        sample_parts = list(texts.values())
+        text_hashes = {name: _hash(text) for name, text in texts.items()}
+        prompt_hash = _hash(flats["messages"].texts(drop_last_message=True)) if self.kind is Kind.SUPERVISED else text_hashes["prompt"]
+        sample_parts = list(text_hashes.values())
         if self.kind is Kind.PREFERENCE:
             columns["chosen_equals_rejected"] = _mask(pc.equal(texts["chosen"], texts["rejected"]))
         if self.kind is Kind.UNPAIRED_PREFERENCE:
             columns["label"] = batch.column("label")
-            sample_parts.append(pc.cast(batch.column("label"), pa.string()))
-        sample = pc.binary_join_element_wise(*[pc.fill_null(part, "") for part in sample_parts], COLUMN_SEPARATOR)
+            sample_parts.append(_hash(pc.cast(batch.column("label"), pa.string())))
         columns["id_missing"] = _mask(pc.or_kleene(pc.is_null(batch.column("id")), pc.equal(batch.column("id"), "")))
-        columns["id_repeat"] = self._repeats("id", batch.column("id"))
-        columns["prompt_repeat"] = self._repeats("prompt", prompt)
-        columns["sample_repeat"] = self._repeats("sample", sample)
+        columns["id_repeat"] = self._repeats("id", _hash(batch.column("id")))
+        columns["prompt_repeat"] = self._repeats("prompt", prompt_hash)
+        columns["sample_repeat"] = self._repeats("sample", _combine(sample_parts))
         return pa.table({name: _as_arrow(values) for name, values in columns.items()}).to_pandas()
 
-    def _repeats(self, key: str, values: pa.Array) -> np.ndarray:
-        """(rows,) True where the value occurred earlier in this batch or any earlier batch."""
-        binary = pc.fill_null(values, "").cast(pa.binary()).to_pylist()
-        # xxh3 over the raw bytes is ~20x faster than pandas' hash of Python strings.
-        hashes = np.fromiter(map(xxhash.xxh3_64_intdigest, binary), np.uint64, len(binary))
+    def _repeats(self, key: str, hashes: np.ndarray) -> np.ndarray:
+        """(rows,) True where the hash occurred earlier in this batch or any earlier batch."""
         repeated = pd.Series(hashes).duplicated().to_numpy() | self._seen[key].contains(hashes)
         self._seen[key].add(hashes[~repeated])
         return repeated
+
+
+def _hash(values: pa.Array) -> np.ndarray:
+    """(rows,) 64-bit xxh3 of each string's UTF-8 bytes (null hashes like "").
+
+    Hashes slices of Arrow's data buffer in place: ~40x faster than pandas' hash of Python str.
+    """
+    values = pc.fill_null(values, "")
+    offset_type = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    offsets = np.frombuffer(values.buffers()[1], offset_type)[values.offset : values.offset + len(values) + 1].tolist()
+    data = memoryview(values.buffers()[2] or b"")
+    slices = map(data.__getitem__, map(slice, offsets[:-1], offsets[1:]))
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, slices), np.uint64, len(values))
+
+
+def _combine(hashes: list[np.ndarray]) -> np.ndarray:
+    """(rows,) one hash of several per-row hashes, order-sensitive (a polynomial mod 2^64)."""
+    combined = np.zeros_like(hashes[0])
+    for part in hashes:
+        combined = combined * np.uint64(0x9E3779B97F4A7C15) + part  # odd multiplier; uint64 wraps
+    return combined
 
 
 class SeenHashes:
@@ -193,10 +217,14 @@ class SeenHashes:
         self.runs: list[np.ndarray] = []
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
-        found = np.zeros(len(hashes), bool)
+        order = np.argsort(hashes)  # sorted needles walk each run in order: ~2x faster searches
+        needles = hashes[order]
+        found_sorted = np.zeros(len(hashes), bool)
         for run in self.runs:
-            positions = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
-            found |= run[positions] == hashes
+            positions = np.minimum(np.searchsorted(run, needles), len(run) - 1)
+            found_sorted |= run[positions] == needles
+        found = np.empty_like(found_sorted)
+        found[order] = found_sorted
         return found
 
     def add(self, new_hashes: np.ndarray) -> None:
