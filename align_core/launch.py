@@ -70,11 +70,15 @@ def launch_command(
         raise UsageError(f"nproc must be >= 1, got {nproc}")
     if nproc == 1 and not launcher_args:
         return [sys.executable, "-m", *entry]
+    from align_core.trainers.engine import free_port
+
+    # a free port unless the caller chose one: the launchers' fixed default collides between concurrent runs
+    port = [] if any("master_port" in arg for arg in launcher_args) else ["--master_port", str(free_port())]
     if launcher == "deepspeed":
         # --num_gpus is DeepSpeed's name for local ranks; on CPU (DS_ACCELERATOR=cpu) they are processes
-        return [_launcher_binary("deepspeed"), "--num_gpus", str(nproc), *launcher_args, "--no_local_rank", "--module", *entry]
+        return [_launcher_binary("deepspeed"), "--num_gpus", str(nproc), *port, *launcher_args, "--no_local_rank", "--module", *entry]
     if launcher == "torchrun":
-        return [_launcher_binary("torchrun"), "--nproc_per_node", str(nproc), *launcher_args, "-m", *entry]
+        return [_launcher_binary("torchrun"), "--nproc_per_node", str(nproc), *port, *launcher_args, "-m", *entry]
     raise UsageError(f"unknown launcher {launcher!r}; expected one of {', '.join(LAUNCHERS)}")
 
 

@@ -8,12 +8,14 @@ already finished returns its result without launching anything.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.logging.loggers import PrefectLogAdapter
 
 from align_core.config import load_config
 from align_core.launch import launch_command, launch_env, parse_result, run_streaming
@@ -34,7 +36,7 @@ def train_model(
     result (``model_dir``, ``steps``, final metrics). Refuses datasets that have not passed their contract."""
     from data_contracts.gate import require_validated
 
-    logger = get_run_logger()
+    logger = _training_logger()
     config = load_config(config_path, overrides)
     for dataset_dir in [*config.data_cfgs.train_datasets, *config.data_cfgs.eval_datasets]:
         require_validated(dataset_dir)
@@ -62,6 +64,17 @@ def train_model(
         raise RuntimeError(f"training of {config_path} exited 0 but reported no result")
     _publish_summary(config.train_cfgs.algorithm, run_digest(config), result)
     return result
+
+
+def _training_logger() -> logging.LoggerAdapter:
+    """This task run's logger at INFO, whatever PREFECT_LOGGING_LEVEL quiets: the training log is the point.
+
+    A child of ``prefect.task_runs`` inherits its API handler, so the lines land in the run's logs.
+    """
+    run_logger = get_run_logger()
+    training = logging.getLogger("prefect.task_runs.training")
+    training.setLevel(logging.INFO)
+    return PrefectLogAdapter(training, extra=run_logger.extra)
 
 
 def _publish_summary(algorithm: str, digest: str, result: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -47,7 +47,7 @@ def setup_distributed() -> DistInfo:
     if "RANK" not in os.environ:  # not started by a launcher
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -126,14 +126,19 @@ class Engine:
             betas=train_cfgs.adam_betas,
             eps=train_cfgs.adam_epsilon,
         )
-        scheduler = get_scheduler(
-            train_cfgs.lr_scheduler_type,
-            optimizer,
-            num_warmup_steps=round(train_cfgs.lr_warmup_ratio * total_steps),
-            num_training_steps=total_steps,
-        )
+
+        def scheduler_for(wrapped_optimizer: torch.optim.Optimizer) -> Any:
+            # Built on DeepSpeed's wrapper, not our AdamW: ZeRO regroups parameters (at stage 3 a rank
+            # may hold none of a group), and a schedule must step exactly the groups that exist.
+            return get_scheduler(
+                train_cfgs.lr_scheduler_type,
+                wrapped_optimizer,
+                num_warmup_steps=round(train_cfgs.lr_warmup_ratio * total_steps),
+                num_training_steps=total_steps,
+            )
+
         self.ds_engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+            model=model, optimizer=optimizer, lr_scheduler=scheduler_for, config=ds_config
         )
         self.zero_stage = train_cfgs.zero_stage
 
