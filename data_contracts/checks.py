@@ -96,9 +96,9 @@ class GXChecks:
         )
         for gx_result in outcome.results:
             name = gx_result.expectation_config.meta["alignflow_name"]
-            if gx_result.exception_info and gx_result.exception_info.get("raised_exception"):
-                message = gx_result.exception_info.get("exception_message")
-                raise UsageError(f"suite {self.suite.name}: expectation {name!r} could not run: {message}")
+            error = _gx_error(gx_result.exception_info)
+            if error:
+                raise UsageError(f"suite {self.suite.name}: expectation {name!r} could not run: {error}")
             self.tallies[name].add(gx_result.result, frame)
 
     def results(self, rows: int) -> list[ExpectationResult]:
@@ -160,6 +160,14 @@ def _gx_expectation(spec: ExpectationSpec):
         )
     except Exception as error:  # pydantic's message names the bad argument
         raise UsageError(f"expectation {spec.name!r} ({spec.type}): invalid arguments: {error}") from error
+
+
+def _gx_error(exception_info: dict[str, Any] | None) -> str | None:
+    """GX's error message for a check that raised, or None. GX reports either one flat record or
+    one record per failed metric (keyed by the metric's id)."""
+    records = [exception_info] if exception_info and "raised_exception" in exception_info else (exception_info or {}).values()
+    messages = [record.get("exception_message") for record in records if isinstance(record, dict) and record.get("raised_exception")]
+    return "; ".join(str(message) for message in messages) or None
 
 
 def _sample_label(sample_id: Any, source_index: Any) -> str:

@@ -66,6 +66,13 @@ def test_markdown_artifact_has_one_table_row_per_expectation(failing_dataset):
     assert markdown.startswith("### Data contract FAILED: 1 error(s), 1 warning(s)")
 
 
+def test_gx_progress_bars_stay_silent(failing_dataset, capfd):
+    validate_dataset(failing_dataset)
+
+    captured = capfd.readouterr()
+    assert "Calculating Metrics" not in captured.err + captured.out
+
+
 runner = CliRunner()
 
 

@@ -141,6 +141,7 @@ def test_a_custom_suite_file_extends_the_built_in_fragments(tmp_path):
         ("type: expect_columns_to_dance\n    column: messages_turns", "GX has no expectation type 'expect_columns_to_dance'"),
         ("type: expect_column_values_to_be_between\n    column: messages_turns\n    kwargs: {minimum: 1}", "invalid arguments"),
         ("type: expect_column_values_to_be_between\n    kwargs: {min_value: 1}", "needs 'column', 'columns'"),
+        ("type: expect_column_values_to_match_regex\n    column: messages_roles\n    kwargs: {regex: '(U'}", "'broken' could not run"),
     ],
 )
 def test_bad_suite_entries_are_reported_by_name(tmp_path, entry, message):
