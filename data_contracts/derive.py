@@ -14,6 +14,7 @@ column                              meaning
 ``{c}_empty_parts``                 text parts that are null, empty or whitespace only
 ``{c}_max_turn_chars``              characters of the longest message (text parts summed)
 ``{m}_placeholders``/``{m}_count``  media placeholders of type m in all columns / items in the row
+(registered media columns)          see ``register_media_columns``
 ``prompt_repeat``                   the prompt (supervised: all but the last message) was seen before
 ``sample_repeat``                   the whole sample (all conversations + label) was seen before
 ``id_repeat``                       the id was seen before
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,12 @@ import pyarrow.compute as pc
 import xxhash
 
 from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind, shard_schema
+
+# Extra per-row columns for a media type, e.g. decodability or image sizes: the multimodal work
+# registers a function of the row's media items (``list<MEDIA_ITEM>``, (rows,)) returning
+# ``{column: (rows,) values}``, and checks them in ``suites/<media>.yaml``.
+MediaColumns = Callable[[pa.Array], dict[str, np.ndarray]]
+MEDIA_COLUMN_DERIVERS: dict[str, list[MediaColumns]] = {}
 
 ROLE_LETTERS = {"system": "S", "user": "U", "assistant": "A"}
 UNKNOWN_ROLE = "?"
@@ -139,6 +147,18 @@ class FlatConversations:
         return pc.binary_join(_lists(_offsets(turns), messages), MESSAGE_SEPARATOR)
 
 
+def register_media_columns(media_type: str) -> Callable[[MediaColumns], MediaColumns]:
+    """Decorator: derive more columns from the media items of ``media_type`` ("image", ...)."""
+    if media_type not in MEDIA_COLUMNS:
+        raise ValueError(f"unknown media type {media_type!r}; expected one of {list(MEDIA_COLUMNS)}")
+
+    def register(function: MediaColumns) -> MediaColumns:
+        MEDIA_COLUMN_DERIVERS.setdefault(media_type, []).append(function)
+        return function
+
+    return register
+
+
 class RowDeriver:
     """Turns shard record batches of one dataset into DataFrames of derived columns, in order.
 
@@ -165,6 +185,8 @@ class RowDeriver:
             columns[f"{media_type}_placeholders"] = sum(flat.media_parts(media_type) for flat in flats.values())
             items = batch.column(MEDIA_COLUMNS[media_type])
             columns[f"{media_type}_count"] = pc.fill_null(pc.list_value_length(items), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+            for derive_media_columns in MEDIA_COLUMN_DERIVERS.get(media_type, []):
+                columns.update(derive_media_columns(items))
         text_hashes = {name: _hash(text) for name, text in texts.items()}
         prompt_hash = _hash(flats["messages"].texts(drop_last_message=True)) if self.kind is Kind.SUPERVISED else text_hashes["prompt"]
         sample_parts = list(text_hashes.values())

@@ -126,3 +126,37 @@ def test_derived_column_names_follow_the_kind_and_media():
     for column in ("prompt_roles", "chosen_last_role", "rejected_empty_parts", "image_placeholders", "image_count"):
         assert column in columns
     assert "messages_roles" not in derived_columns(Kind.PREFERENCE)
+
+
+def test_registered_media_columns_can_be_checked_by_a_suite(tmp_path, monkeypatch):
+    import pyarrow.compute as pc
+
+    from data_contracts import derive
+    from data_contracts.runner import validate_dataset
+    from test_contracts_support import clean_samples, write_dataset
+
+    monkeypatch.setattr(derive, "MEDIA_COLUMN_DERIVERS", {})  # registrations are process-wide
+
+    @derive.register_media_columns("image")
+    def largest_image_bytes(items: pa.Array) -> dict[str, np.ndarray]:
+        sizes = pc.binary_length(pc.list_flatten(items).field("bytes")).to_numpy(zero_copy_only=False)
+        rows = pc.list_parent_indices(items).to_numpy()
+        largest = np.zeros(len(items), np.int64)
+        np.maximum.at(largest, rows, sizes)
+        return {"image_max_bytes": largest}
+
+    suite = tmp_path / "images.yaml"
+    suite.write_text(
+        "name: images\nkind: preference\nversion: 1\ninclude: [common]\nexpectations:\n"
+        "  - name: image_size\n    type: expect_column_values_to_be_between\n    column: image_max_bytes\n"
+        "    kwargs: {min_value: 1, max_value: 12}\n"
+    )
+    samples = clean_samples(Kind.PREFERENCE, media=("image",))  # "fake png N": 10-11 bytes
+    samples[33]["images"] = [image_item(10**9)]  # "fake png 1000000000": 19 bytes
+
+    result = validate_dataset(write_dataset(tmp_path, Kind.PREFERENCE, samples, media=("image",)), suite=str(suite))
+
+    failed = {r.name: r for r in result.results if not r.success}
+    assert list(failed) == ["image_size"]
+    assert failed["image_size"].unexpected_count == 1
+    assert failed["image_size"].sample_ids == ["s-033"]
