@@ -31,6 +31,9 @@ def configure_environment() -> None:
     for key, value in defaults.items():
         if value:
             os.environ.setdefault(key, value)
+    from align_core.server_record import use_recorded_server
+
+    use_recorded_server()  # a server started by `alignflow server start` serves every later command
 
 
 def _has_cuda_device() -> bool:

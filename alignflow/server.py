@@ -29,9 +29,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from align_core.errors import UsageError
-from align_core.io import _pid_alive as pid_alive  # the staging cleanup's liveness check
+from align_core.io import pid_alive
 from align_core.io import atomic_write_json, atomic_write_text
 from align_core.paths import state_dir
+from align_core.server_record import (  # noqa: F401  (re-exported: the server's public API)
+    ServerRecord,
+    is_prefect_server,
+    read_record,
+    record_path,
+    recorded_api_url,
+    use_recorded_server,
+)
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -39,33 +47,10 @@ LOG_TAIL_LINES = 25
 
 
 @dataclass(frozen=True)
-class ServerRecord:
-    """What ``server.json`` holds about a started server."""
-
-    host: str
-    port: int
-    pid: int
-    log: str
-    started: str
-
-    @property
-    def ui_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.ui_url}/api"
-
-
-@dataclass(frozen=True)
 class ServerStatus:
     record: ServerRecord | None
     running: bool  # the recorded pid is a live Prefect server process
     healthy: bool  # its /api/health answered
-
-
-def record_path(home: Path | None = None) -> Path:
-    return (home or state_dir()) / "server.json"
 
 
 def pid_path(home: Path | None = None) -> Path:
@@ -76,58 +61,12 @@ def log_path(home: Path | None = None) -> Path:
     return (home or state_dir()) / "server.log"
 
 
-def read_record(home: Path | None = None) -> ServerRecord | None:
-    """The recorded server, or None when nothing was recorded (or the record is unreadable)."""
-    try:
-        fields = json.loads(record_path(home).read_text())
-        return ServerRecord(**{name: fields[name] for name in ServerRecord.__dataclass_fields__})
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def recorded_api_url(home: Path | None = None) -> str | None:
-    """The API URL of the recorded server if its process is alive; None otherwise (stale records are ignored)."""
-    record = read_record(home)
-    if record is None or not is_prefect_server(record.pid):
-        return None
-    return record.api_url
-
-
-def use_recorded_server(environ: dict | None = None) -> str | None:
-    """Default ``PREFECT_API_URL`` to the recorded live server; an explicit setting always wins.
-
-    Returns the API URL now in effect (None: Prefect will start a temporary server). Call before
-    importing Prefect; ``align_core.paths.configure_environment`` is the place for it.
-    """
-    environ = os.environ if environ is None else environ
-    if not environ.get("PREFECT_API_URL"):
-        url = recorded_api_url()
-        if url:
-            environ["PREFECT_API_URL"] = url
-    return environ.get("PREFECT_API_URL") or None
-
-
 def api_is_healthy(api_url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
-
-
-def is_prefect_server(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) ``prefect server`` process, so a recycled pid is never mistaken for it."""
-    if not pid_alive(pid):
-        return False
-    proc = Path("/proc") / str(pid)
-    if not proc.is_dir():  # no procfs (macOS): existence is all we can check
-        return True
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        command = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and b"prefect" in command and b"server" in command
 
 
 def server_status(home: Path | None = None) -> ServerStatus:

@@ -97,7 +97,7 @@ def shards_ls(root: Path = typer.Argument(..., help="an --out root holding datas
         m = dataset.manifest
         rows.append((m.dataset_digest[:16], m.kind, m.template, str(m.rows), str(m.quarantined), _validation_status(dataset.path), m.created))
     header = ("digest", "kind", "template", "rows", "quarantined", "validation", "created")
-    _print_table(header, rows)
+    print_table(header, rows)
 
 
 @shards_app.command("show")
@@ -176,7 +176,7 @@ def shards_verify(dataset_dir: Path = typer.Argument(..., help="a dataset folder
     typer.echo(f"ok: {files} file(s), {dataset.manifest.rows} rows, digests match")
 
 
-def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     for row in (header, *rows):
         typer.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -14,7 +14,7 @@ from uuid import UUID
 import typer
 
 from align_core.errors import UsageError
-from alignflow.commands.data import _print_table as print_table  # the table layout `shards ls` uses
+from alignflow.commands.data import print_table  # the table layout `shards ls` uses
 from alignflow.commands.deploy import PROJECT_FLOWS, load_flow
 from alignflow.server import use_recorded_server
 

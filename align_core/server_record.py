@@ -1,0 +1,85 @@
+"""Which Prefect server alignflow talks to: the one ``alignflow server start`` recorded, if alive.
+
+Standard library only, because it must run before Prefect is imported (Prefect reads
+``PREFECT_API_URL`` at import); ``align_core.paths.configure_environment`` calls
+``use_recorded_server``. Starting and stopping the server lives in ``alignflow/server.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from align_core.io import pid_alive
+from align_core.paths import state_dir
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """What ``server.json`` holds about a started server."""
+
+    host: str
+    port: int
+    pid: int
+    log: str
+    started: str
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.ui_url}/api"
+
+
+def record_path(home: Path | None = None) -> Path:
+    return (home or state_dir()) / "server.json"
+
+
+def read_record(home: Path | None = None) -> ServerRecord | None:
+    """The recorded server, or None when nothing was recorded (or the record is unreadable)."""
+    try:
+        fields = json.loads(record_path(home).read_text())
+        return ServerRecord(**{name: fields[name] for name in ServerRecord.__dataclass_fields__})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def recorded_api_url(home: Path | None = None) -> str | None:
+    """The API URL of the recorded server if its process is alive; None otherwise (stale records are ignored)."""
+    record = read_record(home)
+    if record is None or not is_prefect_server(record.pid):
+        return None
+    return record.api_url
+
+
+def use_recorded_server(environ: dict | None = None) -> str | None:
+    """Default ``PREFECT_API_URL`` to the recorded live server; an explicit setting always wins.
+
+    Returns the API URL now in effect (None: Prefect will start a temporary server). Call before
+    importing Prefect; ``align_core.paths.configure_environment`` is the place for it.
+    """
+    environ = os.environ if environ is None else environ
+    if not environ.get("PREFECT_API_URL"):
+        url = recorded_api_url()
+        if url:
+            environ["PREFECT_API_URL"] = url
+    return environ.get("PREFECT_API_URL") or None
+
+
+def is_prefect_server(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) ``prefect server`` process, so a recycled pid is never mistaken for it."""
+    if not pid_alive(pid):
+        return False
+    proc = Path("/proc") / str(pid)
+    if not proc.is_dir():  # no procfs (macOS): existence is all we can check
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"prefect" in command and b"server" in command

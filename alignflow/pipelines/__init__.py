@@ -1,0 +1,1 @@
+"""Pipelines shipped with alignflow (the demo's)."""
