@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from align_core.errors import UsageError
 from align_core.io import sha256_json
 
+EXAMPLE_CONFIGS = Path(__file__).parent / "configs"  # sft.yaml, rm.yaml: documented starting points
+
 SchedulerName = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
     "cosine_with_min_lr", "warmup_stable_decay",
@@ -73,12 +75,12 @@ class DataCfgs(_Section):
 
 
 class ModelCfgs(_Section):
-    model_name_or_path: str
+    model_name_or_path: str = Field(min_length=1, description="a local folder; nothing is downloaded")
     trust_remote_code: bool = False
 
 
 class LoggerCfgs(_Section):
-    output_dir: str
+    output_dir: str = Field(min_length=1)
     log_type: Literal["tensorboard", "none"] = "tensorboard"
     progress_bar: bool = True
 

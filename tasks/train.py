@@ -19,7 +19,7 @@ from prefect.logging.loggers import PrefectLogAdapter
 
 from align_core.config import load_config
 from align_core.launch import launch_command, launch_env, parse_result, run_streaming
-from align_core.trainers.base import finished_result, run_digest
+from align_core.trainers.rundir import finished_result, run_digest
 
 TAIL_LINES = 60
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from align_core.config import build_config, dump_config, load_config, parse_overrides
+from align_core.config import EXAMPLE_CONFIGS, build_config, dump_config, load_config, parse_overrides
 from align_core.errors import UsageError
 
 MINIMAL = {
@@ -138,3 +138,20 @@ def test_parse_overrides_nests_by_section():
         "train_cfgs": {"epochs": 2},
         "logger_cfgs": {"log_type": "none"},
     }
+
+
+@pytest.mark.parametrize("name, algorithm", [("sft.yaml", "sft"), ("rm.yaml", "rm")])
+def test_example_configs_load_once_paths_are_given(name, algorithm):
+    from align_core.trainers import get_trainer
+
+    with pytest.raises(UsageError, match=r"data_cfgs.train_datasets: List should have at least 1 item.*model_name_or_path"):
+        load_config(EXAMPLE_CONFIGS / name)
+    config = load_config(EXAMPLE_CONFIGS / name, ["data_cfgs.train_datasets=[d]", "model_cfgs.model_name_or_path=m"])
+    assert get_trainer(config.train_cfgs.algorithm).algorithm == algorithm
+
+
+def test_unknown_algorithm_lists_the_known_ones():
+    from align_core.trainers import get_trainer
+
+    with pytest.raises(UsageError, match=r"unknown 'ppo'; expected one of rm, sft"):
+        get_trainer(build_config(MINIMAL, ["train_cfgs.algorithm=ppo"]).train_cfgs.algorithm)

@@ -9,7 +9,7 @@ from train_data import preference_data, read_jsonl, sft_data, tiny_model, write_
 
 from align_core.errors import UsageError
 from align_core.launch import run
-from align_core.trainers.base import RESULT_NAME
+from align_core.trainers.rundir import RESULT_NAME
 
 
 @pytest.fixture(scope="module")

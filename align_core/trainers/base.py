@@ -13,57 +13,46 @@ metrics, evaluation across ranks, export) lives here once.
 
 from __future__ import annotations
 
-import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from align_core.config import TrainConfig, dump_config
+from align_core.config import TrainConfig
 from align_core.errors import UsageError
-from align_core.io import atomic_write_json, atomic_write_text
+from align_core.io import atomic_write_json
+from align_core.data.sampler import LengthGroupedSampler
 from align_core.shards.dataset import ShardDataset
 from align_core.shards.schema import Kind
-from align_core.data.sampler import LengthGroupedSampler
 from align_core.trainers.checkpoint import CheckpointManager
-from align_core.trainers.engine import DistInfo, Engine, deepspeed_config, resolve_dtype, setup_distributed, zero3_model_loading
-from align_core.trainers.metrics import MetricsLogger
-
-RUN_CONFIG_NAME = "run_config.yaml"
-RESULT_NAME = "train_result.json"
-MODEL_DIR_NAME = "model"
-CHECKPOINTS_DIR_NAME = "checkpoints"
-
-# Settings a resumed run may change: they do not alter the sequence of updates.
-RESUME_SAFE_KEYS = (
-    "train_cfgs.save_interval",
-    "train_cfgs.keep_checkpoints",
-    "train_cfgs.eval_interval",
-    "train_cfgs.per_device_eval_batch_size",
-    "train_cfgs.debug_stop_after_steps",
-    "data_cfgs.num_workers",
-    "data_cfgs.token_cache_dir",
-    "logger_cfgs.log_type",
-    "logger_cfgs.progress_bar",
+from align_core.trainers.engine import Engine, deepspeed_config, resolve_dtype, setup_distributed, zero3_model_loading
+from align_core.trainers.metrics import MetricsLogger, read_metrics
+from align_core.trainers.rundir import (
+    CHECKPOINTS_DIR_NAME,
+    MODEL_DIR_NAME,
+    RESULT_NAME,
+    check_previous_run,
+    finished_result,
+    run_digest,
 )
 
+@dataclass
+class _RunState:
+    """What the loop carries: the data order, the step counters, and where results go."""
 
-def run_digest(config: TrainConfig) -> str:
-    """What identifies a run: every setting except those a resume may change."""
-    return config.digest(ignore=RESUME_SAFE_KEYS)
-
-
-def finished_result(config: TrainConfig) -> dict[str, Any] | None:
-    """The result of a completed run of this same config in its output_dir, if there is one."""
-    path = Path(config.logger_cfgs.output_dir) / RESULT_NAME
-    if path.is_file():
-        result = json.loads(path.read_text())
-        if result.get("config_digest") == run_digest(config):
-            return result
-    return None
+    train_rows: Dataset
+    sampler: LengthGroupedSampler
+    batches_per_epoch: int
+    total_steps: int
+    checkpoints: CheckpointManager
+    metrics: MetricsLogger
+    eval_set: tuple[Dataset, list[list[int]]] | None
+    step: int
+    micro_step: int
 
 
 class Trainer:
@@ -137,14 +126,21 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         """Train to the configured number of steps, resuming from the last checkpoint; returns the result."""
-        self.dist = dist = setup_distributed()
-        done = self._finished_result()
+        from transformers import set_seed
+
+        self.dist = setup_distributed()
+        done = finished_result(self.config)
         if done is not None:
             return done
         resume_step = self._resume_step()
-        from transformers import set_seed
-
         set_seed(self.train_cfgs.seed)
+        run = self._prepare(resume_step)
+        last_metrics = self._run_steps(run)
+        return self._finish(run, last_metrics)
+
+    def _prepare(self, resume_step: int | None) -> _RunState:
+        """Data, engine, checkpoints (restored when resuming) and metrics, in the order ranks must agree on."""
+        dist = self.dist
         train_rows, train_lengths, self.collate = self.load_datasets(self.config.data_cfgs.train_datasets)
         # The order is a pure function of (seed, epoch, rank): a resume skips batches without reading them.
         sampler = LengthGroupedSampler(
@@ -160,11 +156,10 @@ class Trainer:
         self._build_engine(total_steps)
         checkpoints = CheckpointManager(self.output_dir / CHECKPOINTS_DIR_NAME, self.train_cfgs.keep_checkpoints, dist)
         checkpoints.remove_incomplete()
-        step, micro_step = 0, 0
+        step = micro_step = 0
         if resume_step is not None:
             client_state = checkpoints.load(self.engine, resume_step)
             step, micro_step = client_state["step"], client_state["micro_step"]
-        eval_set = self._eval_set()
         metrics = MetricsLogger(
             self.output_dir,
             enabled=dist.is_main,
@@ -174,17 +169,25 @@ class Trainer:
             progress_bar=self.config.logger_cfgs.progress_bar,
             title=f"{self.algorithm} {Path(self.config.model_cfgs.model_name_or_path).name}",
         )
-        last_saved = resume_step
+        return _RunState(
+            train_rows, sampler, batches_per_epoch, total_steps, checkpoints, metrics, self._eval_set(), step, micro_step
+        )
+
+    def _run_steps(self, run: _RunState) -> dict[str, float]:
+        """Optimizer steps until ``total_steps``; returns the last step's metrics."""
+        cfgs = self.train_cfgs
         last_metrics: dict[str, float] = {}
         self.engine.train()
-        while step < total_steps:
-            epoch, offset = divmod(micro_step, batches_per_epoch)
-            sampler.set_epoch(epoch)
-            batches = sampler.batches()[offset:]
+        while run.step < run.total_steps:
+            epoch, offset = divmod(run.micro_step, run.batches_per_epoch)
+            run.sampler.set_epoch(epoch)
             loader = DataLoader(
-                train_rows, batch_sampler=batches, collate_fn=self.collate, num_workers=self.config.data_cfgs.num_workers
+                run.train_rows,
+                batch_sampler=run.sampler.batches()[offset:],
+                collate_fn=self.collate,
+                num_workers=self.config.data_cfgs.num_workers,
             )
-            accumulated: dict[str, float] = {}
+            accumulated: dict[str, Any] = {}
             step_started = time.perf_counter()
             for batch in loader:
                 batch = _to_device(batch, self.engine.device)
@@ -193,81 +196,62 @@ class Trainer:
                 loss, batch_metrics = self.compute_loss(batch)
                 _accumulate(accumulated, {"loss": loss.detach(), **batch_metrics}, batch)
                 stepped = self.engine.backward_step(loss)
-                micro_step += 1
+                run.micro_step += 1
                 if not stepped:
                     continue
-                step += 1
-                last_metrics = self._reduce(accumulated, micro_steps=self.train_cfgs.gradient_accumulation_steps)
+                run.step += 1
+                last_metrics = self._reduce(accumulated, micro_steps=cfgs.gradient_accumulation_steps)
                 last_metrics["lr"] = step_lr
-                last_metrics["epoch"] = micro_step / batches_per_epoch
+                last_metrics["epoch"] = run.micro_step / run.batches_per_epoch
                 last_metrics["tokens_per_second"] = last_metrics["tokens"] / (time.perf_counter() - step_started)
-                if eval_set is not None and self.train_cfgs.eval_interval and step % self.train_cfgs.eval_interval == 0:
-                    last_metrics.update(self.evaluate(*eval_set))
-                metrics.log(step, last_metrics)
-                if step % self.train_cfgs.save_interval == 0 or step == total_steps:
-                    checkpoints.save(self.engine, step, {"step": step, "micro_step": micro_step, "epoch": epoch})
-                    last_saved = step
-                    metrics.plot()
-                if self.train_cfgs.debug_stop_after_steps == step:
+                if run.eval_set is not None and cfgs.eval_interval and run.step % cfgs.eval_interval == 0:
+                    last_metrics.update(self.evaluate(*run.eval_set))
+                run.metrics.log(run.step, last_metrics)
+                if run.step % cfgs.save_interval == 0 or run.step == run.total_steps:
+                    state = {"step": run.step, "micro_step": run.micro_step, "epoch": epoch}
+                    run.checkpoints.save(self.engine, run.step, state)
+                    run.metrics.plot()
+                if cfgs.debug_stop_after_steps == run.step:
                     os._exit(17)  # simulate a crash: no cleanup, no flush beyond what is on disk
                 accumulated, step_started = {}, time.perf_counter()
-                if step >= total_steps:
+                if run.step >= run.total_steps:
                     break
-        if last_saved != step:
-            checkpoints.save(self.engine, step, {"step": step, "micro_step": micro_step, "epoch": micro_step // batches_per_epoch})
-        final_eval = self.evaluate(*eval_set) if eval_set is not None else {}
-        self.engine.export_pretrained(self.output_dir / MODEL_DIR_NAME, self.tokenizer_for_export(), dist.is_main)
-        metrics.close()
+        return last_metrics
+
+    def _finish(self, run: _RunState, last_metrics: dict[str, float]) -> dict[str, Any]:
+        """Final evaluation, HF export, the loss curve, and ``train_result.json`` (written last: it marks done)."""
+        if not last_metrics and self.dist.is_main:  # resumed from the final checkpoint: nothing ran now
+            last_metrics = {k: v for k, v in (read_metrics(self.output_dir) or [{}])[-1].items() if k != "step"}
+        final_eval = {k: v for k, v in last_metrics.items() if k.startswith("eval/")}
+        if run.eval_set is not None and not final_eval:
+            final_eval = self.evaluate(*run.eval_set)
+        self.engine.export_pretrained(self.output_dir / MODEL_DIR_NAME, self.tokenizer_for_export(), self.dist.is_main)
+        run.metrics.close()
         result = {
             "algorithm": self.algorithm,
-            "steps": step,
+            "steps": run.step,
             "model_dir": str(self.output_dir / MODEL_DIR_NAME),
-            "final_train_metrics": last_metrics,
+            "final_train_metrics": {k: v for k, v in last_metrics.items() if not k.startswith("eval/")},
             "eval": final_eval,
-            "config_digest": self._config_digest(),
-            "world_size": dist.world_size,
+            "config_digest": run_digest(self.config),
+            "world_size": self.dist.world_size,
         }
-        if dist.is_main:
+        if self.dist.is_main:
             atomic_write_json(self.output_dir / RESULT_NAME, result)
         torch.distributed.barrier()
         return result
 
     # ----- pieces of the loop ----------------------------------------------------------------------
 
-    def _config_digest(self) -> str:
-        return run_digest(self.config)
-
-    def _finished_result(self) -> dict[str, Any] | None:
-        return finished_result(self.config)
-
     def _resume_step(self) -> int | None:
         """Rank 0 decides whether output_dir holds a compatible run to resume; all ranks follow."""
         decision: list[Any] = [None]
         if self.dist.is_main:
-            decision[0] = self._check_previous_run()
+            decision[0] = check_previous_run(self.config)
         torch.distributed.broadcast_object_list(decision, src=0)
         if isinstance(decision[0], str):
             raise UsageError(decision[0])
         return decision[0]
-
-    def _check_previous_run(self) -> int | str | None:
-        """Step to resume from, None for a fresh run, or an error message."""
-        from align_core.config import load_config
-
-        checkpoints = CheckpointManager(self.output_dir / CHECKPOINTS_DIR_NAME, 1, self.dist)
-        latest = checkpoints.latest_step()
-        saved_config = self.output_dir / RUN_CONFIG_NAME
-        if latest is not None and saved_config.is_file():
-            previous = load_config(saved_config)
-            if previous.digest(ignore=RESUME_SAFE_KEYS) != self._config_digest():
-                changed = _changed_keys(previous.to_dict(), self.config.to_dict())
-                return (
-                    f"{self.output_dir} holds checkpoints of a run with other settings "
-                    f"({', '.join(changed)}); resume it unchanged or choose a new logger_cfgs.output_dir"
-                )
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved_config, dump_config(self.config))
-        return latest
 
     def _total_steps(self, batches_per_epoch: int, num_rows: int) -> int:
         if self.train_cfgs.max_steps is not None:
@@ -347,13 +331,3 @@ def _accumulate(accumulated: dict[str, Any], metrics: dict[str, torch.Tensor], b
     mask = batch.get("attention_mask")
     tokens = mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel())
     accumulated["tokens"] = accumulated.get("tokens", 0) + tokens.float()
-
-
-def _changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    changed = []
-    for section, values in after.items():
-        for key, value in values.items():
-            dotted = f"{section}.{key}"
-            if dotted not in RESUME_SAFE_KEYS and before.get(section, {}).get(key) != value:
-                changed.append(f"{dotted}: {before.get(section, {}).get(key)!r} -> {value!r}")
-    return changed

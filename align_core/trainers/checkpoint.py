@@ -26,6 +26,13 @@ def checkpoint_tag(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def complete_checkpoint_steps(root: Path) -> list[int]:
+    """Steps of the complete checkpoints under ``root``, oldest first (staging folders never count)."""
+    if not root.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in root.iterdir() if (m := _FINAL.match(p.name)) and p.is_dir())
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch CPU and accelerator generator states of this rank."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -52,9 +59,7 @@ class CheckpointManager:
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
-        if not self.root.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _FINAL.match(p.name)) and p.is_dir())
+        return complete_checkpoint_steps(self.root)
 
     def latest_step(self) -> int | None:
         steps = self.steps()

@@ -1,0 +1,83 @@
+"""The bookkeeping of a run's output folder: what identifies a run, whether it is finished or resumable.
+
+    <output_dir>/run_config.yaml     the settings the checkpoints were made with
+                 checkpoints/step-N  DeepSpeed state + data position + RNG (see checkpoint.py)
+                 metrics.jsonl, loss_curve.png, tensorboard/
+                 model/              the final export in Hugging Face format
+                 train_result.json   written last: the run is complete
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from align_core.config import TrainConfig, dump_config, load_config
+from align_core.io import atomic_write_text
+from align_core.trainers.checkpoint import complete_checkpoint_steps
+
+RUN_CONFIG_NAME = "run_config.yaml"
+RESULT_NAME = "train_result.json"
+MODEL_DIR_NAME = "model"
+CHECKPOINTS_DIR_NAME = "checkpoints"
+
+# Settings a resumed run may change: they do not alter the sequence of updates.
+RESUME_SAFE_KEYS = (
+    "train_cfgs.save_interval",
+    "train_cfgs.keep_checkpoints",
+    "train_cfgs.eval_interval",
+    "train_cfgs.per_device_eval_batch_size",
+    "train_cfgs.debug_stop_after_steps",
+    "data_cfgs.num_workers",
+    "data_cfgs.token_cache_dir",
+    "logger_cfgs.log_type",
+    "logger_cfgs.progress_bar",
+)
+
+
+def run_digest(config: TrainConfig) -> str:
+    """What identifies a run: every setting except those a resume may change."""
+    return config.digest(ignore=RESUME_SAFE_KEYS)
+
+
+def finished_result(config: TrainConfig) -> dict[str, Any] | None:
+    """The result of a completed run of this same config in its output_dir, if there is one."""
+    path = Path(config.logger_cfgs.output_dir) / RESULT_NAME
+    if path.is_file():
+        result = json.loads(path.read_text())
+        if result.get("config_digest") == run_digest(config):
+            return result
+    return None
+
+
+def check_previous_run(config: TrainConfig) -> int | str | None:
+    """Step to resume ``config``'s output_dir from, None for a fresh run, or why it cannot be resumed.
+
+    A fresh or resumable run records its config in ``run_config.yaml`` for the next check.
+    """
+    output_dir = Path(config.logger_cfgs.output_dir)
+    steps = complete_checkpoint_steps(output_dir / CHECKPOINTS_DIR_NAME)
+    latest = steps[-1] if steps else None
+    saved_config = output_dir / RUN_CONFIG_NAME
+    if latest is not None and saved_config.is_file():
+        previous = load_config(saved_config)
+        if previous.digest(ignore=RESUME_SAFE_KEYS) != run_digest(config):
+            changed = _changed_keys(previous.to_dict(), config.to_dict())
+            return (
+                f"{output_dir} holds checkpoints of a run with other settings "
+                f"({', '.join(changed)}); resume it unchanged or choose a new logger_cfgs.output_dir"
+            )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved_config, dump_config(config))
+    return latest
+
+
+def _changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    changed = []
+    for section, values in after.items():
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if dotted not in RESUME_SAFE_KEYS and before.get(section, {}).get(key) != value:
+                changed.append(f"{dotted}: {before.get(section, {}).get(key)!r} -> {value!r}")
+    return changed
