@@ -159,6 +159,48 @@ def register_media_columns(media_type: str) -> Callable[[MediaColumns], MediaCol
     return register
 
 
+@dataclass
+class DerivedBatch:
+    """One record batch's derived columns, before the repeat columns that need earlier batches."""
+
+    columns: dict[str, pa.Array | np.ndarray]
+    hashes: dict[str, np.ndarray]  # "id", "prompt", "sample" -> (rows,) uint64
+
+
+def derive_batch(batch: pa.RecordBatch, kind: Kind, media: tuple[str, ...] = ()) -> DerivedBatch:
+    """Everything that depends on this batch alone: safe to run for many batches in parallel threads."""
+    columns: dict[str, pa.Array | np.ndarray] = {"id": batch.column("id"), "source_index": batch.column("source_index")}
+    flats = {name: FlatConversations.from_column(batch.column(name)) for name in CONVERSATION_COLUMNS[kind]}
+    texts = {name: flat.texts() for name, flat in flats.items()}
+    for name, flat in flats.items():
+        columns[f"{name}_turns"] = flat.turns
+        columns[f"{name}_roles"] = flat.role_letters()
+        columns[f"{name}_first_role"] = flat.edge_role(last=False)
+        columns[f"{name}_last_role"] = flat.edge_role(last=True)
+        columns[f"{name}_empty_parts"] = flat.empty_text_parts()
+        columns[f"{name}_max_turn_chars"] = flat.max_turn_chars()
+    for media_type in media:
+        columns[f"{media_type}_placeholders"] = sum(flat.media_parts(media_type) for flat in flats.values())
+        items = batch.column(MEDIA_COLUMNS[media_type])
+        columns[f"{media_type}_count"] = pc.fill_null(pc.list_value_length(items), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        for derive_media_columns in MEDIA_COLUMN_DERIVERS.get(media_type, []):
+            columns.update(derive_media_columns(items))
+    text_hashes = {name: _hash(text) for name, text in texts.items()}
+    sample_parts = list(text_hashes.values())
+    if kind is Kind.PREFERENCE:
+        columns["chosen_equals_rejected"] = _mask(pc.equal(texts["chosen"], texts["rejected"]))
+    if kind is Kind.UNPAIRED_PREFERENCE:
+        columns["label"] = batch.column("label")
+        sample_parts.append(_hash(pc.cast(batch.column("label"), pa.string())))
+    columns["id_missing"] = _mask(pc.or_kleene(pc.is_null(batch.column("id")), pc.equal(batch.column("id"), "")))
+    hashes = {
+        "id": _hash(batch.column("id")),
+        "prompt": _hash(flats["messages"].texts(drop_last_message=True)) if kind is Kind.SUPERVISED else text_hashes["prompt"],
+        "sample": _combine(sample_parts),
+    }
+    return DerivedBatch(columns, hashes)
+
+
 class RowDeriver:
     """Turns shard record batches of one dataset into DataFrames of derived columns, in order.
 
@@ -168,37 +210,16 @@ class RowDeriver:
     def __init__(self, kind: Kind, media: tuple[str, ...] = ()):
         self.kind = kind
         self.media = tuple(media)
-        self._seen = {"id": SeenHashes(), "prompt": SeenHashes(), "sample": SeenHashes()}
+        self._seen = {key: SeenHashes() for key in ("id", "prompt", "sample")}
 
     def frame(self, batch: pa.RecordBatch) -> pd.DataFrame:
-        columns: dict[str, pa.Array | np.ndarray] = {"id": batch.column("id"), "source_index": batch.column("source_index")}
-        flats = {name: FlatConversations.from_column(batch.column(name)) for name in CONVERSATION_COLUMNS[self.kind]}
-        texts = {name: flat.texts() for name, flat in flats.items()}
-        for name, flat in flats.items():
-            columns[f"{name}_turns"] = flat.turns
-            columns[f"{name}_roles"] = flat.role_letters()
-            columns[f"{name}_first_role"] = flat.edge_role(last=False)
-            columns[f"{name}_last_role"] = flat.edge_role(last=True)
-            columns[f"{name}_empty_parts"] = flat.empty_text_parts()
-            columns[f"{name}_max_turn_chars"] = flat.max_turn_chars()
-        for media_type in self.media:
-            columns[f"{media_type}_placeholders"] = sum(flat.media_parts(media_type) for flat in flats.values())
-            items = batch.column(MEDIA_COLUMNS[media_type])
-            columns[f"{media_type}_count"] = pc.fill_null(pc.list_value_length(items), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-            for derive_media_columns in MEDIA_COLUMN_DERIVERS.get(media_type, []):
-                columns.update(derive_media_columns(items))
-        text_hashes = {name: _hash(text) for name, text in texts.items()}
-        prompt_hash = _hash(flats["messages"].texts(drop_last_message=True)) if self.kind is Kind.SUPERVISED else text_hashes["prompt"]
-        sample_parts = list(text_hashes.values())
-        if self.kind is Kind.PREFERENCE:
-            columns["chosen_equals_rejected"] = _mask(pc.equal(texts["chosen"], texts["rejected"]))
-        if self.kind is Kind.UNPAIRED_PREFERENCE:
-            columns["label"] = batch.column("label")
-            sample_parts.append(_hash(pc.cast(batch.column("label"), pa.string())))
-        columns["id_missing"] = _mask(pc.or_kleene(pc.is_null(batch.column("id")), pc.equal(batch.column("id"), "")))
-        columns["id_repeat"] = self._repeats("id", _hash(batch.column("id")))
-        columns["prompt_repeat"] = self._repeats("prompt", prompt_hash)
-        columns["sample_repeat"] = self._repeats("sample", _combine(sample_parts))
+        return self.with_repeats(derive_batch(batch, self.kind, self.media))
+
+    def with_repeats(self, derived: DerivedBatch) -> pd.DataFrame:
+        """The batch's frame with ``*_repeat`` columns; call in dataset order."""
+        columns = dict(derived.columns)
+        for key, hashes in derived.hashes.items():
+            columns[f"{key}_repeat"] = self._repeats(key, hashes)
         return pa.table({name: _as_arrow(values) for name, values in columns.items()}).to_pandas()
 
     def _repeats(self, key: str, hashes: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Validate a dataset folder against its suite, streaming its shards in record batches.
 
-    shards --(record batch)--> derived columns --(chunks of CHUNK_ROWS)--> GX --> summed verdicts
+    shards --(record batches, in threads)--> derived columns --(chunks of CHUNK_ROWS)--> GX --> verdicts
            --> report.html + validation.json beside the manifest (atomic, validation.json last)
 
 Only the small derived frame of one chunk is in memory at a time, whatever the dataset's size.
@@ -10,18 +10,22 @@ Library-level: no Prefect here (``tasks/validate.py`` wraps it).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pandas as pd
+import pyarrow as pa
 
 import align_core
 from align_core.io import atomic_write_json, atomic_write_text
 from align_core.shards.dataset import ShardDataset
 from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind
 from data_contracts.checks import GXChecks
-from data_contracts.derive import RowDeriver, derived_columns
+from data_contracts.derive import DerivedBatch, RowDeriver, derive_batch, derived_columns
 from data_contracts.gate import check_validation
 from data_contracts.report import render_html
 from data_contracts.results import ValidationResult, read_validation
@@ -38,22 +42,22 @@ def validate_dataset(
     overrides: dict[str, Any] | None = None,
     *,
     chunk_rows: int = CHUNK_ROWS,
+    workers: int | None = None,
 ) -> ValidationResult:
     """Validate every shard of ``dataset_dir`` with ``suite`` (default: the suite of its kind).
 
     Writes ``report.html`` and ``validation.json`` beside the manifest; ``.passed`` is False when an
     error-severity expectation failed. Bad suites or folders raise ``UsageError``. ``chunk_rows``
-    bounds the derived rows held at once (memory); the verdict does not depend on it.
+    bounds the derived rows held at once (memory), ``workers`` the threads that read and flatten
+    batches (default: one per CPU, at most 4); the verdict depends on neither.
     """
     started = time.perf_counter()
     dataset = ShardDataset(dataset_dir)
     media = tuple(dataset.manifest.media)
     resolved = load_suite(suite, dataset.kind, media, overrides)
     checks = GXChecks(resolved, derived_columns(dataset.kind, media))
-    deriver = RowDeriver(dataset.kind, media)
     rows = 0
-    batches = dataset.iter_batches(columns=_input_columns(dataset.kind, media))
-    for frame in _chunks((deriver.frame(batch) for batch in batches), chunk_rows):
+    for frame in _chunks(_derived_frames(dataset, workers or default_workers()), chunk_rows):
         checks.validate(frame)
         rows += len(frame)
     results = checks.results(rows)
@@ -91,6 +95,34 @@ def current_result(
     dataset = ShardDataset(dataset_dir)
     wanted = load_suite(suite, dataset.kind, tuple(dataset.manifest.media), overrides)
     return recorded if recorded.suite_version == wanted.version else None
+
+
+def default_workers() -> int:
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def _derived_frames(dataset: ShardDataset, workers: int) -> Iterator[pd.DataFrame]:
+    """Derived frames in dataset order. Threads read and flatten batches (Arrow's decompression and
+    kernels release the GIL); the repeat columns are then marked in order, on this thread."""
+    kind, media = dataset.kind, tuple(dataset.manifest.media)
+    columns = _input_columns(kind, media)
+    deriver = RowDeriver(kind, media)
+
+    def read_and_derive(path: Path, index: int) -> DerivedBatch:
+        with pa.memory_map(str(path)) as source:  # an uncompressed batch points into the map: derive inside
+            return derive_batch(pa.ipc.open_file(source).get_batch(index).select(columns), kind, media)
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future] = deque()
+        for path in dataset.shard_paths:
+            with pa.memory_map(str(path)) as source:
+                batches = pa.ipc.open_file(source).num_record_batches
+            for index in range(batches):
+                pending.append(pool.submit(read_and_derive, path, index))
+                if len(pending) >= 2 * workers:  # bounded read-ahead keeps memory flat
+                    yield deriver.with_repeats(pending.popleft().result())
+        while pending:
+            yield deriver.with_repeats(pending.popleft().result())
 
 
 def _input_columns(kind: Kind, media: tuple[str, ...]) -> list[str]:
