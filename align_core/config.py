@@ -59,6 +59,16 @@ class TrainCfgs(_Section):
     eval_interval: int | None = Field(None, ge=1, description="evaluate every N steps; None: at the end only")
     resume: bool = Field(True, description="continue from the last checkpoint in output_dir")
     score_regularization: float = Field(0.0, ge=0, description="rm: weight of the squared-score penalty")
+    # preference family (dpo, ipo, simpo, orpo, kto); see align_core/losses/preference.py for each formula
+    beta: float | None = Field(None, gt=0, description="None: the algorithm's paper default (simpo 2.0, else 0.1)")
+    label_smoothing: float = Field(0.0, ge=0, le=0.5, description="dpo: > 0 is conservative DPO (cDPO)")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin")
+    orpo_lambda: float = Field(0.1, ge=0, description="orpo: weight of the odds-ratio term")
+    kto_desirable_weight: float = Field(1.0, gt=0, description="kto: lambda_D")
+    kto_undesirable_weight: float = Field(1.0, gt=0, description="kto: lambda_U")
+    reference: Literal["cached", "live"] = Field(
+        "cached", description="dpo/ipo/kto: reference log-probs from a precomputed column, or a live reference model"
+    )
     debug_stop_after_steps: int | None = Field(
         None, ge=1, description="testing: exit abruptly (os._exit, no cleanup) after this many steps"
     )
@@ -76,6 +86,7 @@ class DataCfgs(_Section):
 
 class ModelCfgs(_Section):
     model_name_or_path: str = Field(min_length=1, description="a local folder; nothing is downloaded")
+    reference_model_name_or_path: str | None = Field(None, description="dpo/ipo/kto; None: model_name_or_path")
     trust_remote_code: bool = False
 
 
@@ -101,6 +112,9 @@ class TrainConfig(_Section):
             self.data_cfgs.token_cache_dir = _absolute(self.data_cfgs.token_cache_dir)
         if Path(self.model_cfgs.model_name_or_path).exists():
             self.model_cfgs.model_name_or_path = _absolute(self.model_cfgs.model_name_or_path)
+        reference = self.model_cfgs.reference_model_name_or_path
+        if reference and Path(reference).exists():
+            self.model_cfgs.reference_model_name_or_path = _absolute(reference)
         return self
 
     def to_dict(self) -> dict[str, Any]:

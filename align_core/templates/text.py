@@ -346,3 +346,10 @@ class Messages(ChatTemplate):
         whole_rejected = self._supervised(self._conversation(prompt + rejected, "prompt+rejected"), "rejected")
         require_last_role(whole_chosen[: len(prompt)], "user", "prompt")
         return whole_chosen[: len(prompt)], whole_chosen[len(prompt) :], whole_rejected[len(prompt) :], None
+
+    def format_unpaired_preference_sample(self, raw: dict):
+        """TRL's unpaired preference rows (KTO): ``prompt`` and ``completion`` message lists, ``label`` bool."""
+        prompt, completion = list_field(raw, "prompt"), list_field(raw, "completion")
+        whole = self._supervised(self._conversation(prompt + completion, "prompt+completion"), "completion")
+        require_last_role(whole[: len(prompt)], "user", "prompt")
+        return whole[: len(prompt)], whole[len(prompt) :], bool_field(raw, "label"), None

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from align_core.errors import UsageError
 from align_core.trainers.base import Trainer
+from align_core.trainers.kto import KTOTrainer
+from align_core.trainers.preference import DPOTrainer, IPOTrainer, ORPOTrainer, SimPOTrainer
 from align_core.trainers.rm import RMTrainer
 from align_core.trainers.sft import SFTTrainer
 
-TRAINERS: dict[str, type[Trainer]] = {trainer.algorithm: trainer for trainer in (SFTTrainer, RMTrainer)}
+TRAINERS: dict[str, type[Trainer]] = {
+    trainer.algorithm: trainer
+    for trainer in (SFTTrainer, RMTrainer, DPOTrainer, IPOTrainer, SimPOTrainer, ORPOTrainer, KTOTrainer)
+}
 
 
 def get_trainer(algorithm: str) -> type[Trainer]:
@@ -20,4 +25,7 @@ def get_trainer(algorithm: str) -> type[Trainer]:
     return TRAINERS[algorithm]
 
 
-__all__ = ["TRAINERS", "RMTrainer", "SFTTrainer", "Trainer", "get_trainer"]
+__all__ = [
+    "TRAINERS", "DPOTrainer", "IPOTrainer", "KTOTrainer", "ORPOTrainer", "RMTrainer", "SFTTrainer", "SimPOTrainer", "Trainer",
+    "get_trainer",
+]

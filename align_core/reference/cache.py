@@ -1,0 +1,186 @@
+"""Reference log-probs computed once into an Arrow column stored beside the token cache.
+
+    compute_reference_logps(token_cache_dir, reference_model, pairing) -> <token_cache_dir>/reference/<key>/
+
+The key digests the token cache key (which covers shard digests, tokenizer, chat template, length
+policy), the reference model's weights digest (``config.json`` and weight files), the pairing
+(``matched``: the rows' own sequences; ``mismatched``: KTO's pairs), the compute dtype and this
+code's version. A model trained further, a changed dtype or a changed dataset is a new key, so a
+stale column is never read; the same inputs are a hit that computes nothing.
+
+Layout: ``logps.arrow`` (``id`` + one float32 column per sequence of a row: ``chosen_logps``,
+``rejected_logps`` for preference rows, ``logps`` otherwise: summed over response tokens) and
+``manifest.json`` (key inputs, rows, mean of each column, seconds), written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+import align_core.losses.logps as logps_module
+import align_core.reference.mismatched as mismatched_module
+import align_core.reference.scoring as scoring_module
+from align_core.data.schema import SEQUENCE_PREFIXES
+from align_core.data.token_cache import read_token_manifest, tokenizer_files_digest
+from align_core.data.token_dataset import TokenDataset
+from align_core.errors import UsageError
+from align_core.io import atomic_write_json, publish_dir, remove_stale_staging, sha256_json, sha256_tree, staging_dir
+from align_core.models.registry import require_local_dir
+from align_core.reference.mismatched import MismatchedRows
+from align_core.reference.scoring import load_frozen_causal_lm, score_sequences
+
+FORMAT_VERSION = 1
+PAIRINGS = ("matched", "mismatched")
+REFERENCE_SUBDIR = "reference"
+MANIFEST_NAME = "manifest.json"
+COLUMNS_NAME = "logps.arrow"
+# What decides a model's outputs; tokenizer files are checked separately (they must match the cache's).
+WEIGHT_FILE_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
+
+
+def _code_version() -> str:
+    digest = hashlib.sha256()
+    for module in (logps_module, mismatched_module, scoring_module):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CODE_VERSION = _code_version()
+
+
+def model_weights_digest(model_dir: str | Path) -> str:
+    """sha256 over the config and weight files of a saved model folder."""
+    folder = require_local_dir(model_dir, "reference model")
+    files = sorted({path for pattern in WEIGHT_FILE_PATTERNS for path in folder.glob(pattern) if path.is_file()})
+    if not any(path.name != "config.json" for path in files):
+        raise UsageError(f"{folder}: no weight files (*.safetensors or *.bin); not a saved model to score with")
+    return sha256_tree(folder, files)
+
+
+def column_names(token_cache_dir: str | Path) -> list[str]:
+    """One column per sequence of a row, in the collator's order: ``chosen_logps``, ``rejected_logps`` / ``logps``."""
+    from align_core.shards.schema import Kind
+
+    kind = Kind(read_token_manifest(token_cache_dir)["kind"])
+    return [f"{prefix}logps" for prefix in SEQUENCE_PREFIXES[kind]]
+
+
+def reference_key(token_cache_dir: str | Path, reference_model: str | Path, pairing: str, dtype: torch.dtype) -> str:
+    if pairing not in PAIRINGS:
+        raise UsageError(f"reference pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    return sha256_json(
+        {
+            "format": FORMAT_VERSION,
+            "code_version": CODE_VERSION,
+            "token_cache_key": read_token_manifest(token_cache_dir)["cache_key"],
+            "reference_weights": model_weights_digest(reference_model),
+            "pairing": pairing,
+            "dtype": str(dtype),
+        }
+    )
+
+
+def reference_dir(token_cache_dir: str | Path, reference_model: str | Path, pairing: str, dtype: torch.dtype) -> Path:
+    """Where the column for these inputs lives (complete once its manifest exists)."""
+    return Path(token_cache_dir) / REFERENCE_SUBDIR / reference_key(token_cache_dir, reference_model, pairing, dtype)
+
+
+def is_complete(folder: str | Path) -> bool:
+    return (Path(folder) / MANIFEST_NAME).is_file()
+
+
+def _check_same_tokenizer(token_cache_dir: str | Path, reference_model: str | Path) -> None:
+    """A reference model that ships a tokenizer must ship the one the cache was tokenised with."""
+    try:
+        reference_tokenizer = tokenizer_files_digest(reference_model)
+    except UsageError:
+        return  # weights only: the cache's tokenizer is the one it reads
+    if reference_tokenizer != read_token_manifest(token_cache_dir)["key_inputs"]["tokenizer_digest"]:
+        raise UsageError(
+            f"reference model {reference_model}: its tokenizer differs from the one token cache {token_cache_dir} "
+            "was built with; a reference model must share the policy's tokenizer"
+        )
+
+
+def compute_reference_logps(
+    token_cache_dir: str | Path,
+    reference_model: str | Path,
+    pairing: str = "matched",
+    *,
+    dtype: torch.dtype = torch.float32,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+) -> Path:
+    """Score every row of a token cache under ``reference_model`` once; returns the column's folder.
+
+    A complete folder for the same key is returned as is, without loading the model.
+    """
+    final = reference_dir(token_cache_dir, reference_model, pairing, dtype)
+    if is_complete(final):
+        return final
+    _check_same_tokenizer(token_cache_dir, reference_model)
+    started = time.perf_counter()
+    rows = TokenDataset(token_cache_dir)
+    source = MismatchedRows(rows) if pairing == "mismatched" else rows
+    collate = rows.collator()
+    model = load_frozen_causal_lm(str(reference_model), dtype, trust_remote_code).to(device)
+    names = column_names(token_cache_dir)
+    logps = np.zeros((len(rows), len(names)), dtype=np.float32)
+    order = np.argsort(-rows.lengths, kind="stable")  # similar lengths together: less padding to score
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = {key: value.to(device) for key, value in collate([source[int(i)] for i in indices]).items() if key != "desirable"}
+            scores = score_sequences(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            logps[indices] = scores.sum.float().cpu().numpy().reshape(len(names), len(indices)).T  # prefix-major -> (b, k)
+    del model
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(final.parent)
+    staging = staging_dir(final)
+    table = pa.table({"id": _token_ids(rows), **{name: logps[:, k] for k, name in enumerate(names)}})
+    with pa.ipc.new_file(str(staging / COLUMNS_NAME), table.schema) as writer:
+        writer.write_table(table)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "key": final.name,
+        "token_cache": str(Path(token_cache_dir).absolute()),
+        "reference_model": str(Path(reference_model).absolute()),
+        "pairing": pairing,
+        "dtype": str(dtype),
+        "rows": len(rows),
+        "mean_logps": {name: float(logps[:, k].mean()) if len(rows) else 0.0 for k, name in enumerate(names)},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    atomic_write_json(staging / MANIFEST_NAME, manifest)
+    publish_dir(staging, final)
+    return final
+
+
+def _token_ids(rows: TokenDataset) -> pa.ChunkedArray:
+    """The ``id`` column of a token cache, read column-wise from its shards."""
+    chunks = []
+    for entry in rows.manifest["shards"]:
+        # memory-mapped and zero-copy: only the id column's pages are read, not the tokens
+        table = pa.ipc.open_file(pa.memory_map(str(rows.path / entry["path"]))).read_all()
+        chunks.extend(table.column("id").chunks)
+    return pa.chunked_array(chunks, type=pa.string())
+
+
+def read_reference_logps(folder: str | Path, rows: TokenDataset) -> np.ndarray:
+    """(len(rows), k) float32 reference log-probs, checked to be aligned row by row with ``rows``."""
+    folder = Path(folder)
+    if not is_complete(folder):
+        raise UsageError(f"{folder}: no {MANIFEST_NAME}; not a complete reference log-prob column")
+    table = pa.ipc.open_file(pa.OSFile(str(folder / COLUMNS_NAME))).read_all()  # small: 4 bytes per sequence
+    if table.num_rows != len(rows) or not table.column("id").equals(_token_ids(rows)):
+        raise UsageError(f"{folder}: reference log-probs are not row-aligned with token cache {rows.path} (rebuild it)")
+    names = column_names(rows.path)
+    return np.stack([table.column(name).to_numpy() for name in names], axis=1).astype(np.float32)
