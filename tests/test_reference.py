@@ -1,0 +1,230 @@
+"""Reference log-probs: KTO's mismatched pairs, the cached column (values, key, hits, refusals), the
+collator that batches it, and the Prefect task that computes it once."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from preference_data import unpaired_data, unpaired_rows  # noqa: F401
+from train_data import materialize_validated, preference_data, tiny_model  # noqa: F401
+
+from align_core.data import IGNORE_INDEX, TokenDataset, tokenize_dataset
+from align_core.errors import UsageError
+from align_core.reference import (
+    MismatchedRows,
+    ScoredCollator,
+    ScoredRows,
+    compute_reference_logps,
+    mismatched_sequence,
+    read_reference_logps,
+    reference_dir,
+)
+
+MAX_LENGTH = 96
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory, tiny_model, preference_data, unpaired_data):  # noqa: F811
+    root = tmp_path_factory.mktemp("token-cache")
+    return {
+        "preference": tokenize_dataset(preference_data[1], tiny_model, MAX_LENGTH, cache_root=root),
+        "unpaired": tokenize_dataset(unpaired_data[1], tiny_model, MAX_LENGTH, cache_root=root),
+    }
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):  # noqa: F811
+    from align_core.models.registry import load_causal_lm
+
+    return load_causal_lm(tiny_model).eval()
+
+
+def slow_sum_logps(model, input_ids, labels) -> float:
+    """One unpadded row, token by token, in float64: the sum of log p(label_t | tokens before t)."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([list(input_ids)], dtype=torch.long)).logits[0]
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    return sum(log_probs[t - 1, int(labels[t])].item() for t in range(1, len(labels)) if labels[t] != IGNORE_INDEX)
+
+
+# ----- mismatched pairs ----------------------------------------------------------------------------
+
+
+def test_mismatched_sequence_keeps_one_prompt_and_the_other_response():
+    prompt_ids, prompt_labels = np.array([1, 5, 6, 7, 8]), np.array([-100, -100, -100, 7, 8])
+    other_ids, other_labels = np.array([1, 9, 10, 11]), np.array([-100, -100, 10, 11])
+    input_ids, labels = mismatched_sequence(prompt_ids, prompt_labels, other_ids, other_labels, max_length=16)
+    assert input_ids.tolist() == [1, 5, 6, 10, 11]
+    assert labels.tolist() == [-100, -100, -100, 10, 11]
+
+
+def test_mismatched_sequence_cuts_the_response_at_max_length():
+    input_ids, labels = mismatched_sequence(
+        np.array([1, 2, 3]), np.array([-100, -100, 3]), np.array([1, 4, 5, 6, 7]), np.array([-100, 4, 5, 6, 7]), max_length=4
+    )
+    assert input_ids.tolist() == [1, 2, 4, 5]
+    assert labels.tolist() == [-100, -100, 4, 5]
+
+
+def test_mismatched_rows_pair_each_row_with_the_next_and_wrap_around(caches):
+    rows = TokenDataset(caches["preference"])
+    pairs = MismatchedRows(rows)
+    last = len(rows) - 1
+    for index, partner in [(0, 1), (last, 0)]:
+        pair = pairs[index]
+        for prefix in ("chosen_", "rejected_"):
+            expected = mismatched_sequence(
+                rows[index][f"{prefix}input_ids"], rows[index][f"{prefix}labels"],
+                rows[partner][f"{prefix}input_ids"], rows[partner][f"{prefix}labels"], MAX_LENGTH,
+            )
+            assert pair[f"{prefix}input_ids"].tolist() == expected[0].tolist()
+            assert pair[f"{prefix}labels"].tolist() == expected[1].tolist()
+        assert pair["id"] == rows[index]["id"]
+
+
+def test_mismatched_rows_refuse_a_one_row_dataset(tmp_path, tiny_model):  # noqa: F811
+    one_row = materialize_validated(unpaired_rows(2)[:1], "unpaired_preference", tmp_path, "one")
+    with pytest.raises(UsageError, match=r"1 row; KTO's reference point pairs rows with each other and needs at least 2"):
+        MismatchedRows(TokenDataset(tokenize_dataset(one_row, tiny_model, MAX_LENGTH, cache_root=tmp_path / "cache")))
+
+
+# ----- the cached column ---------------------------------------------------------------------------
+
+
+def test_column_holds_each_sequence_scored_alone(caches, tiny_model, model):  # noqa: F811
+    rows = TokenDataset(caches["preference"])
+    folder = compute_reference_logps(caches["preference"], tiny_model, batch_size=5)  # batches pad rows
+    logps = read_reference_logps(folder, rows)
+    assert logps.shape == (len(rows), 2) and logps.dtype == np.float32
+    for index in (0, 7, len(rows) - 1):
+        for column, prefix in enumerate(("chosen_", "rejected_")):
+            expected = slow_sum_logps(model, rows[index][f"{prefix}input_ids"], rows[index][f"{prefix}labels"])
+            assert logps[index, column] == pytest.approx(expected, abs=2e-4)
+
+
+def test_mismatched_column_scores_each_pair_alone(caches, tiny_model, model):  # noqa: F811
+    rows = TokenDataset(caches["unpaired"])
+    logps = read_reference_logps(compute_reference_logps(caches["unpaired"], tiny_model, "mismatched"), rows)
+    pairs = MismatchedRows(rows)
+    assert logps.shape == (len(rows), 1)
+    for index in (0, 3, len(rows) - 1):
+        expected = slow_sum_logps(model, pairs[index]["input_ids"], pairs[index]["labels"])
+        assert logps[index, 0] == pytest.approx(expected, abs=2e-4)
+
+
+def test_second_compute_is_a_hit_that_loads_no_model(caches, tiny_model):  # noqa: F811
+    folder = compute_reference_logps(caches["preference"], tiny_model)
+    written = (folder / "logps.arrow").stat().st_mtime_ns
+    # a device that does not exist here: the hit returns before any model would be placed on it
+    again = compute_reference_logps(caches["preference"], tiny_model, device="cuda:7")
+    assert again == folder and (folder / "logps.arrow").stat().st_mtime_ns == written
+
+
+def test_key_changes_with_weights_dtype_and_pairing_not_with_the_path(caches, tiny_model, tmp_path):  # noqa: F811
+    from align_core.models.registry import load_causal_lm
+
+    cache = caches["preference"]
+    base = reference_dir(cache, tiny_model, "matched", torch.float32)
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    assert reference_dir(cache, copy, "matched", torch.float32) == base  # content, not location
+    trained = load_causal_lm(copy)
+    with torch.no_grad():
+        trained.lm_head.weight.mul_(1.01)
+    trained.save_pretrained(tmp_path / "trained")
+    shutil.copy(tiny_model / "tokenizer.json", tmp_path / "trained")
+    others = {
+        reference_dir(cache, tmp_path / "trained", "matched", torch.float32),
+        reference_dir(cache, tiny_model, "matched", torch.bfloat16),
+        reference_dir(cache, tiny_model, "mismatched", torch.float32),
+    }
+    assert base not in others and len(others) == 3
+
+
+def test_reference_model_with_another_tokenizer_is_refused(caches, tmp_path):
+    from align_core.models.tiny import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", vocab_size=320, hidden_size=64, num_layers=1, num_heads=4)
+    with pytest.raises(UsageError, match=r"its tokenizer differs from the one token cache .* was built with"):
+        compute_reference_logps(caches["preference"], other)
+
+
+def test_unknown_pairing_and_a_folder_without_weights_are_refused(caches, tiny_model, tmp_path):  # noqa: F811
+    with pytest.raises(UsageError, match=r"pairing must be one of matched, mismatched, got 'shuffled'"):
+        compute_reference_logps(caches["preference"], tiny_model, "shuffled")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"no weight files"):
+        compute_reference_logps(caches["preference"], tmp_path / "empty")
+
+
+def test_a_column_read_against_other_rows_is_refused(caches, tiny_model):  # noqa: F811
+    folder = compute_reference_logps(caches["unpaired"], tiny_model)
+    with pytest.raises(UsageError, match=r"not row-aligned with token cache"):
+        read_reference_logps(folder, TokenDataset(caches["preference"]))
+
+
+# ----- batching ------------------------------------------------------------------------------------
+
+
+def test_collator_orders_reference_logps_like_the_sequences(caches, tiny_model):  # noqa: F811
+    rows = TokenDataset(caches["preference"])
+    logps = read_reference_logps(compute_reference_logps(caches["preference"], tiny_model), rows)
+    scored = ScoredRows(rows, logps, MismatchedRows(rows), logps[::-1].copy())
+    picked = [4, 0, 9]
+    batch = ScoredCollator(rows.collator())([scored[i] for i in picked])
+    assert batch["input_ids"].shape[0] == 6  # chosen rows, then rejected rows
+    assert batch["ref_logps"].tolist() == [*logps[picked, 0].tolist(), *logps[picked, 1].tolist()]
+    reversed_logps = logps[::-1]
+    assert batch["ref_mismatched_logps"].tolist() == [*reversed_logps[picked, 0].tolist(), *reversed_logps[picked, 1].tolist()]
+    pairs = MismatchedRows(rows)
+    first_rejected_pair = pairs[picked[0]]["rejected_input_ids"]
+    assert batch["mismatched_input_ids"][3, : len(first_rejected_pair)].tolist() == first_rejected_pair.tolist()
+    assert batch["mismatched_attention_mask"][3].sum().item() == len(first_rejected_pair)
+
+
+# ----- the Prefect task ----------------------------------------------------------------------------
+
+
+def test_reference_task_caches_on_its_column_and_recomputes_a_deleted_one(prefect_harness, caches, tiny_model):  # noqa: F811
+    from tasks.reference import reference_logps
+
+    arguments = dict(token_cache_dir=str(caches["preference"]), reference_model=str(tiny_model), pairing="mismatched", precision="fp32")
+    folder = reference_dir(caches["preference"], tiny_model, "mismatched", torch.float32)
+    shutil.rmtree(folder, ignore_errors=True)
+    first = reference_logps(**arguments, return_state=True)
+    assert first.is_completed() and first.name != "Cached" and first.result() == str(folder)
+    reference_logps(**arguments)  # the folder exists now: this run stores the cache entry
+    assert reference_logps(**arguments, return_state=True).name == "Cached"
+    shutil.rmtree(folder)
+    rebuilt = reference_logps(**arguments, return_state=True)
+    assert rebuilt.name != "Cached" and rebuilt.result() == str(folder) and (folder / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "algorithm, reference, pairings",
+    [("dpo", "cached", ["matched"]), ("kto", "cached", ["matched", "mismatched"]), ("simpo", "cached", []), ("dpo", "live", []), ("sft", "cached", [])],
+)
+def test_reference_steps_submit_what_the_trainer_reads(prefect_harness, caches, tiny_model, algorithm, reference, pairings):  # noqa: F811
+    from prefect import flow
+
+    from align_core.config import build_config
+    from tasks.reference import reference_steps
+
+    config = build_config(
+        {
+            "train_cfgs": {"algorithm": algorithm, "reference": reference, "precision": "fp32"},
+            "data_cfgs": {"train_datasets": ["unused"]},
+            "model_cfgs": {"model_name_or_path": str(tiny_model)},
+            "logger_cfgs": {"output_dir": "unused"},
+        }
+    )
+
+    @flow(name="reference-steps-test")
+    def submit(cache: str) -> list[str]:
+        return [future.result() for future in reference_steps(config, [cache])]
+
+    folders = submit(str(caches["unpaired"]))
+    assert folders == [str(reference_dir(caches["unpaired"], tiny_model, pairing, torch.float32)) for pairing in pairings]
