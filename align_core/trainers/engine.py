@@ -202,7 +202,9 @@ class Engine:
                 self.module.save_pretrained(staging, safe_serialization=True)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(staging)
-                if out_dir.exists():  # a re-export replaces the previous one
-                    shutil.rmtree(out_dir)
+                previous = out_dir.with_name(f".replaced-{out_dir.name}-{os.getpid()}")
+                if out_dir.exists():  # a re-export replaces the old folder whole, never file by file
+                    out_dir.rename(previous)
                 publish_dir(staging, out_dir)
+                shutil.rmtree(previous, ignore_errors=True)
         torch.distributed.barrier()
