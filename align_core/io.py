@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -73,8 +74,9 @@ def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
 
 
 def staging_dir(final: Path) -> Path:
-    """A fresh hidden folder beside ``final`` to build it in."""
-    staging = final.with_name(f".staging-{final.name}-{os.getpid()}")
+    """A fresh hidden folder beside ``final`` to build it in: unique per call (two threads of one
+    process may build the same thing), with the pid last so a killed run's leftovers can be found."""
+    staging = final.with_name(f".staging-{final.name}-{uuid.uuid4().hex[:8]}-{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)

@@ -65,7 +65,7 @@ def pipeline(config: str) -> dict[str, Any]:
                     assistant_turns=data_cfgs.assistant_turns,
                     trust_remote_code=train_config.model_cfgs.trust_remote_code,
                 )
-                for dataset_dir in [*data_cfgs.train_datasets, *data_cfgs.eval_datasets]
+                for dataset_dir in dict.fromkeys([*data_cfgs.train_datasets, *data_cfgs.eval_datasets])
             ]
             running[name] = train_model.submit(str(config_path), nproc=job.nproc, wait_for=tokenized)
         for name, future in running.items():

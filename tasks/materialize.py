@@ -2,8 +2,8 @@
 
 Caching is declared here: the fingerprint is cached by the source's sizes and mtimes (hashing a
 large file twice is the only cost a warm rerun would otherwise pay); the build is cached by the
-dataset digest, and the flow refreshes that cache whenever the published folder is missing, so a
-deleted folder is rebuilt instead of being served from a stale cache entry.
+dataset digest, and a deleted dataset folder is rebuilt rather than served from a stale cache
+entry (``tasks.caching``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from align_core.materialize import MaterializeSpec, build_dataset, dataset_digest
 from align_core.paths import prefect_result_storage
 from align_core.sources import SourceInfo, fingerprint_source, stat_key
+from tasks.caching import disk_output_key
 
 
 def _fingerprint_key(context, parameters) -> str:
@@ -27,7 +28,9 @@ def _fingerprint_key(context, parameters) -> str:
 def _build_key(context, parameters) -> str:
     spec: MaterializeSpec = parameters["spec"]
     digest = dataset_digest(parameters["source"], spec, spec.load_template())
-    return f"materialize-{digest}-{hashlib.sha256(str(Path(parameters['out_root']).absolute()).encode()).hexdigest()[:12]}"
+    out_root = Path(parameters["out_root"]).absolute()
+    key = f"materialize-{digest}-{hashlib.sha256(str(out_root).encode()).hexdigest()[:12]}"
+    return disk_output_key(key, (out_root / digest / "manifest.json").is_file())
 
 
 @task(
@@ -65,9 +68,3 @@ def build_shards(source: SourceInfo, spec: MaterializeSpec, out_root: str, worke
         ),
     )
     return str(result.path)
-
-
-def dataset_published(source: SourceInfo, spec: MaterializeSpec, out_root: str) -> bool:
-    """Whether the dataset folder for these inputs exists, so the build cache may be trusted."""
-    digest = dataset_digest(source, spec, spec.load_template())
-    return (Path(out_root) / digest / "manifest.json").is_file()

@@ -12,6 +12,7 @@ from align_core.errors import UsageError
 from align_core.io import sha256_json
 from align_core.models import tiny
 from align_core.paths import prefect_result_storage
+from tasks.caching import disk_output_key
 
 
 def tiny_model_dir(models_root: str | Path, name: str, spec: dict[str, Any]) -> Path:
@@ -24,9 +25,9 @@ def _is_built(model_dir: Path) -> bool:
     return (model_dir / "config.json").is_file() and (model_dir / "tokenizer_config.json").is_file()
 
 
-def _tiny_key(context, parameters: dict[str, Any]) -> str | None:
+def _tiny_key(context, parameters: dict[str, Any]) -> str:
     model_dir = tiny_model_dir(parameters["models_root"], parameters["name"], parameters["spec"])
-    return f"tiny-model-{sha256_json(str(model_dir))[:24]}" if _is_built(model_dir) else None
+    return disk_output_key(f"tiny-model-{sha256_json(str(model_dir))[:24]}", _is_built(model_dir))
 
 
 @task(name="tiny-model", cache_key_fn=_tiny_key, persist_result=True, result_storage=prefect_result_storage())

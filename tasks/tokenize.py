@@ -1,10 +1,8 @@
 """Prefect task: tokenise a materialised dataset into the token cache (``align_core.data.tokenize_dataset``).
 
 Cached on the token cache key (shard digests + tokenizer files + chat formatting + max_length +
-truncation + assistant_turns + code version) and the cache root. The key function only offers a
-key while the cache folder it would point at is complete, so a deleted folder is rebuilt rather
-than served from a stale Prefect result; the first run after a build reports Completed (a disk
-hit that rewrites nothing), later ones Cached.
+truncation + assistant_turns + code version) and the cache root; a deleted cache folder is rebuilt
+rather than served from a stale Prefect result (``tasks.caching``).
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from align_core.data.token_cache import default_cache_root, is_complete, read_token_manifest, token_cache_key, tokenize_dataset
 from align_core.io import sha256_json
 from align_core.paths import prefect_result_storage
+from tasks.caching import disk_output_key
 
 
 def _cache_root(parameters: dict) -> Path:
@@ -24,7 +23,7 @@ def _cache_root(parameters: dict) -> Path:
     return Path(root).absolute() if root else default_cache_root()
 
 
-def _task_key(context, parameters: dict) -> str | None:
+def _task_key(context, parameters: dict) -> str:
     key = token_cache_key(
         parameters["dataset_dir"],
         parameters["tokenizer_path"],
@@ -34,9 +33,7 @@ def _task_key(context, parameters: dict) -> str | None:
         trust_remote_code=parameters.get("trust_remote_code", False),
     )
     root = _cache_root(parameters)
-    if not is_complete(root / key):
-        return None  # nothing on disk to trust: run (tokenize_dataset itself skips work it finds done)
-    return f"tokenize-{key}-{sha256_json(str(root))[:12]}"
+    return disk_output_key(f"tokenize-{key}-{sha256_json(str(root))[:12]}", is_complete(root / key))
 
 
 @task(name="tokenize", cache_key_fn=_task_key, persist_result=True, result_storage=prefect_result_storage())

@@ -18,13 +18,27 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging.loggers import PrefectLogAdapter
 
 from align_core.config import load_config
+from align_core.io import sha256_json
+from align_core.paths import prefect_result_storage
 from align_core.launch import launch_command, launch_env, parse_result, run_streaming
 from align_core.trainers.rundir import finished_result, run_digest
+from tasks.caching import disk_output_key
 
 TAIL_LINES = 60
 
 
-@task(name="train-model")
+def _finished_key(context, parameters: dict[str, Any]) -> str | None:
+    """Keyed by the run's config digest; an unfinished run (never started, or interrupted) is always
+    relaunched, and resumes from its last checkpoint."""
+    try:
+        config = load_config(parameters["config_path"], parameters.get("overrides", ()))
+    except Exception:  # a bad config is reported by the task itself, not by its cache key
+        return None
+    key = f"train-{run_digest(config)}-{sha256_json(config.logger_cfgs.output_dir)[:12]}"
+    return disk_output_key(key, finished_result(config) is not None)
+
+
+@task(name="train-model", cache_key_fn=_finished_key, persist_result=True, result_storage=prefect_result_storage())
 def train_model(
     config_path: str | Path,
     overrides: Sequence[str] = (),

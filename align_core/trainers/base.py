@@ -132,7 +132,7 @@ class Trainer:
         done = finished_result(self.config)
         if done is not None:
             return done
-        resume_step = self._resume_step()
+        resume_step = self.resumed_from_step = self._resume_step()
         set_seed(self.train_cfgs.seed)
         run = self._prepare(resume_step)
         last_metrics = self._run_steps(run)
@@ -235,6 +235,7 @@ class Trainer:
             "eval": final_eval,
             "config_digest": run_digest(self.config),
             "world_size": self.dist.world_size,
+            "resumed_from_step": self.resumed_from_step,  # None: trained from scratch in one go
         }
         if self.dist.is_main:
             atomic_write_json(self.output_dir / RESULT_NAME, result)

@@ -39,11 +39,13 @@ def materialize_command(
     rows_per_shard: int = typer.Option(100_000, help="rows per shard file"),
     workers: Optional[int] = typer.Option(None, help="formatting processes (default: by source size)"),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="run the data contract (default on)"),
+    contract_set: list[str] = typer.Option([], "--contract-set", help="contract override EXPECTATION.SETTING=VALUE (repeatable)"),
 ) -> None:
     """Materialise SOURCE into content-addressed conversation shards; prints the dataset folder last."""
     from align_core.materialize import MaterializeSpec
     from align_core.shards.schema import parse_kind
     from align_core.sources import detect_format
+    from data_contracts.suite import parse_override_pairs
 
     # Check everything cheap before a Prefect server starts: bad usage fails in a second, writing nothing.
     spec = MaterializeSpec(
@@ -72,18 +74,18 @@ def materialize_command(
         rows_per_shard=rows_per_shard,
         workers=workers,
         validate_contract=validate,
+        contract_overrides=parse_override_pairs(contract_set) if contract_set else None,
     )
     manifest = ShardDataset(dataset_dir).manifest
     typer.echo(f"rows {manifest.rows}, quarantined {manifest.quarantined}, shards {len(manifest.shards)}", err=True)
     typer.echo(dataset_dir)
 
 
-def _validation_status(dataset_dir: Path) -> str:
-    try:
-        from data_contracts.gate import validation_status
-    except ImportError:
-        return "unknown (data contracts not installed)"
-    return validation_status(dataset_dir)
+def _validation_status(dataset_dir: Path, with_reason: bool = False) -> str:
+    from data_contracts.gate import check_validation
+
+    status, reason = check_validation(dataset_dir)
+    return f"{status} ({reason})" if with_reason and reason else status
 
 
 @shards_app.command("ls")
@@ -117,7 +119,7 @@ def shards_show(dataset_dir: Path = typer.Argument(..., help="a dataset folder (
     typer.echo(f"quarantined  {m.quarantined}")
     for reason, count in m.quarantine_reasons.items():
         typer.echo(f"  {reason:<26} {count}")
-    typer.echo(f"validation   {_validation_status(dataset.path)}")
+    typer.echo(f"validation   {_validation_status(dataset.path, with_reason=True)}")
     typer.echo("shards")
     for entry in m.shards:
         typer.echo(f"  {entry.path}  rows {entry.rows}  sha256 {entry.sha256[:16]}")
