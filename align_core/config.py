@@ -57,7 +57,6 @@ class TrainCfgs(_Section):
     save_interval: int = Field(100, ge=1, description="checkpoint every N optimizer steps (and at the end)")
     keep_checkpoints: int = Field(2, ge=1)
     eval_interval: int | None = Field(None, ge=1, description="evaluate every N steps; None: at the end only")
-    resume: bool = Field(True, description="continue from the last checkpoint in output_dir")
     score_regularization: float = Field(0.0, ge=0, description="rm: weight of the squared-score penalty")
     # preference family (dpo, ipo, simpo, orpo, kto); see align_core/losses/preference.py for each formula
     beta: float | None = Field(None, gt=0, description="None: the algorithm's paper default (simpo 2.0, else 0.1)")
