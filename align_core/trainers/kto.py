@@ -8,11 +8,13 @@ those pairs without gradients, and their reference log-probs are cached like the
 
 Metrics: loss, kl (z0), rewards/chosen and logps/chosen over the desirable rows, rewards/rejected and
 logps/rejected over the undesirable ones, rewards/margin, and rewards/accuracy: the share of rows
-whose implicit reward ``beta * (log-ratio - z0)`` has the sign their label asks for. A micro-batch
-without a row of one label reports NaN (logged as null) for that label's means.
+whose implicit reward ``beta * (log-ratio - z0)`` has the sign their label asks for. A label's means
+are over all its rows of the step (or eval set); a step without a row of one label logs null.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -21,20 +23,36 @@ from align_core.shards.schema import Kind
 from align_core.trainers.response_logps import PerExample, ResponseLogpsTrainer
 
 
-def kto_metrics(values: PerExample) -> dict[str, torch.Tensor]:
-    desirable = values["desirable"]
+# Means over the rows of one label: a micro-batch may hold none (length grouping even sorts the
+# short undesirable answers together), so training sums them per label and divides once per step.
+LABEL_MEANS = ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
+
+
+def label_sums(values: PerExample) -> dict[str, torch.Tensor]:
+    """Per-label sums and counts of rewards and log-probs, the row-level kl and accuracy means."""
+    desirable = values["desirable"].bool()
     rewards, logps = values["rewards"], values["logps"]
-    chosen, rejected = rewards[desirable].mean(), rewards[~desirable].mean()
-    reward_above_reference_point = rewards > values["beta_kl"]
     return {
         "kl": values["kl"].mean(),
-        "rewards/chosen": chosen,
-        "rewards/rejected": rejected,
-        "rewards/margin": chosen - rejected,
-        "rewards/accuracy": (reward_above_reference_point == desirable).float().mean(),
-        "logps/chosen": logps[desirable].mean(),
-        "logps/rejected": logps[~desirable].mean(),
+        # the implicit reward beta * (log-ratio - z0) has the sign the row's label asks for
+        "rewards/accuracy": ((rewards > values["beta_kl"]) == desirable).float().mean(),
+        "sum:rewards/chosen": rewards[desirable].sum(),
+        "sum:rewards/rejected": rewards[~desirable].sum(),
+        "sum:logps/chosen": logps[desirable].sum(),
+        "sum:logps/rejected": logps[~desirable].sum(),
+        "count:chosen": desirable.sum().float(),
+        "count:rejected": (~desirable).sum().float(),
     }
+
+
+def label_means(sums: dict[str, float]) -> dict[str, float]:
+    """Replace the sums and counts by per-label means (NaN, logged as null, for a label with no row)."""
+    means = {name: value for name, value in sums.items() if not name.startswith(("sum:", "count:"))}
+    for name in LABEL_MEANS:
+        count = sums[f"count:{name.split('/')[1]}"]
+        means[name] = sums[f"sum:{name}"] / count if count else math.nan
+    means["rewards/margin"] = means["rewards/chosen"] - means["rewards/rejected"]
+    return means
 
 
 class KTOTrainer(ResponseLogpsTrainer):
@@ -81,4 +99,11 @@ class KTOTrainer(ResponseLogpsTrainer):
         return torch.arange(n, device=batch["input_ids"].device) < n // 2
 
     def batch_metrics(self, values: PerExample) -> dict[str, torch.Tensor]:
-        return kto_metrics({**values, "desirable": values["desirable"].bool()})  # evaluation gathers values as float
+        return label_sums(values)
+
+    def summarize_eval(self, values: PerExample) -> dict[str, float]:
+        return label_means(super().summarize_eval(values))
+
+    def _reduce(self, accumulated: dict[str, torch.Tensor], micro_steps: int) -> dict[str, float]:
+        # the loop averages every metric over micro-batches and ranks alike, so sum/count ratios survive it
+        return label_means(super()._reduce(accumulated, micro_steps))
