@@ -19,6 +19,7 @@ from align_core.shards.dataset import ShardDataset
 from flows.materialize import materialize
 from flows.pipeline_config import JobEntry, PipelineConfig, load_pipeline
 from tasks.models import build_tiny, check_model_path
+from tasks.reference import reference_steps
 from tasks.tokenize import tokenize
 from tasks.train import train_model
 
@@ -67,7 +68,9 @@ def pipeline(config: str) -> dict[str, Any]:
                 )
                 for dataset_dir in dict.fromkeys([*data_cfgs.train_datasets, *data_cfgs.eval_datasets])
             ]
-            running[name] = train_model.submit(str(config_path), nproc=job.nproc, wait_for=tokenized)
+            # reference log-probs (dpo, ipo, kto): each cached column computed once, before training
+            references = reference_steps(train_config, tokenized)
+            running[name] = train_model.submit(str(config_path), nproc=job.nproc, wait_for=[*tokenized, *references])
         for name, future in running.items():
             results[name] = future.result()
 

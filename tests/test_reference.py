@@ -3,6 +3,7 @@ collator that batches it, and the Prefect task that computes it once."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -166,6 +167,26 @@ def test_a_column_read_against_other_rows_is_refused(caches, tiny_model):  # noq
         read_reference_logps(folder, TokenDataset(caches["preference"]))
 
 
+def test_a_compute_waits_for_another_one_of_the_same_column(caches, tiny_model):  # noqa: F811
+    import fcntl
+    import threading
+
+    cache = caches["unpaired"]
+    folder = reference_dir(cache, tiny_model, "matched", torch.float64)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as held:  # another job is scoring this column
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=compute_reference_logps, args=(cache, tiny_model), kwargs={"dtype": torch.float64})
+        waiting.start()
+        waiting.join(timeout=2.0)
+        assert waiting.is_alive() and not (folder / "manifest.json").exists()
+    waiting.join(timeout=120)
+    assert not waiting.is_alive()
+    assert read_reference_logps(folder, TokenDataset(cache)).shape == (len(TokenDataset(cache)), 1)
+    assert not list(folder.parent.glob(".staging-*"))
+
+
 # ----- batching ------------------------------------------------------------------------------------
 
 
@@ -228,3 +249,36 @@ def test_reference_steps_submit_what_the_trainer_reads(prefect_harness, caches, 
 
     folders = submit(str(caches["unpaired"]))
     assert folders == [str(reference_dir(caches["unpaired"], tiny_model, pairing, torch.float32)) for pairing in pairings]
+
+
+# ----- the pipeline step ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pipeline_computes_reference_columns_once_before_dpo_and_kto_train(prefect_harness, tmp_path):
+    import yaml
+    from test_pipeline import all_task_states, pipeline_yaml
+
+    from flows.pipeline import pipeline
+
+    config = pipeline_yaml(tmp_path)
+    spec = yaml.safe_load(config.read_text())
+    settings = {"train_cfgs": {"max_steps": 2, "save_interval": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-3},
+                "data_cfgs": {"max_length": 128}}
+    spec["jobs"] = {
+        "dpo": {"algorithm": "dpo", "model": "tiny", "train": ["hh"], "eval": ["hh"], "config": settings},
+        "kto": {"algorithm": "kto", "model": "tiny", "train": ["hh"], "config": settings},
+        "simpo": {"algorithm": "simpo", "model": "tiny", "train": ["hh"], "config": settings},
+    }
+    config.write_text(yaml.safe_dump(spec))
+    state = pipeline(config=str(config), return_state=True)
+    summary = state.result()
+    assert {name: job["steps"] for name, job in summary["jobs"].items()} == {"dpo": 2, "kto": 2, "simpo": 2}
+    manifests = sorted((tmp_path / "out" / "token_cache").glob("*/reference/*/manifest.json"))
+    # one token cache (hh); dpo and kto share the matched column, kto adds the mismatched one
+    assert sorted(json.loads(path.read_text())["pairing"] for path in manifests) == ["matched", "mismatched"]
+    written = [path.stat().st_mtime_ns for path in manifests]
+    assert all_task_states(state.state_details.flow_run_id)["reference-logps"] == "Completed"
+    rerun = pipeline(config=str(config), return_state=True)
+    assert rerun.result()["jobs"]["dpo"]["model_dir"] == summary["jobs"]["dpo"]["model_dir"]
+    assert [path.stat().st_mtime_ns for path in manifests] == written  # nothing scored again

@@ -15,6 +15,7 @@ Layout: ``logps.arrow`` (``id`` + one float32 column per sequence of a row: ``ch
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import time
 from pathlib import Path
@@ -121,47 +122,65 @@ def compute_reference_logps(
 ) -> Path:
     """Score every row of a token cache under ``reference_model`` once; returns the column's folder.
 
-    A complete folder for the same key is returned as is, without loading the model.
+    A complete folder for the same key is returned as is, without loading the model. Concurrent
+    callers for one key (two pipeline jobs on the same data, in threads or processes) take turns on
+    a lock file: the second finds the first's column instead of scoring again.
     """
     final = reference_dir(token_cache_dir, reference_model, pairing, dtype)
     if is_complete(final):
         return final
     _check_same_tokenizer(token_cache_dir, reference_model)
-    started = time.perf_counter()
-    rows = TokenDataset(token_cache_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_complete(final):
+            started = time.perf_counter()
+            rows = TokenDataset(token_cache_dir)
+            model = load_frozen_causal_lm(str(reference_model), dtype, trust_remote_code).to(device)
+            logps = _score_rows(model, rows, pairing, batch_size, device)
+            del model
+            _publish(final, rows, logps, {
+                "token_cache": str(Path(token_cache_dir).absolute()),
+                "reference_model": str(Path(reference_model).absolute()),
+                "pairing": pairing,
+                "dtype": str(dtype),
+                "seconds": round(time.perf_counter() - started, 3),
+            })
+    return final
+
+
+def _score_rows(model: torch.nn.Module, rows: TokenDataset, pairing: str, batch_size: int, device) -> np.ndarray:
+    """(len(rows), k) summed log-probs of each row's k sequences (or of their mismatched pairs)."""
     source = MismatchedRows(rows) if pairing == "mismatched" else rows
     collate = rows.collator()
-    model = load_frozen_causal_lm(str(reference_model), dtype, trust_remote_code).to(device)
-    names = column_names(token_cache_dir)
-    logps = np.zeros((len(rows), len(names)), dtype=np.float32)
+    logps = np.zeros((len(rows), len(column_names(rows.path))), dtype=np.float32)
     order = np.argsort(-rows.lengths, kind="stable")  # similar lengths together: less padding to score
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             batch = {key: value.to(device) for key, value in collate([source[int(i)] for i in indices]).items() if key != "desirable"}
             scores = score_sequences(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            logps[indices] = scores.sum.float().cpu().numpy().reshape(len(names), len(indices)).T  # prefix-major -> (b, k)
-    del model
-    final.parent.mkdir(parents=True, exist_ok=True)
+            logps[indices] = scores.sum.float().cpu().numpy().reshape(logps.shape[1], len(indices)).T  # prefix-major -> (b, k)
+    return logps
+
+
+def _publish(final: Path, rows: TokenDataset, logps: np.ndarray, about: dict) -> None:
+    """Write the column and its manifest (last) in a staging folder, then rename it into place."""
     remove_stale_staging(final.parent)
     staging = staging_dir(final)
+    names = column_names(rows.path)
     table = pa.table({"id": _token_ids(rows), **{name: logps[:, k] for k, name in enumerate(names)}})
     with pa.ipc.new_file(str(staging / COLUMNS_NAME), table.schema) as writer:
         writer.write_table(table)
     manifest = {
         "format": FORMAT_VERSION,
         "key": final.name,
-        "token_cache": str(Path(token_cache_dir).absolute()),
-        "reference_model": str(Path(reference_model).absolute()),
-        "pairing": pairing,
-        "dtype": str(dtype),
+        **about,
         "rows": len(rows),
         "mean_logps": {name: float(logps[:, k].mean()) if len(rows) else 0.0 for k, name in enumerate(names)},
-        "seconds": round(time.perf_counter() - started, 3),
     }
     atomic_write_json(staging / MANIFEST_NAME, manifest)
     publish_dir(staging, final)
-    return final
 
 
 def _token_ids(rows: TokenDataset) -> pa.ChunkedArray:
