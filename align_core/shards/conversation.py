@@ -107,13 +107,15 @@ class ConversationColumn:
         return len(self._message_offsets) - 1
 
     def append(self, messages: Conversation) -> None:
+        # Bound methods in locals: this runs once per message of every row materialised.
+        roles, part_types, part_texts, part_offsets = self._roles, self._part_types, self._part_texts, self._part_offsets
         for message in messages:
-            self._roles.append(message["role"])
+            roles.append(message["role"])
             for part in message["content"]:
-                self._part_types.append(part["type"])
-                self._part_texts.append(part["text"])
-            self._part_offsets.append(len(self._part_types))
-        self._message_offsets.append(len(self._roles))
+                part_types.append(part["type"])
+                part_texts.append(part["text"])
+            part_offsets.append(len(part_types))
+        self._message_offsets.append(len(roles))
 
     def extend(self, conversations: Iterable[Conversation]) -> None:
         for messages in conversations:

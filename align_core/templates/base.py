@@ -62,7 +62,8 @@ class Template:
 
         Conversations come back normalised; ``meta`` as a JSON string.
         """
-        kind = parse_kind(kind)
+        if type(kind) is not Kind:  # this runs per row: skip the enum lookup in the common case
+            kind = parse_kind(kind)
         method = getattr(self, FORMAT_METHODS[kind], None)
         if method is None:
             raise UsageError(
