@@ -24,6 +24,9 @@ def configure_environment() -> None:
         "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect" / "storage"),
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        # A fresh PREFECT_HOME migrates its database on the temporary server's first start: 25-40 s
+        # on two busy cores, past Prefect's 20 s default, which failed `make demo` on a new machine.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "DS_ACCELERATOR": "cpu" if not _has_cuda_device() else "",
         "TORCH_EXTENSIONS_DIR": str(home / "torch_extensions"),
         "TOKENIZERS_PARALLELISM": "false",
