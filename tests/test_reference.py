@@ -51,6 +51,49 @@ def slow_sum_logps(model, input_ids, labels) -> float:
     return sum(log_probs[t - 1, int(labels[t])].item() for t in range(1, len(labels)) if labels[t] != IGNORE_INDEX)
 
 
+# ----- scoring -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gpt2"])
+def test_scorer_projects_response_positions_only_and_equals_the_full_forward(tmp_path, arch):
+    from align_core.losses import sequence_logps
+    from align_core.models.registry import load_causal_lm
+    from align_core.models.tiny import build_tiny_model
+    from align_core.reference import ResponseScorer
+
+    causal_lm = load_causal_lm(build_tiny_model(tmp_path / arch, arch=arch, vocab_size=320, hidden_size=64, num_layers=1, num_heads=4))
+    scorer = ResponseScorer(causal_lm)
+    assert scorer.plain_head
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, 300, (3, 12), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0  # right padding
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    labels[:, :5] = IGNORE_INDEX  # the prompt
+    labels[2, :] = IGNORE_INDEX  # a row with no response token: sum and mean 0
+    weights = (causal_lm.get_output_embeddings().weight, causal_lm.get_input_embeddings().weight)
+
+    def logps_and_grads(score):
+        causal_lm.zero_grad()
+        result = score()
+        result[0].sum().backward()  # gradients reach the head and the body through the scored positions
+        return [value.detach() for value in result], [weight.grad.clone() for weight in weights]
+
+    def fast():
+        scores = scorer(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        return scores.sum, scores.mean, scores.n_tokens
+
+    (fast_sum, fast_mean, fast_n), fast_grads = logps_and_grads(fast)
+    (full_sum, full_mean, full_n), full_grads = logps_and_grads(
+        lambda: sequence_logps(causal_lm(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+    )
+    assert fast_n.tolist() == full_n.tolist() == [7, 4, 0]
+    assert fast_sum.tolist() == pytest.approx(full_sum.tolist(), abs=1e-5)
+    assert fast_mean.tolist() == pytest.approx(full_mean.tolist(), abs=1e-6)
+    for fast_grad, full_grad in zip(fast_grads, full_grads):
+        assert torch.allclose(fast_grad, full_grad, atol=1e-5)
+
+
 # ----- mismatched pairs ----------------------------------------------------------------------------
 
 

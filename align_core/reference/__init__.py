@@ -7,7 +7,8 @@ Public API::
     reference_dir(token_cache_dir, reference_model, pairing, dtype) -> Path   # without computing
     read_reference_logps(folder, rows) -> (n, k) float32
     model_weights_digest(model_dir) -> str
-    score_sequences(model, input_ids, attention_mask, labels) -> SequenceLogps(sum, mean, n_tokens)
+    ResponseScorer(causal_lm)      # forward(input_ids, attention_mask, labels) -> SequenceLogps(sum, mean, n_tokens)
+    score_sequences(scorer, input_ids, attention_mask, labels) -> SequenceLogps
     MismatchedRows(rows)           # KTO: row i's prompt with row (i+1) % n's completion
     ScoredRows / ScoredCollator    # token rows + cached columns + mismatched pairs, batched
 """
@@ -22,20 +23,22 @@ from align_core.reference.cache import (
 )
 from align_core.reference.mismatched import MismatchedRows, mismatched_sequence
 from align_core.reference.rows import ScoredCollator, ScoredRows
-from align_core.reference.scoring import SequenceLogps, load_frozen_causal_lm, score_sequences
+from align_core.reference.scoring import ResponseScorer, SequenceLogps, load_frozen_scorer, response_logps, score_sequences
 
 __all__ = [
     "PAIRINGS",
     "MismatchedRows",
+    "ResponseScorer",
     "ScoredCollator",
     "ScoredRows",
     "SequenceLogps",
     "compute_reference_logps",
     "is_complete",
-    "load_frozen_causal_lm",
+    "load_frozen_scorer",
     "mismatched_sequence",
     "model_weights_digest",
     "read_reference_logps",
     "reference_dir",
+    "response_logps",
     "score_sequences",
 ]

@@ -34,7 +34,7 @@ from align_core.errors import UsageError
 from align_core.io import atomic_write_json, publish_dir, remove_stale_staging, sha256_json, sha256_tree, staging_dir
 from align_core.models.registry import require_local_dir
 from align_core.reference.mismatched import MismatchedRows
-from align_core.reference.scoring import load_frozen_causal_lm, score_sequences
+from align_core.reference.scoring import load_frozen_scorer, score_sequences
 
 FORMAT_VERSION = 1
 PAIRINGS = ("matched", "mismatched")
@@ -136,9 +136,9 @@ def compute_reference_logps(
         if not is_complete(final):
             started = time.perf_counter()
             rows = TokenDataset(token_cache_dir)
-            model = load_frozen_causal_lm(str(reference_model), dtype, trust_remote_code).to(device)
-            logps = _score_rows(model, rows, pairing, batch_size, device)
-            del model
+            scorer = load_frozen_scorer(str(reference_model), dtype, trust_remote_code).to(device)
+            logps = _score_rows(scorer, rows, pairing, batch_size, device)
+            del scorer
             _publish(final, rows, logps, {
                 "token_cache": str(Path(token_cache_dir).absolute()),
                 "reference_model": str(Path(reference_model).absolute()),
@@ -149,7 +149,7 @@ def compute_reference_logps(
     return final
 
 
-def _score_rows(model: torch.nn.Module, rows: TokenDataset, pairing: str, batch_size: int, device) -> np.ndarray:
+def _score_rows(scorer: torch.nn.Module, rows: TokenDataset, pairing: str, batch_size: int, device) -> np.ndarray:
     """(len(rows), k) summed log-probs of each row's k sequences (or of their mismatched pairs)."""
     source = MismatchedRows(rows) if pairing == "mismatched" else rows
     collate = rows.collator()
@@ -159,7 +159,7 @@ def _score_rows(model: torch.nn.Module, rows: TokenDataset, pairing: str, batch_
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             batch = {key: value.to(device) for key, value in collate([source[int(i)] for i in indices]).items() if key != "desirable"}
-            scores = score_sequences(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            scores = score_sequences(scorer, batch["input_ids"], batch["attention_mask"], batch["labels"])
             logps[indices] = scores.sum.float().cpu().numpy().reshape(logps.shape[1], len(indices)).T  # prefix-major -> (b, k)
     return logps
 

@@ -1,7 +1,14 @@
-"""Scoring token batches: one forward pass -> per-sequence log-probabilities of the label tokens.
+"""Scoring token batches: one forward pass -> per-sequence log-probabilities of the response tokens.
 
-The policy (through its DeepSpeed engine), a live reference model and the reference precompute all
-score through ``score_sequences``, so the three can only differ in the weights they hold.
+``ResponseScorer`` wraps a causal LM so that its forward returns those log-probs directly. Where the
+architecture's logits are a plain projection of the last hidden state (llama, mistral, qwen2, qwen3,
+gpt2), it projects only the response positions: the (n, L, V) logits tensor is never built (at a
+150k vocabulary and L = 1024 that is 600 MB per sequence in fp32) and the LM head costs about half.
+Other architectures (logit soft-capping or scaling, custom code) go through their own full forward.
+
+The policy (wrapped before DeepSpeed sees it, so the engine's forward runs the scorer), a live
+reference model and the reference precompute all score through it, so the three can only differ in
+the weights they hold.
 """
 
 from __future__ import annotations
@@ -10,8 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
-from align_core.losses import sequence_logps
+from align_core.losses import IGNORE_INDEX, sequence_logps
+
+# Causal LMs whose forward is exactly ``lm_head(base_model(...).last_hidden_state)``.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2"})
 
 
 @dataclass
@@ -38,28 +49,66 @@ class SequenceLogps:
         sums, means, counts = self.sum.chunk(2), self.mean.chunk(2), self.n_tokens.chunk(2)
         return SequenceLogps(sums[0], means[0], counts[0]), SequenceLogps(sums[1], means[1], counts[1])
 
-    def detach(self) -> "SequenceLogps":
-        return SequenceLogps(self.sum.detach(), self.mean.detach(), self.n_tokens)
+
+def response_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor) -> SequenceLogps:
+    """``sequence_logps`` from last hidden states, projecting only the positions that predict a label.
+
+    Args:
+        hidden: (n, L, H) final hidden states; position t predicts token t+1.
+        lm_head: (H -> V) output projection.
+        labels: (n, L), -100 off the response.
+    """
+    shifted = labels[:, 1:]
+    mask = shifted != IGNORE_INDEX
+    rows = mask.nonzero()[:, 0]
+    # fp32 log-softmax, as sequence_logps: bf16 logits would lose the differences preference losses compare
+    token_logps = -F.cross_entropy(lm_head(hidden[:, :-1][mask]).float(), shifted[mask], reduction="none")
+    sums = torch.zeros(len(labels), dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+    n_tokens = mask.sum(-1)
+    return SequenceLogps(sums, sums / n_tokens.clamp(min=1), n_tokens)
+
+
+class ResponseScorer(torch.nn.Module):
+    """A causal LM whose forward gives ``SequenceLogps`` of the label tokens; saves and loads as the LM."""
+
+    def __init__(self, causal_lm: torch.nn.Module):
+        super().__init__()
+        self.causal_lm = causal_lm
+        self.plain_head = getattr(causal_lm.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> SequenceLogps:
+        """input_ids, attention_mask, labels: (n, L) -> SequenceLogps of (n,) tensors."""
+        if self.plain_head:
+            hidden = self.causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            return response_logps(hidden, self.causal_lm.get_output_embeddings(), labels)
+        logits = self.causal_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return SequenceLogps(*sequence_logps(logits, labels))
+
+    # The run's export and options act on the language model itself.
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
+        self.causal_lm.save_pretrained(*args, **kwargs)
+
+    def gradient_checkpointing_enable(self, *args: Any, **kwargs: Any) -> None:
+        self.causal_lm.gradient_checkpointing_enable(*args, **kwargs)
 
 
 def score_sequences(
-    model: Callable[..., Any], input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    scorer: Callable[..., SequenceLogps], input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
 ) -> SequenceLogps:
     """Log-probs of the label tokens of every row of a padded batch, in one forward pass.
 
     Args:
-        model: a causal LM (or its DeepSpeed engine) returning ``.logits`` (n, L, V).
+        scorer: a ``ResponseScorer``, or the DeepSpeed engine wrapping one.
         input_ids, attention_mask, labels: (n, L); labels are -100 off the response.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return SequenceLogps(*sequence_logps(logits, labels))
+    return scorer(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
 
-def load_frozen_causal_lm(path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> torch.nn.Module:
+def load_frozen_scorer(path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> ResponseScorer:
     """A causal LM for scoring only: eval mode (no dropout), no gradients, weights in ``dtype``."""
     from align_core.models.registry import load_causal_lm
 
-    model = load_causal_lm(path, trust_remote_code=trust_remote_code, dtype=dtype)
-    model.eval()
-    model.requires_grad_(False)
-    return model
+    scorer = ResponseScorer(load_causal_lm(path, trust_remote_code=trust_remote_code, dtype=dtype))
+    scorer.eval()
+    scorer.requires_grad_(False)
+    return scorer

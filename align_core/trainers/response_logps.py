@@ -18,11 +18,12 @@ from align_core.config import TrainConfig
 from align_core.data.token_dataset import TokenDataset
 from align_core.reference import (
     MismatchedRows,
+    ResponseScorer,
     ScoredCollator,
     ScoredRows,
     SequenceLogps,
     compute_reference_logps,
-    load_frozen_causal_lm,
+    load_frozen_scorer,
     read_reference_logps,
     score_sequences,
 )
@@ -53,9 +54,10 @@ class ResponseLogpsTrainer(Trainer):
         return model_cfgs.reference_model_name_or_path or model_cfgs.model_name_or_path
 
     def load_model(self, path: str) -> torch.nn.Module:
+        """The policy inside a ``ResponseScorer``: the engine's forward returns response log-probs."""
         from align_core.models.registry import load_causal_lm
 
-        return load_causal_lm(path, trust_remote_code=self.config.model_cfgs.trust_remote_code)
+        return ResponseScorer(load_causal_lm(path, trust_remote_code=self.config.model_cfgs.trust_remote_code))
 
     def load_datasets(self, dataset_dirs: list[str]) -> tuple[Dataset, list[int], Any]:
         rows, lengths, collate = super().load_datasets(dataset_dirs)
@@ -143,9 +145,9 @@ class ResponseLogpsTrainer(Trainer):
 
                 ds_config = deepspeed_config(self.train_cfgs, dtype)
                 with zero3_model_loading(ds_config):
-                    model = load_frozen_causal_lm(path, dtype, trust)
-                self.reference_model = deepspeed.initialize(model=model, config=ds_config)[0]
+                    scorer = load_frozen_scorer(path, dtype, trust)
+                self.reference_model = deepspeed.initialize(model=scorer, config=ds_config)[0]
                 self.reference_model.eval()
             else:
-                self.reference_model = load_frozen_causal_lm(path, dtype, trust).to(self.engine.device)
+                self.reference_model = load_frozen_scorer(path, dtype, trust).to(self.engine.device)
         return self.reference_model
