@@ -88,6 +88,25 @@ def test_each_trainer_lowers_its_loss_and_reports_rewards(trained, case):
 
 
 @pytest.mark.slow
+def test_exported_dpo_policy_is_a_plain_causal_lm_that_reproduces_the_eval_rewards(trained, tiny_model, preference_data):  # noqa: F811
+    from transformers import AutoModelForCausalLM
+
+    from align_core.data import TokenDataset, tokenize_dataset
+    from align_core.reference import ResponseScorer, compute_reference_logps, read_reference_logps
+
+    run = trained("dpo")
+    policy, loading = AutoModelForCausalLM.from_pretrained(run.result["model_dir"], output_loading_info=True)
+    assert not any(loading.values()), loading  # saved as the language model, not as its scoring wrapper
+    rows = TokenDataset(tokenize_dataset(preference_data[1], tiny_model, 96, cache_root=run.token_cache))
+    reference = read_reference_logps(compute_reference_logps(rows.path, tiny_model), rows)
+    batch = rows.collator()([rows[i] for i in range(len(rows))])
+    with torch.no_grad():
+        scores = ResponseScorer(policy.eval())(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    chosen_rewards = 0.1 * (scores.sum[: len(rows)] - torch.from_numpy(reference[:, 0]))
+    assert chosen_rewards.mean().item() == pytest.approx(run.result["eval"]["eval/rewards/chosen"], abs=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["dpo", "ipo", "kto-unpaired"])
 def test_cached_and_live_reference_give_the_same_losses(trained, case):
     cached, live = trained(case, "cached"), trained(case, "live")
