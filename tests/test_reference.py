@@ -187,6 +187,14 @@ def test_key_changes_with_weights_dtype_and_pairing_not_with_the_path(caches, ti
     assert base not in others and len(others) == 3
 
 
+def test_reference_model_with_the_same_tokenizer_saved_differently_is_accepted(caches, tiny_model, tmp_path):  # noqa: F811
+    copy = shutil.copytree(tiny_model, tmp_path / "resaved")
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps(config, indent=4, sort_keys=True))  # other bytes, same tokens
+    folder = compute_reference_logps(caches["unpaired"], copy, "mismatched")
+    assert folder == reference_dir(caches["unpaired"], tiny_model, "mismatched", torch.float32)
+
+
 def test_reference_model_with_another_tokenizer_is_refused(caches, tmp_path):
     from align_core.models.tiny import build_tiny_model
 

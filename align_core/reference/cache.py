@@ -98,12 +98,19 @@ def is_complete(folder: str | Path) -> bool:
 
 
 def _check_same_tokenizer(token_cache_dir: str | Path, reference_model: str | Path) -> None:
-    """A reference model that ships a tokenizer must ship the one the cache was tokenised with."""
+    """A reference model that ships a tokenizer must give every token the id the cache was built with."""
+    from align_core.models.registry import load_tokenizer
+
     try:
         reference_tokenizer = tokenizer_files_digest(reference_model)
     except UsageError:
         return  # weights only: the cache's tokenizer is the one it reads
-    if reference_tokenizer != read_token_manifest(token_cache_dir)["key_inputs"]["tokenizer_digest"]:
+    manifest = read_token_manifest(token_cache_dir)
+    if reference_tokenizer == manifest["key_inputs"]["tokenizer_digest"]:
+        return
+    # other files, maybe the same tokenizer saved again: what matters is the id of every token
+    cache_tokenizer = Path(manifest["tokenizer_path"])
+    if not cache_tokenizer.is_dir() or load_tokenizer(reference_model).get_vocab() != load_tokenizer(cache_tokenizer).get_vocab():
         raise UsageError(
             f"reference model {reference_model}: its tokenizer differs from the one token cache {token_cache_dir} "
             "was built with; a reference model must share the policy's tokenizer"
