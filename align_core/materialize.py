@@ -53,6 +53,23 @@ class MaterializeSpec:
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
     media: tuple[str, ...] = ()
 
+    @classmethod
+    def checked(
+        cls,
+        template: str,
+        kind: str | Kind,
+        template_options: dict[str, Any] | None = None,
+        template_module: str | None = None,
+        rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    ) -> "MaterializeSpec":
+        """A spec whose template, options and kind are known to work: bad usage fails here,
+        before any source is hashed or any server started."""
+        if rows_per_shard < 1:
+            raise UsageError("rows_per_shard must be at least 1")
+        spec = cls(template, parse_kind(kind), dict(template_options or {}), template_module, rows_per_shard)
+        spec.load_template()
+        return spec
+
     def load_template(self) -> Template:
         if self.template_module:
             load_template_module(self.template_module)
@@ -277,13 +294,6 @@ def materialize_dataset(
     workers: int | None = None,
 ) -> Path:
     """One call, no Prefect: fingerprint, format and publish; returns the dataset folder."""
-    spec = MaterializeSpec(
-        template=template,
-        kind=parse_kind(kind),
-        template_options=dict(template_options or {}),
-        template_module=template_module,
-        rows_per_shard=rows_per_shard,
-    )
-    spec.load_template()  # fail on a bad template before hashing a large source
+    spec = MaterializeSpec.checked(template, kind, template_options, template_module, rows_per_shard)
     source_info = fingerprint_source(source, source_format)
     return build_dataset(source_info, spec, out_root, workers).path

@@ -8,7 +8,6 @@ from typing import Any
 from prefect import flow
 
 from align_core.materialize import MaterializeSpec
-from align_core.shards.schema import parse_kind
 from align_core.shards.writer import DEFAULT_ROWS_PER_SHARD
 from tasks.materialize import build_shards, fingerprint
 
@@ -34,14 +33,7 @@ def materialize(
     error-severity failure fails this flow run. ``contract_overrides`` adjusts the suite's
     expectations (``{"turns_in_bounds.max_value": 32}``; see data_contracts).
     """
-    spec = MaterializeSpec(
-        template=template,
-        kind=parse_kind(kind),
-        template_options=dict(template_options or {}),
-        template_module=template_module,
-        rows_per_shard=rows_per_shard,
-    )
-    spec.load_template()  # a bad template name or option fails here, before any hashing
+    spec = MaterializeSpec.checked(template, kind, template_options, template_module, rows_per_shard)
     out_root = str(Path(out).absolute())
     source_info = fingerprint(str(Path(source).absolute()), source_format)
     dataset_dir = build_shards(source_info, spec, out_root, workers)

@@ -43,23 +43,13 @@ def materialize_command(
 ) -> None:
     """Materialise SOURCE into content-addressed conversation shards; prints the dataset folder last."""
     from align_core.materialize import MaterializeSpec
-    from align_core.shards.schema import parse_kind
     from align_core.sources import detect_format
     from data_contracts.suite import parse_override_pairs
 
     # Check everything cheap before a Prefect server starts: bad usage fails in a second, writing nothing.
-    spec = MaterializeSpec(
-        template=template,
-        kind=parse_kind(kind),
-        template_options=parse_options(option),
-        template_module=template_module,
-        rows_per_shard=rows_per_shard,
-    )
-    spec.load_template()
+    spec = MaterializeSpec.checked(template, kind, parse_options(option), template_module, rows_per_shard)
     if source_format is None:
         detect_format(source)
-    if rows_per_shard < 1:
-        raise UsageError("--rows-per-shard must be at least 1")
 
     from flows.materialize import materialize
 
