@@ -26,6 +26,7 @@ Public API::
     formatter.template_messages(conversation) -> list[dict]
     formatter.render(conversation, add_generation_prompt=False) -> str
     formatter.render_with_spans(conversation) -> (str, list[AssistantSpan])
+    formatter.message_starts(conversation, rendered) -> list[int | None]   # where each message's rendering begins
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from jinja2.exceptions import TemplateError
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from align_core.errors import UsageError
@@ -196,6 +198,24 @@ class ModelFormatter:
                 )
             spans.append(AssistantSpan(index, len(before), len(through)))
         return text, spans
+
+    def message_starts(self, conversation: list[dict], rendered: str) -> list[int | None]:
+        """Character offset in ``rendered`` (the whole conversation's rendering, with or without the
+        generation prompt) where each message's rendering, its chat-template header included, begins.
+
+        Message i begins at the end of ``render(messages[:i])``. None where that prefix is not a prefix of
+        ``rendered`` (the template renders earlier messages differently depending on what follows) or the
+        template rejects it (e.g. an empty conversation): that message's start is unknown.
+        """
+        messages = self.template_messages(conversation)
+        starts: list[int | None] = []
+        for index in range(len(messages)):
+            try:
+                before = self._render(messages[:index], False)
+            except TemplateError:
+                before = None
+            starts.append(len(before) if before is not None and rendered.startswith(before) else None)
+        return starts
 
 
 def _media_tokens(tokenizer: Any, processor: Any) -> dict[str, str]:

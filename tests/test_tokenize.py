@@ -241,26 +241,29 @@ def test_drop_policy_drops_long_rows_and_counts_them(formatter):
 
 
 def test_truncate_prompt_left_keeps_bos_and_the_whole_response(formatter):
-    rows = [{"messages": [user(LONG_PROMPT), assistant("It is cold and snowy.")]}]
+    messages = [user(LONG_PROMPT), assistant("Noted."), user("And now?"), assistant("It is cold and snowy.")]
+    rows = [{"messages": messages}]
     (full,) = _lengths(formatter, Kind.SUPERVISED, rows)
     ((untruncated,), _), max_length = encode_rows(formatter, Kind.SUPERVISED, rows), full - 20
     (row,), outcomes = encode_rows(formatter, Kind.SUPERVISED, rows, max_length, Truncation.TRUNCATE_PROMPT_LEFT)
     (sequence,) = row.sequences
     original = untruncated.sequences[0]
-    assert outcomes["truncated"] == 1 and len(sequence.input_ids) == max_length
-    # BOS, then the original sequence minus the 20 tokens right after BOS.
-    assert sequence.input_ids == original.input_ids[:1] + original.input_ids[21:]
-    assert sequence.labels == original.labels[:1] + original.labels[21:]
+    assert outcomes["truncated"] == 1 and len(sequence.input_ids) <= max_length
+    # BOS, then the original sequence from the second message on: the long first message is cut whole.
+    removed = len(Pieces(formatter.tokenizer).add("<|bos|>").turn("user", LONG_PROMPT).ids)
+    assert sequence.input_ids == original.input_ids[:1] + original.input_ids[removed:]
+    assert sequence.labels == original.labels[:1] + original.labels[removed:]
 
 
 def test_truncate_prompt_left_cuts_chosen_and_rejected_at_the_same_place(formatter):
-    row = {"prompt": [user(LONG_PROMPT)], "chosen": [assistant("Cold.")], "rejected": [assistant("Warm and sunny all day.")]}
+    prompt = [user(LONG_PROMPT), assistant("Noted."), user("Is it cold?")]
+    row = {"prompt": prompt, "chosen": [assistant("Cold.")], "rejected": [assistant("Warm and sunny all day.")]}
     (full,) = _lengths(formatter, Kind.PREFERENCE, [row])
     (encoded,), outcomes = encode_rows(formatter, Kind.PREFERENCE, [row], full - 10, Truncation.TRUNCATE_PROMPT_LEFT)
     chosen, rejected = encoded.sequences
-    prompt_tokens = chosen.response_start
-    assert chosen.input_ids[:prompt_tokens] == rejected.input_ids[:prompt_tokens]
-    assert max(len(chosen.input_ids), len(rejected.input_ids)) == full - 10
+    kept_prompt = Pieces(formatter.tokenizer).add("<|bos|>").turn("assistant", "Noted.").turn("user", "Is it cold?").ids
+    assert chosen.input_ids[: len(kept_prompt)] == rejected.input_ids[: len(kept_prompt)] == kept_prompt
+    assert max(len(chosen.input_ids), len(rejected.input_ids)) <= full - 10
     assert outcomes["truncated"] == 1
 
 
@@ -372,10 +375,10 @@ def test_preference_cache_feeds_the_collator_chosen_first(tokenizer_dir, tmp_pat
     ]
     dataset = TokenDataset(tokenize_dataset(write_dataset(tmp_path, Kind.PREFERENCE, samples), tokenizer_dir, 64, "drop", tmp_path))
     batch = dataset.collator()([dataset[0], dataset[1]])
-    assert batch["input_ids"].shape[0] == 4
+    assert batch.input_ids.shape[0] == 4
     for row, (item, column) in enumerate([(0, "chosen"), (1, "chosen"), (0, "rejected"), (1, "rejected")]):
         ids = dataset[item][f"{column}_input_ids"]
-        assert batch["input_ids"][row, : len(ids)].tolist() == ids.tolist()
+        assert batch.input_ids[row, : len(ids)].tolist() == ids.tolist()
     assert dataset.lengths.tolist() == [
         max(len(dataset[i]["chosen_input_ids"]), len(dataset[i]["rejected_input_ids"])) for i in range(2)
     ]

@@ -13,17 +13,20 @@ holds BOS, so the tokenizer adding its own would double it), with character offs
 labelled when its characters overlap an assistant span (``ModelFormatter.render_with_spans``).
 So the end-of-turn token inside the span is trained on, and a word straddling the span boundary
 counts as the assistant's.
+
+Rows that ``truncate_prompt_left`` must shorten also get their cut points: the token where each
+message's rendering begins (``ModelFormatter.message_starts``), so truncation removes whole messages.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from align_core.chat import AssistantSpan, ChatTemplateError, ModelFormatter
 from align_core.data.schema import TokenizedRow
-from align_core.data.truncation import IGNORE_INDEX, EncodedSequence, Truncation, fit_row
+from align_core.data.truncation import IGNORE_INDEX, EncodedSequence, PromptCuts, Truncation, fit_row
 from align_core.errors import UsageError
 from align_core.shards.schema import Kind
 
@@ -67,6 +70,20 @@ def token_range(starts: list[int], ends: list[int], span: AssistantSpan) -> rang
     return range(bisect.bisect_right(ends, span.start), bisect.bisect_left(starts, span.end))
 
 
+def token_boundary(starts: list[int], ends: list[int], char: int) -> int | None:
+    """Index of the first token starting at or after character ``char``; None when a token straddles it."""
+    index = bisect.bisect_right(ends, char)
+    return index if index == len(starts) or starts[index] >= char else None
+
+
+def offset_columns(offsets) -> tuple[list[int], list[int]]:
+    """Token character offsets ``[(start, end), ...]`` -> (starts, ends), checked to run in text order."""
+    starts, ends = (list(column) for column in zip(*offsets)) if offsets else ([], [])
+    if starts != sorted(starts) or ends != sorted(ends):  # the binary searches rely on text order
+        raise UsageError("the tokenizer returned token offsets out of text order; cannot place label masks")
+    return starts, ends
+
+
 class ConversationEncoder:
     """Renders rows with a ``ModelFormatter``, tokenises them in batches, applies the truncation policy."""
 
@@ -104,29 +121,58 @@ class ConversationEncoder:
             except ChatTemplateError as error:
                 raise ChatTemplateError(f"row {row_id!r}: {error}") from None
         encodings = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-        return [
-            self._sequence(render, row_spans, input_ids, offsets)
-            for render, row_spans, input_ids, offsets in zip(
-                renders, spans, encodings["input_ids"], encodings["offset_mapping"]
-            )
-        ]
+        to_cut = self._rows_to_cut(row_ids, encodings["input_ids"])
+        sequences = []
+        for render, row_id, text, row_spans, input_ids, offsets in zip(
+            renders, row_ids, texts, spans, encodings["input_ids"], encodings["offset_mapping"]
+        ):
+            starts, ends = offset_columns(offsets)
+            sequence = self._sequence(render, row_spans, input_ids, starts, ends)
+            if row_id in to_cut:
+                sequence = replace(sequence, cuts=self._prompt_cuts(render, text, row_spans, starts, ends))
+            sequences.append(sequence)
+        return sequences
+
+    def _rows_to_cut(self, row_ids: list[str], input_ids: list[list[int]]) -> set[str]:
+        """Rows that ``truncate_prompt_left`` must shorten: only they pay for finding message starts
+        (a repeated id merely costs a needless search)."""
+        if self.truncation is not Truncation.TRUNCATE_PROMPT_LEFT:
+            return set()
+        return {row_id for row_id, ids in zip(row_ids, input_ids) if len(ids) > self.max_length}
 
     @staticmethod
-    def _sequence(render: Render, spans: list[AssistantSpan], input_ids: list[int], offsets) -> EncodedSequence:
+    def _sequence(
+        render: Render, spans: list[AssistantSpan], input_ids: list[int], starts: list[int], ends: list[int]
+    ) -> EncodedSequence:
         input_ids = list(input_ids)
         if render.label_from is None:
-            return EncodedSequence(input_ids, None, len(input_ids))
-        starts, ends = (list(column) for column in zip(*offsets)) if offsets else ([], [])
-        if starts != sorted(starts) or ends != sorted(ends):  # the binary searches below rely on text order
-            raise UsageError("the tokenizer returned token offsets out of text order; cannot place label masks")
+            return EncodedSequence(input_ids, None)
         labels = [IGNORE_INDEX] * len(input_ids)
         for span in spans:
             if span.message_index >= render.label_from:
                 tokens = token_range(starts, ends, span)
                 labels[tokens.start : tokens.stop] = input_ids[tokens.start : tokens.stop]
-        response = next((span for span in spans if span.message_index >= render.protect_from), None)
-        response_tokens = token_range(starts, ends, response) if response else range(0)
-        return EncodedSequence(input_ids, labels, response_tokens.start if response_tokens else len(input_ids))
+        return EncodedSequence(input_ids, labels)
+
+    def _prompt_cuts(
+        self, render: Render, text: str, spans: list[AssistantSpan], starts: list[int], ends: list[int]
+    ) -> PromptCuts:
+        """Token positions where truncation may cut this render's sequence (see ``PromptCuts``)."""
+        conversation = render.conversation
+        message_tokens = [
+            None if char is None else token_boundary(starts, ends, char)
+            for char in self.formatter.message_starts(conversation, text)
+        ]
+        users = [index for index in range(render.protect_from) if conversation[index]["role"] == "user"]
+        # Cutting up to a message start removes messages 0 .. index - 1; the last user message must stay.
+        cut_ends = tuple(token for token in message_tokens[1 : users[-1] + 1] if token is not None) if users else ()
+        if render.protect_from == len(conversation):  # no response: the generation prompt, if any, is kept
+            return PromptCuts(cut_ends, len(starts))
+        response_start = message_tokens[render.protect_from]
+        if response_start is None:  # header position unknown: at least the response's text must fit
+            response = next((span for span in spans if span.message_index >= render.protect_from), None)
+            response_start = token_range(starts, ends, response).start if response else len(starts)
+        return PromptCuts(cut_ends, response_start)
 
     def encode_rows(self, kind: Kind, rows: list[dict], outcomes: Counter) -> list[TokenizedRow]:
         """Tokenise shard rows (dicts of their columns), fit them to ``max_length``; counts go to ``outcomes``."""

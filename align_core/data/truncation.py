@@ -1,10 +1,13 @@
 """The truncation policy: what happens to a row longer than ``max_length`` tokens.
 
 - ``drop``: the row is left out (counted as ``dropped_too_long``).
-- ``truncate_prompt_left``: tokens are removed from the left of the prompt, after a leading BOS,
-  until every sequence of the row fits; the response is never cut. A row whose response alone does
-  not fit is dropped (``dropped_response_too_long``). The sequences of one row (chosen and rejected)
-  lose the same prompt tokens, so they keep sharing one prompt.
+- ``truncate_prompt_left``: whole messages are removed from the start of the prompt, right after BOS,
+  until every sequence of the row fits, so the kept sequence is BOS then whole messages: every trained
+  turn keeps its chat-template header and no turn is half there. The response is never cut, and at
+  least one user message before it is kept. A row whose response (header included) alone does not
+  fit is dropped (``dropped_response_too_long``); one that fits only without any user message, or
+  without a message start to cut at, is dropped as ``dropped_prompt_too_long``. The sequences of one
+  row (chosen and rejected) lose the same prompt tokens, so they keep sharing one prompt.
 - ``error``: a ``UsageError`` naming the row and its length.
 
 Rows whose labels would be all masked are dropped before any of this (``dropped_no_labels``):
@@ -40,19 +43,40 @@ KEPT = "kept"
 TRUNCATED = "truncated"
 DROPPED_TOO_LONG = "dropped_too_long"
 DROPPED_RESPONSE_TOO_LONG = "dropped_response_too_long"
+DROPPED_PROMPT_TOO_LONG = "dropped_prompt_too_long"
 DROPPED_NO_LABELS = "dropped_no_labels"
-OUTCOMES = (KEPT, TRUNCATED, DROPPED_TOO_LONG, DROPPED_RESPONSE_TOO_LONG, DROPPED_NO_LABELS)
+OUTCOMES = (KEPT, TRUNCATED, DROPPED_TOO_LONG, DROPPED_RESPONSE_TOO_LONG, DROPPED_PROMPT_TOO_LONG, DROPPED_NO_LABELS)
+
+
+@dataclass(frozen=True)
+class PromptCuts:
+    """Where ``truncate_prompt_left`` may cut one sequence, in token indices.
+
+    ``ends``: ascending positions where a cut that starts right after BOS may stop: the starts of
+    messages 1 .. the last user message before the response, so a cut removes whole messages and
+    leaves a user turn. ``response_start``: where the response message's rendering (its header)
+    begins; it and everything after it are kept (``len(input_ids)`` when there is no response).
+    """
+
+    ends: tuple[int, ...]
+    response_start: int
+
+    def shifted(self, start: int, count: int) -> "PromptCuts":
+        """The same cut points once tokens ``[start, start + count)`` are gone."""
+        removed = range(start + 1, start + count)  # ends inside the removed tokens no longer start a message
+        ends = tuple(end if end <= start else end - count for end in self.ends if end not in removed)
+        return PromptCuts(ends, self.response_start - count)
 
 
 @dataclass(frozen=True)
 class EncodedSequence:
-    """One tokenised sequence. ``labels`` is None for prompt-only rows; ``response_start`` is the
-    first token that truncation must keep (the start of the trained response; ``len(input_ids)``
-    when there is none)."""
+    """One tokenised sequence: ``input_ids`` and ``labels`` ``(seq_len,)``; ``labels`` is None for
+    prompt-only rows. ``cuts`` is filled in by the encoder only for rows that need truncation
+    (finding message starts costs one rendering per message)."""
 
     input_ids: list[int]
     labels: list[int] | None
-    response_start: int
+    cuts: PromptCuts | None = None
 
     def has_labels(self) -> bool:
         return self.labels is not None and any(label != IGNORE_INDEX for label in self.labels)
@@ -63,7 +87,8 @@ class EncodedSequence:
             return values[:start] + values[start + count :]
 
         labels = cut(self.labels) if self.labels is not None else None
-        return replace(self, input_ids=cut(self.input_ids), labels=labels, response_start=self.response_start - count)
+        cuts = self.cuts.shifted(start, count) if self.cuts is not None else None
+        return replace(self, input_ids=cut(self.input_ids), labels=labels, cuts=cuts)
 
 
 def fit_row(
@@ -77,8 +102,7 @@ def fit_row(
     if any(sequence.labels is not None and not sequence.has_labels() for sequence in sequences):
         return None, DROPPED_NO_LABELS
     longest = max(len(sequence.input_ids) for sequence in sequences)
-    excess = longest - max_length
-    if excess <= 0:
+    if longest <= max_length:
         return sequences, KEPT
     if policy is Truncation.ERROR:
         raise UsageError(
@@ -87,8 +111,34 @@ def fit_row(
         )
     if policy is Truncation.DROP:
         return None, DROPPED_TOO_LONG
-    # All sequences of a row share the prompt tokens, so one cut position serves them all.
+    return cut_prompt_left(sequences, max_length, bos_token_id, row_id)
+
+
+def cut_prompt_left(
+    sequences: list[EncodedSequence], max_length: int, bos_token_id: int | None, row_id: str
+) -> tuple[list[EncodedSequence] | None, str]:
+    """Remove the fewest whole leading messages (after BOS) that make every sequence fit.
+
+    Whole messages rather than a token-exact cut with the cut turn's labels masked: both train exactly
+    the turns that start after the cut, and whole messages leave no headless fragment in the context.
+    """
+    if any(sequence.cuts is None for sequence in sequences):
+        raise ValueError(f"row {row_id!r}: no cut points; ConversationEncoder adds them to rows it must truncate")
     keep = 1 if bos_token_id is not None and sequences[0].input_ids[:1] == [bos_token_id] else 0
-    if any(sequence.response_start - keep < excess for sequence in sequences):
+    if any(keep + len(sequence.input_ids) - sequence.cuts.response_start > max_length for sequence in sequences):
         return None, DROPPED_RESPONSE_TOO_LONG
-    return [sequence.drop_tokens(keep, excess) for sequence in sequences], TRUNCATED
+    excess = max(len(sequence.input_ids) for sequence in sequences) - max_length
+    # One cut for all sequences of the row: a message start they share, with the same tokens before it.
+    shared_ends = sorted(set.intersection(*(set(sequence.cuts.ends) for sequence in sequences)))
+    first = sequences[0].input_ids
+    end = next(
+        (
+            end
+            for end in shared_ends
+            if end - keep >= excess and all(sequence.input_ids[:end] == first[:end] for sequence in sequences)
+        ),
+        None,
+    )
+    if end is None:
+        return None, DROPPED_PROMPT_TOO_LONG
+    return [sequence.drop_tokens(keep, end - keep) for sequence in sequences], TRUNCATED
