@@ -1,5 +1,5 @@
 """alignflow's user-facing layer: the CLI and the demo."""
 
-from align_core.paths import configure_environment
+from tasks.prefect_env import configure_prefect
 
-configure_environment()
+configure_prefect()

@@ -8,14 +8,13 @@ waits until ``/api/health`` answers, and records it in the state folder:
     $ALIGNFLOW_HOME/server.log    its stdout and stderr, fresh at each start
     $ALIGNFLOW_HOME/server.json   host, port, api_url, ui_url, pid, log, started
 
-``use_recorded_server`` points ``PREFECT_API_URL`` at a recorded server that is still alive, so later
-alignflow commands (and the flows they run) use it instead of a temporary server. It uses only the
-standard library and must run before Prefect is imported: Prefect reads its settings at import.
+``use_recorded_server`` (in ``tasks/prefect_env.py``) points ``PREFECT_API_URL`` at a recorded server
+that is still alive, so later alignflow commands (and the flows they run) use it instead of a
+temporary server. It must run before Prefect is imported: Prefect reads its settings at import.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -25,14 +24,13 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from align_core.errors import UsageError
-from align_core.io import pid_alive
 from align_core.io import atomic_write_json, atomic_write_text
 from align_core.paths import state_dir
-from align_core.server_record import (  # noqa: F401  (re-exported: the server's public API)
+from tasks.prefect_env import (  # noqa: F401  (re-exported: the server's public API)
     ServerRecord,
     is_prefect_server,
     read_record,
@@ -119,7 +117,7 @@ def start_server(port: int = DEFAULT_PORT, timeout: float = 120.0, home: Path | 
             env=_server_environment(port),
             start_new_session=True,  # its own process group: `stop` ends the server and everything it spawned
         )
-    record = ServerRecord(LOOPBACK, port, process.pid, str(log), datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    record = ServerRecord(LOOPBACK, port, process.pid, str(log), datetime.now(UTC).isoformat(timespec="seconds"))
     atomic_write_text(pid_path(home), f"{process.pid}\n")
     atomic_write_json(record_path(home), {**asdict(record), "api_url": record.api_url, "ui_url": record.ui_url})
     if not _wait_healthy(record, timeout, process):

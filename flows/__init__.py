@@ -1,5 +1,5 @@
 """Prefect layer. Configure alignflow's environment defaults before Prefect is imported."""
 
-from align_core.paths import configure_environment
+from tasks.prefect_env import configure_prefect
 
-configure_environment()
+configure_prefect()

@@ -17,11 +17,11 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().paren
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from align_core.paths import configure_environment  # noqa: E402
+from tasks.prefect_env import configure_prefect
 
-configure_environment()
+configure_prefect()
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")

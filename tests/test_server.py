@@ -20,10 +20,10 @@ from prefect import flow, task
 from typer.testing import CliRunner
 
 from align_core.errors import UsageError
-from align_core.paths import prefect_result_storage
 from align_core.shards.dataset import ShardDataset
 from alignflow import server
 from alignflow.cli import app
+from tasks.prefect_env import prefect_result_storage
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ALPACA_ROWS = [
@@ -47,7 +47,7 @@ def cli_environment(home: Path) -> dict[str, str]:
 
 
 def alignflow(environ: dict[str, str], *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alignflow", *args], env=environ, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "alignflow", *args], check=False, env=environ, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def wait_for(describe: str, probe, timeout: float, interval: float = 0.5):
@@ -73,7 +73,12 @@ def stop_process_group(process: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_server_serves_a_scheduled_deployment_whose_run_completes_then_stops(tmp_path):
     from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectNotFound
 

@@ -1,8 +1,9 @@
-"""Which Prefect server alignflow talks to: the one ``alignflow server start`` recorded, if alive.
+"""Prefect's settings for alignflow: its home, quiet defaults, the recorded server, the result storage.
 
-Standard library only, because it must run before Prefect is imported (Prefect reads
-``PREFECT_API_URL`` at import); ``align_core.paths.configure_environment`` calls
-``use_recorded_server``. Starting and stopping the server lives in ``alignflow/server.py``.
+Standard library only, because ``configure_prefect`` must run before Prefect is imported (Prefect
+reads its settings, ``PREFECT_API_URL`` included, once at import); ``tasks``, ``flows`` and
+``alignflow`` call it from their ``__init__``. Explicit environment settings always win. Starting
+and stopping the server lives in ``alignflow/server.py``; this module only reads its record.
 """
 
 from __future__ import annotations
@@ -13,7 +14,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from align_core.io import pid_alive
-from align_core.paths import state_dir
+from align_core.paths import configure_environment, state_dir
+
+
+def configure_prefect() -> None:
+    """Set Prefect's defaults (never overrides) and the library's, and point Prefect at a recorded live server."""
+    configure_environment()
+    home = state_dir() / "prefect"
+    defaults = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        # A fresh PREFECT_HOME migrates its database on the temporary server's first start: 25-40 s
+        # on two busy cores, past Prefect's 20 s default, which failed `make demo` on a new machine.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    # Importing Prefect creates PREFECT_HOME but not its parents (it warns, then cannot open its database).
+    Path(os.environ["PREFECT_HOME"]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    use_recorded_server()  # a server started by `alignflow server start` serves every later command
+
+
+def prefect_result_storage() -> Path:
+    """Where cached task results live (a Path, not a str: a str is read as a block name).
+
+    Not created here: Prefect's local storage makes the folder on its first write.
+    """
+    return state_dir() / "prefect" / "results"
 
 
 @dataclass(frozen=True)
@@ -60,7 +90,7 @@ def use_recorded_server(environ: dict | None = None) -> str | None:
     """Default ``PREFECT_API_URL`` to the recorded live server; an explicit setting always wins.
 
     Returns the API URL now in effect (None: Prefect will start a temporary server). Call before
-    importing Prefect; ``align_core.paths.configure_environment`` is the place for it.
+    importing Prefect.
     """
     environ = os.environ if environ is None else environ
     if not environ.get("PREFECT_API_URL"):
