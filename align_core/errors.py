@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class RowRejected(Exception):
     """A source row that cannot become a sample. The materialiser turns it into a quarantine row.
@@ -45,3 +47,17 @@ class UsageError(Exception):
 
     The CLI prints it as one line and exits 2.
     """
+
+
+class TrainingFailed(RuntimeError):
+    """A launched training run that exited with an error or without a result.
+
+    ``summary`` is one line naming the exit code and the output_dir a rerun resumes from; the
+    message adds ``tail``, the child's last output lines. ``exit_code`` is None when it exited 0.
+    """
+
+    def __init__(self, summary: str, tail: Sequence[str] = (), exit_code: int | None = None):
+        super().__init__(summary + (". Last output:\n" + "\n".join(tail) if tail else ""))
+        self.summary = summary
+        self.tail = list(tail)
+        self.exit_code = exit_code

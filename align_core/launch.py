@@ -1,9 +1,9 @@
 """The training entry point: ``python -m align_core.launch CONFIG [section.key=value ...]``.
 
 Each rank runs this module: the ``deepspeed`` or ``torchrun`` launcher starts one copy per rank with
-RANK/WORLD_SIZE/LOCAL_RANK set; started alone it trains as a one-rank world. ``launch_command`` and
-``run_streaming`` build and run that command as a subprocess for callers that want isolation (the
-Prefect task, ``alignflow train --nproc N``).
+RANK/WORLD_SIZE/LOCAL_RANK set; started alone it trains as a one-rank world. ``launch_and_wait`` starts
+it (or the launcher) as a subprocess and waits, so a crash in training never takes the caller with
+it: the Prefect task and ``alignflow train`` both train through it.
 
 Exit codes: 0 trained (or already complete), 2 bad config or input (one line on stderr), else failure.
 """
@@ -13,20 +13,27 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from align_core.errors import UsageError
+from align_core.errors import TrainingFailed, UsageError
 from align_core.paths import configure_environment
 
 LAUNCHERS = ("deepspeed", "torchrun")
 # Variables a launcher sets per rank: a child must not inherit the parent's own process group.
 DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE")
 RESULT_PREFIX = "ALIGNFLOW_RESULT "
+USAGE_EXIT_CODE = 2
+TAIL_LINES = 60  # output lines a failure report quotes
+# The one line a child prints on a usage error; a launcher may prefix it with the rank ("[rank0]: ").
+ERROR_LINE = re.compile(r"^(?:\[[^\]]*\]:?\s*)?error: (?P<message>.+)$")
 
 
 def run(config_path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -109,6 +116,75 @@ def parse_result(lines: Sequence[str]) -> dict[str, Any] | None:
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])
     return None
+
+
+def launch_and_wait(
+    config_path: str | Path,
+    overrides: Sequence[str] = (),
+    nproc: int = 1,
+    launcher: str = "deepspeed",
+    launcher_args: Sequence[str] = (),
+    emit: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``config_path`` in a subprocess on ``nproc`` local ranks; the result it reports.
+
+    ``emit`` gets ``launching: <command>``, then each output line (log lines, no progress bar). The
+    result line is returned, not emitted; when it is missing, the run's ``train_result.json`` stands
+    in. Raises ``UsageError`` with the child's ``error:`` message when it exits 2 (bad config or
+    input), ``TrainingFailed`` on any other exit code or when no result can be found.
+    """
+    command = launch_command(config_path, [*overrides, "logger_cfgs.progress_bar=false"], nproc, launcher, launcher_args)
+    emit("launching: " + " ".join(command))
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    result_lines: list[str] = []
+    error_lines: list[str] = []  # held back: with exit code 2 the raised UsageError says it, once
+
+    def keep(line: str) -> None:
+        if line.startswith(RESULT_PREFIX):
+            result_lines.append(line)
+            return
+        tail.append(line)
+        if ERROR_LINE.match(line):
+            error_lines.append(line)
+        else:
+            emit(line)
+
+    exit_code = run_streaming(command, keep, launch_env(nproc))
+    if exit_code == USAGE_EXIT_CODE:
+        if error_lines:
+            raise UsageError(ERROR_LINE.match(error_lines[-1])["message"])
+        raise UsageError(f"training of {config_path} exited with code 2. Last output:\n" + "\n".join(tail))
+    for line in error_lines:
+        emit(line)
+    if exit_code != 0:
+        raise TrainingFailed(
+            f"training of {config_path} exited with code {exit_code}; rerun to resume from the last checkpoint "
+            f"in {_output_dir(config_path, overrides)}",
+            tail,
+            exit_code,
+        )
+    result = parse_result(result_lines)
+    if result is None:
+        from align_core.config import load_config
+        from align_core.trainers.rundir import finished_result
+
+        result = finished_result(load_config(config_path, overrides))
+    if result is None:
+        raise TrainingFailed(
+            f"training of {config_path} exited 0 but printed no result, and {_output_dir(config_path, overrides)} "
+            "holds no train_result.json of this config",
+            tail,
+        )
+    return result
+
+
+def _output_dir(config_path: str | Path, overrides: Sequence[str]) -> str:
+    from align_core.config import load_config
+
+    try:
+        return str(load_config(config_path, overrides).logger_cfgs.output_dir)
+    except UsageError:
+        return "its output_dir"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

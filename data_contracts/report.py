@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 
+from align_core.markdown import markdown_report, markdown_table
 from data_contracts.results import ExpectationResult, ValidationResult
 
 TEMPLATE = "report.html.jinja"
@@ -82,21 +83,18 @@ def render_text(result: ValidationResult) -> str:
 
 def render_markdown(result: ValidationResult) -> str:
     """The Prefect artifact: verdict, dataset facts and the expectation table."""
-    lines = [
-        f"### Data contract {verdict(result)}",
-        "",
-        f"- dataset: `{result.dataset_digest}` ({result.kind}, {result.rows} rows)",
-        f"- folder: `{result.dataset_dir}`",
-        f"- suite: `{result.suite_version}`" + (f" with overrides `{json.dumps(result.overrides)}`" if result.overrides else ""),
-        f"- report: `{Path(result.dataset_dir) / 'report.html'}`",
-        "",
-        "| status | expectation | severity | unexpected | rows | % | mostly | sample ids |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+    table = markdown_table(
+        ["status", "expectation", "severity", "unexpected", "rows", "%", "mostly", "sample ids"],
+        [(r.status, f"`{r.name}`", r.severity, r.unexpected, r.rows, r.percent, r.mostly, r.samples) for r in rows(result)],
+        right_aligned={3, 4, 5, 6},
+    )
+    bullets = [
+        f"dataset: `{result.dataset_digest}` ({result.kind}, {result.rows} rows)",
+        f"folder: `{result.dataset_dir}`",
+        f"suite: `{result.suite_version}`" + (f" with overrides `{json.dumps(result.overrides)}`" if result.overrides else ""),
+        f"report: `{Path(result.dataset_dir) / 'report.html'}`",
     ]
-    for r in rows(result):
-        cells = (r.status, f"`{r.name}`", r.severity, r.unexpected, r.rows, r.percent, r.mostly, r.samples)
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_report(f"Data contract {verdict(result)}", bullets, [table])
 
 
 def render_html(result: ValidationResult) -> str:

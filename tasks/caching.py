@@ -9,7 +9,7 @@ that one call a miss that rebuilds.
 
 from __future__ import annotations
 
-from align_core.paths import prefect_result_storage
+from tasks.prefect_env import prefect_result_storage
 
 
 def disk_output_key(key: str, output_ready: bool) -> str:

@@ -12,12 +12,13 @@ import hashlib
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
+from align_core.markdown import markdown_table
 from align_core.materialize import MaterializeSpec, build_dataset, dataset_digest
-from align_core.paths import prefect_result_storage
 from align_core.sources import SourceInfo, fingerprint_source, stat_key
+from tasks.artifacts import publish_markdown
 from tasks.caching import disk_output_key
+from tasks.prefect_env import prefect_result_storage
 
 
 def _fingerprint_key(context, parameters) -> str:
@@ -54,17 +55,18 @@ def build_shards(source: SourceInfo, spec: MaterializeSpec, out_root: str, worke
     """Format the source into shards + quarantine + manifest, published atomically; returns the folder."""
     result = build_dataset(source, spec, out_root, workers)
     manifest = result.manifest
-    reasons = "\n".join(f"| {reason} | {count} |" for reason, count in manifest.quarantine_reasons.items()) or "| (none) | 0 |"
-    create_markdown_artifact(
+    reasons = list(manifest.quarantine_reasons.items()) or [("(none)", 0)]
+    publish_markdown(
         key=f"dataset-{manifest.dataset_digest[:16]}",
         description=f"{manifest.template} {manifest.kind} shards",
-        markdown=(
-            f"### Dataset `{manifest.dataset_digest}`\n\n"
-            f"- folder: `{result.path}`\n- source: `{source.path}` ({source.format}, sha256 `{source.sha256[:16]}`)\n"
-            f"- template: {manifest.template} (code {manifest.template_code_version}), kind: {manifest.kind}\n"
-            f"- rows: **{manifest.rows}** in {len(manifest.shards)} shard(s); quarantined: **{manifest.quarantined}**"
-            f"{' (already materialised: nothing rewritten)' if result.cache_hit else ''}\n\n"
-            f"| quarantine reason | rows |\n|---|---|\n{reasons}\n"
-        ),
+        title=f"Dataset `{manifest.dataset_digest}`",
+        bullets=[
+            f"folder: `{result.path}`",
+            f"source: `{source.path}` ({source.format}, sha256 `{source.sha256[:16]}`)",
+            f"template: {manifest.template} (code {manifest.template_code_version}), kind: {manifest.kind}",
+            f"rows: **{manifest.rows}** in {len(manifest.shards)} shard(s); quarantined: **{manifest.quarantined}**"
+            + (" (already materialised: nothing rewritten)" if result.cache_hit else ""),
+        ],
+        tables=[markdown_table(["quarantine reason", "rows"], reasons)],
     )
     return str(result.path)

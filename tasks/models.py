@@ -11,8 +11,8 @@ from prefect import task
 from align_core.errors import UsageError
 from align_core.io import sha256_json
 from align_core.models import tiny
-from align_core.paths import prefect_result_storage
 from tasks.caching import disk_output_key
+from tasks.prefect_env import prefect_result_storage
 
 
 def tiny_model_dir(models_root: str | Path, name: str, spec: dict[str, Any]) -> Path:

@@ -14,12 +14,13 @@ import json
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
 from align_core.config import TrainConfig
 from align_core.io import sha256_json
-from align_core.paths import prefect_result_storage
+from align_core.markdown import markdown_table
 from align_core.reference.cache import MANIFEST_NAME, compute_reference_logps, is_complete, reference_dir
+from tasks.artifacts import publish_markdown
+from tasks.prefect_env import prefect_result_storage
 
 
 def _dtype(precision: str):
@@ -62,15 +63,13 @@ def reference_logps(
         trust_remote_code=trust_remote_code,
     )
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    means = "\n".join(f"| mean {name} | {value:.4f} |" for name, value in manifest["mean_logps"].items())
-    create_markdown_artifact(
+    means = [(f"mean {name}", f"{value:.4f}") for name, value in manifest["mean_logps"].items()]
+    publish_markdown(
         key=f"reference-{manifest['key'][:16]}",
         description=f"{pairing} reference log-probs of token cache {token_cache_dir}",
-        markdown=(
-            f"### Reference log-probs `{manifest['key'][:16]}` ({pairing})\n\n- folder: `{folder}`\n"
-            f"- reference model: `{manifest['reference_model']}` ({manifest['dtype']})\n\n"
-            f"| value | |\n|---|---|\n| rows | {manifest['rows']} |\n{means}\n| seconds | {manifest['seconds']} |\n"
-        ),
+        title=f"Reference log-probs `{manifest['key'][:16]}` ({pairing})",
+        bullets=[f"folder: `{folder}`", f"reference model: `{manifest['reference_model']}` ({manifest['dtype']})"],
+        tables=[markdown_table(["value", ""], [("rows", manifest["rows"]), *means, ("seconds", manifest["seconds"])])],
     )
     return str(folder)
 

@@ -10,12 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
-from align_core.data.token_cache import default_cache_root, is_complete, read_token_manifest, token_cache_key, tokenize_dataset
+from align_core.data.token_cache import (
+    default_cache_root,
+    is_complete,
+    read_token_manifest,
+    token_cache_key,
+    tokenize_dataset,
+)
 from align_core.io import sha256_json
-from align_core.paths import prefect_result_storage
+from align_core.markdown import markdown_table
+from tasks.artifacts import publish_markdown
 from tasks.caching import disk_output_key
+from tasks.prefect_env import prefect_result_storage
 
 
 def _cache_root(parameters: dict) -> Path:
@@ -57,15 +64,15 @@ def tokenize(
         trust_remote_code=trust_remote_code,
     )
     manifest = read_token_manifest(cache_dir)
-    counts = "\n".join(f"| {name} | {value} |" for name, value in manifest["counts"].items())
-    create_markdown_artifact(
+    publish_markdown(
         key=f"tokens-{manifest['cache_key'][:16]}",
         description=f"token cache of {manifest['kind']} dataset {manifest['dataset']['digest'][:16]}",
-        markdown=(
-            f"### Token cache `{manifest['cache_key'][:16]}`\n\n- folder: `{cache_dir}`\n"
-            f"- tokenizer: `{manifest['tokenizer_path']}` (chat format: {manifest['chat_format_source']})\n"
-            f"- max_length {max_length}, truncation {truncation}, assistant turns {assistant_turns}\n\n"
-            f"| count | value |\n|---|---|\n{counts}\n"
-        ),
+        title=f"Token cache `{manifest['cache_key'][:16]}`",
+        bullets=[
+            f"folder: `{cache_dir}`",
+            f"tokenizer: `{manifest['tokenizer_path']}` (chat format: {manifest['chat_format_source']})",
+            f"max_length {max_length}, truncation {truncation}, assistant turns {assistant_turns}",
+        ],
+        tables=[markdown_table(["count", "value"], manifest["counts"].items())],
     )
     return str(cache_dir)

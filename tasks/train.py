@@ -1,7 +1,8 @@
 """Prefect task: train a model from a config in a subprocess, its output streamed into the run's log.
 
-The subprocess is ``python -m align_core.launch`` (one rank) or the ``deepspeed``/``torchrun``
-launcher (several), so a crash in training never takes the orchestrating process with it. A rerun
+``align_core.launch.launch_and_wait`` runs ``python -m align_core.launch`` (one rank) or the
+``deepspeed``/``torchrun`` launcher (several), so a crash in training never takes the orchestrating
+process with it. A rerun
 with the same output_dir resumes from the last checkpoint (the trainer does that), and a run that
 already finished returns its result without launching anything.
 """
@@ -9,22 +10,22 @@ already finished returns its result without launching anything.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.logging.loggers import PrefectLogAdapter
 
 from align_core.config import load_config
+from align_core.errors import UsageError
 from align_core.io import sha256_json
-from align_core.paths import prefect_result_storage
-from align_core.launch import launch_command, launch_env, parse_result, run_streaming
+from align_core.launch import launch_and_wait
+from align_core.markdown import markdown_table
 from align_core.trainers.rundir import finished_result, run_digest
+from tasks.artifacts import publish_markdown
 from tasks.caching import disk_output_key
-
-TAIL_LINES = 60
+from tasks.prefect_env import prefect_result_storage
 
 
 def _finished_key(context, parameters: dict[str, Any]) -> str | None:
@@ -32,7 +33,7 @@ def _finished_key(context, parameters: dict[str, Any]) -> str | None:
     relaunched, and resumes from its last checkpoint."""
     try:
         config = load_config(parameters["config_path"], parameters.get("overrides", ()))
-    except Exception:  # a bad config is reported by the task itself, not by its cache key
+    except UsageError:  # a bad config is reported by the task itself, not by its cache key
         return None
     key = f"train-{run_digest(config)}-{sha256_json(config.logger_cfgs.output_dir)[:12]}"
     return disk_output_key(key, finished_result(config) is not None)
@@ -58,24 +59,7 @@ def train_model(
     if done is not None:
         logger.info("already trained in %s; nothing to do", config.logger_cfgs.output_dir)
         return done
-    # Log lines, not a redrawn progress bar, in a log stream.
-    command = launch_command(config_path, [*overrides, "logger_cfgs.progress_bar=false"], nproc, launcher, launcher_args)
-    logger.info("launching: %s", " ".join(command))
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-
-    def emit(line: str) -> None:
-        tail.append(line)
-        logger.info(line)
-
-    exit_code = run_streaming(command, emit, launch_env(nproc))
-    if exit_code != 0:
-        raise RuntimeError(
-            f"training of {config_path} exited with code {exit_code}; rerun to resume from the last checkpoint "
-            f"in {config.logger_cfgs.output_dir}. Last output:\n" + "\n".join(tail)
-        )
-    result = parse_result(list(tail)) or finished_result(config)
-    if result is None:
-        raise RuntimeError(f"training of {config_path} exited 0 but reported no result")
+    result = launch_and_wait(config_path, overrides, nproc, launcher, launcher_args, emit=logger.info)
     _publish_summary(config.train_cfgs.algorithm, run_digest(config), result)
     return result
 
@@ -93,12 +77,11 @@ def _training_logger() -> logging.LoggerAdapter:
 
 def _publish_summary(algorithm: str, digest: str, result: dict[str, Any]) -> None:
     metrics = {**result.get("final_train_metrics", {}), **result.get("eval", {})}
-    rows = "\n".join(f"| {name} | {value:.6g} |" for name, value in sorted(metrics.items()) if isinstance(value, (int, float)))
-    create_markdown_artifact(
+    rows = [(name, f"{value:.6g}") for name, value in sorted(metrics.items()) if isinstance(value, (int, float))]
+    publish_markdown(
         key=f"train-{algorithm}-{digest[:16]}",
         description=f"{algorithm} training result",
-        markdown=(
-            f"### {algorithm} run `{digest[:16]}`\n\n- model: `{result['model_dir']}`\n- steps: {result['steps']}\n"
-            f"- ranks: {result.get('world_size')}\n\n| metric | value |\n|---|---|\n{rows}\n"
-        ),
+        title=f"{algorithm} run `{digest[:16]}`",
+        bullets=[f"model: `{result['model_dir']}`", f"steps: {result['steps']}", f"ranks: {result.get('world_size')}"],
+        tables=[markdown_table(["metric", "value"], rows)],
     )

@@ -15,11 +15,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from align_core.io import sha256_json
-from align_core.paths import prefect_result_storage
 from data_contracts.gate import require_validated
 from data_contracts.report import render_markdown, verdict
 from data_contracts.results import ValidationResult
 from data_contracts.runner import current_result, validate_dataset
+from tasks.prefect_env import prefect_result_storage
 
 
 def artifact_key(dataset_digest: str) -> str:
