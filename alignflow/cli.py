@@ -10,7 +10,7 @@ import sys
 import typer
 
 from align_core.errors import UsageError
-import alignflow.commands as commands
+from alignflow import commands
 
 app = typer.Typer(
     name="alignflow",

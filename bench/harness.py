@@ -15,8 +15,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "BENCH "
@@ -59,7 +59,7 @@ def run_worker(script: str, variant: str, setup_file: Path, steps: int, warmup: 
     """Run ``script --worker variant`` in a fresh one-thread process; the dict it emitted."""
     env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, script, "--worker", variant, "--setup", str(setup_file), "--steps", str(steps), "--warmup", str(warmup)]
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
+    completed = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO, env=env)
     for line in completed.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-WORDS = (
+WORDS = (  # noqa: SIM905  (a sentence reads better than 33 quoted words)
     "the model should answer the question carefully and explain each step of its reasoning so that "
     "a reader can follow why the result holds for every case we care about in alignment research"
 ).split()

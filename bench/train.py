@@ -24,6 +24,7 @@ without length grouping.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -93,7 +94,7 @@ def pad_fractions(lengths: list[int]) -> tuple[float, float]:
 def run_worker(variant: str, setup_file: Path, steps: int, warmup: int) -> float:
     completed = subprocess.run(
         [sys.executable, __file__, "--worker", variant, "--setup", str(setup_file), "--steps", str(steps), "--warmup", str(warmup)],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     for line in completed.stdout.splitlines():
         if line.startswith("BENCH "):
@@ -207,7 +208,7 @@ def worker_trl(setup: dict, steps: int, warmup: int) -> float:
     trainer.data_collator = counting_collator
     trainer.train()
     # step k runs from the end of step k-1 to its own end; the first step has no start mark, so drop it
-    seconds = [later - earlier for earlier, later in zip(marks, marks[1:])]
+    seconds = [later - earlier for earlier, later in itertools.pairwise(marks)]
     return throughput(tokens[1 : len(seconds) + 1], seconds, warmup)
 
 

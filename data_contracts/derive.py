@@ -28,9 +28,9 @@ of each distinct value it has seen (8 bytes a row per column, far less than the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -67,7 +67,7 @@ class FlatConversations:
     part_texts: pa.Array  # (P,) null for media placeholders
 
     @classmethod
-    def from_column(cls, conversations: pa.Array) -> "FlatConversations":
+    def from_column(cls, conversations: pa.Array) -> FlatConversations:
         turns = pc.fill_null(pc.list_value_length(conversations), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         messages = conversations.flatten()  # skips null lists and honours slicing offsets
         content = messages.field("content")

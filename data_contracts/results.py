@@ -77,7 +77,7 @@ class ValidationResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ValidationResult":
+    def from_dict(cls, data: dict[str, Any]) -> ValidationResult:
         data = dict(data)
         data["results"] = [ExpectationResult(**item) for item in data["results"]]
         return cls(**data)

@@ -13,9 +13,10 @@ import datetime as dt
 import os
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -72,7 +73,7 @@ def validate_dataset(
         rows=rows,
         passed=all(r.success for r in results if r.severity == "error"),
         results=results,
-        validated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        validated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         seconds=round(time.perf_counter() - started, 3),
         alignflow_version=align_core.__version__,
     )

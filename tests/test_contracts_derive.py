@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from test_contracts_support import IMAGE, image_item, msg
 
 from align_core.shards.schema import Kind, shard_schema
 from align_core.shards.writer import SampleBatch
 from data_contracts.derive import RowDeriver, SeenHashes, derived_columns
-from test_contracts_support import IMAGE, image_item, msg
 
 
 def record_batch(kind: Kind, samples: list[dict], media: tuple[str, ...] = ()) -> pa.RecordBatch:
@@ -130,10 +130,10 @@ def test_derived_column_names_follow_the_kind_and_media():
 
 def test_registered_media_columns_can_be_checked_by_a_suite(tmp_path, monkeypatch):
     import pyarrow.compute as pc
+    from test_contracts_support import clean_samples, write_dataset
 
     from data_contracts import derive
     from data_contracts.runner import validate_dataset
-    from test_contracts_support import clean_samples, write_dataset
 
     monkeypatch.setattr(derive, "MEDIA_COLUMN_DERIVERS", {})  # registrations are process-wide
 

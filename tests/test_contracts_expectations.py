@@ -8,13 +8,14 @@ samples) must see across shards to catch a defect planted in a later shard.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from test_contracts_support import IMAGE, clean_samples, image_item, msg, write_dataset
 
 from align_core.shards.schema import Kind
 from data_contracts.runner import validate_dataset
-from test_contracts_support import IMAGE, clean_samples, image_item, msg, write_dataset
 
 Samples = list[dict[str, Any]]
 

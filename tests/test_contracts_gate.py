@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_contracts_support import clean_samples, msg, write_dataset
 
 from align_core.errors import UsageError
 from align_core.shards.manifest import MANIFEST_NAME
@@ -12,7 +13,6 @@ from align_core.shards.schema import Kind
 from data_contracts.gate import ValidationGateError, check_validation, require_validated, validation_status
 from data_contracts.results import VALIDATION_NAME
 from data_contracts.runner import current_result, validate_dataset
-from test_contracts_support import clean_samples, msg, write_dataset
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from test_contracts_support import clean_samples, msg, write_dataset
 from typer.testing import CliRunner
 
 from align_core.shards.schema import Kind
@@ -13,7 +14,6 @@ from alignflow.cli import app
 from data_contracts.report import render_markdown
 from data_contracts.results import VALIDATION_NAME, read_validation
 from data_contracts.runner import validate_dataset
-from test_contracts_support import clean_samples, msg, write_dataset
 
 
 @pytest.fixture

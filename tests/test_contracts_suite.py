@@ -5,12 +5,12 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from test_contracts_support import clean_samples, write_dataset
 
 from align_core.errors import UsageError
 from align_core.shards.schema import Kind
 from data_contracts.runner import validate_dataset
 from data_contracts.suite import available_suites, load_suite, normalize_overrides, parse_override_pairs
-from test_contracts_support import clean_samples, write_dataset
 
 
 def test_every_kind_has_a_built_in_suite():

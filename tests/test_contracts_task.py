@@ -11,13 +11,13 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from test_contracts_support import clean_samples, write_dataset
 
 from align_core.shards.manifest import MANIFEST_NAME
 from align_core.shards.schema import Kind
 from data_contracts.gate import ValidationGateError, require_validated, validation_status
 from data_contracts.results import VALIDATION_NAME, read_validation
 from tasks.validate import artifact_key, validate_shards
-from test_contracts_support import clean_samples, msg, write_dataset
 
 pytestmark = pytest.mark.slow
 

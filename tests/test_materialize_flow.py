@@ -152,7 +152,7 @@ def test_cli_bad_usage_is_one_line_exit_2_and_writes_nothing(tmp_path):
     for args in cases:
         completed = subprocess.run(
             [sys.executable, "-m", "alignflow", "materialize", *args, "--out", str(out)],
-            capture_output=True, text=True, env=env, timeout=120,
+            check=False, capture_output=True, text=True, env=env, timeout=120,
         )
         assert completed.returncode == 2, (args, completed.stderr)
         assert completed.stderr.strip().count("\n") == 0 and completed.stderr.startswith("error: "), completed.stderr

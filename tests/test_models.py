@@ -19,10 +19,10 @@ from align_core.models import (
     load_score_model,
     load_tokenizer,
     register_model,
+    registry,
 )
-from align_core.models import registry
 
-SMALL = dict(hidden_size=32, num_layers=1, num_heads=2)
+SMALL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2}
 
 
 @pytest.fixture(scope="module")

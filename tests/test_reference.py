@@ -263,7 +263,7 @@ def test_collator_orders_reference_logps_like_the_sequences(caches, tiny_model):
 def test_reference_task_caches_on_its_column_and_recomputes_a_deleted_one(prefect_harness, caches, tiny_model):  # noqa: F811
     from tasks.reference import reference_logps
 
-    arguments = dict(token_cache_dir=str(caches["preference"]), reference_model=str(tiny_model), pairing="mismatched", precision="fp32")
+    arguments = {"token_cache_dir": str(caches["preference"]), "reference_model": str(tiny_model), "pairing": "mismatched", "precision": "fp32"}
     folder = reference_dir(caches["preference"], tiny_model, "mismatched", torch.float32)
     shutil.rmtree(folder, ignore_errors=True)
     first = reference_logps(**arguments, return_state=True)

@@ -161,7 +161,7 @@ def test_fingerprint_is_the_sha256_of_the_file_bytes(tmp_path):
 def test_folder_fingerprint_changes_when_one_data_file_changes(tmp_path):
     folder = write_hf_disk(ALPACA_ROWS, tmp_path / "hf")
     before = fingerprint_source(folder).sha256
-    data_file = sorted(folder.glob("data-*.arrow"))[-1]
+    data_file = max(folder.glob("data-*.arrow"))
     data_file.write_bytes(data_file.read_bytes()[:-1] + b"\x01")
     assert fingerprint_source(folder).sha256 != before
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 import yaml
@@ -102,6 +103,7 @@ def launch(config: Path, *overrides: str, nproc: int = 1, timeout: float = 600) 
 
     return subprocess.run(
         launch_command(config, list(overrides), nproc=nproc),
+        check=False,
         env=launch_env(nproc),
         cwd=REPO,
         capture_output=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 import yaml
@@ -33,11 +32,11 @@ def materialize_command(
     template: str = typer.Option(..., "--template", "-t", help="registered template name, e.g. Alpaca"),
     kind: str = typer.Option(..., "--kind", "-k", help="supervised | preference | prompt_only | unpaired_preference"),
     out: Path = typer.Option(..., "--out", "-o", help="root folder; the dataset lands in OUT/<digest>/"),
-    template_module: Optional[str] = typer.Option(None, help="a .py file or module that registers more templates"),
+    template_module: str | None = typer.Option(None, help="a .py file or module that registers more templates"),
     option: list[str] = typer.Option([], "--option", help="template option key=value (repeatable)"),
-    source_format: Optional[str] = typer.Option(None, "--format", help="override format detection"),
+    source_format: str | None = typer.Option(None, "--format", help="override format detection"),
     rows_per_shard: int = typer.Option(100_000, help="rows per shard file"),
-    workers: Optional[int] = typer.Option(None, help="formatting processes (default: by source size)"),
+    workers: int | None = typer.Option(None, help="formatting processes (default: by source size)"),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="run the data contract (default on)"),
     contract_set: list[str] = typer.Option([], "--contract-set", help="contract override EXPECTATION.SETTING=VALUE (repeatable)"),
 ) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
@@ -91,9 +91,9 @@ def build_schedule(cron: str, timezone: str):
 
 
 def deploy_command(
-    config: Optional[Path] = typer.Argument(None, help="pipeline YAML; passed to the flow as config=<absolute path>"),
+    config: Path | None = typer.Argument(None, help="pipeline YAML; passed to the flow as config=<absolute path>"),
     name: str = typer.Option(..., "--name", help="deployment name (the deployment is FLOW/NAME)"),
-    cron: Optional[str] = typer.Option(None, "--cron", help='schedule, e.g. "0 3 * * *"; omit to trigger runs by hand'),
+    cron: str | None = typer.Option(None, "--cron", help='schedule, e.g. "0 3 * * *"; omit to trigger runs by hand'),
     timezone: str = typer.Option("UTC", "--timezone", help="time zone the cron schedule is read in"),
     flow_entrypoint: str = typer.Option(PIPELINE_ENTRYPOINT, "--flow", help="the flow to serve: path/file.py:func or package.module:func"),
     param: list[str] = typer.Option([], "--param", help="flow parameter key=value (repeatable; values read as YAML)"),

@@ -19,8 +19,8 @@ def tiny_model_command(
     """Build a tiny model that AutoModelForCausalLM/AutoTokenizer load offline; prints its folder last."""
     from transformers.utils import logging as hf_logging
 
-    from align_core.models.tiny import ARCHITECTURES, build_tiny_model
     from align_core.errors import UsageError
+    from align_core.models.tiny import ARCHITECTURES, build_tiny_model
 
     if arch not in ARCHITECTURES:
         raise UsageError(f"unknown --arch {arch!r}; expected one of: {', '.join(ARCHITECTURES)}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta
-from typing import Optional
 from uuid import UUID
 
 import typer
@@ -71,11 +70,18 @@ def format_time(moment: datetime | None) -> str:
 @runs_app.command("list")
 def list_runs(
     limit: int = typer.Option(20, "--limit", "-n", help="how many runs, newest first"),
-    flow_name: Optional[str] = typer.Option(None, "--flow", help="only runs of this flow, e.g. materialize"),
-    state: Optional[str] = typer.Option(None, "--state", help="only runs in this state type, e.g. failed, completed, scheduled"),
+    flow_name: str | None = typer.Option(None, "--flow", help="only runs of this flow, e.g. materialize"),
+    state: str | None = typer.Option(None, "--state", help="only runs in this state type, e.g. failed, completed, scheduled"),
 ) -> None:
     """Flow runs: id, flow, name, state, start, duration."""
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterId, FlowFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterId,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
@@ -114,7 +120,7 @@ def list_runs(
 @runs_app.command("retry")
 def retry_run(
     run_id: str = typer.Argument(..., help="flow run id (or unique name) from `alignflow runs list`"),
-    entrypoint: Optional[str] = typer.Option(None, "--entrypoint", help="run here with this flow code, path/file.py:func or package.module:func (default: the project flow of that name; a deployment's run goes to its serving process)"),
+    entrypoint: str | None = typer.Option(None, "--entrypoint", help="run here with this flow code, path/file.py:func or package.module:func (default: the project flow of that name; a deployment's run goes to its serving process)"),
     timeout: float = typer.Option(3600.0, help="seconds to wait for a deployment's run to finish"),
 ) -> None:
     """Rerun a finished flow run with its parameters: steps whose results are cached show as Cached.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,7 +11,7 @@ from align_core.errors import UsageError
 
 def validate_command(
     dataset_dir: Path = typer.Argument(..., help="a dataset folder (OUT/<digest>) holding manifest.json"),
-    suite: Optional[str] = typer.Option(None, "--suite", "-s", help="suite name or .yaml path (default: the dataset kind's suite)"),
+    suite: str | None = typer.Option(None, "--suite", "-s", help="suite name or .yaml path (default: the dataset kind's suite)"),
     overrides: list[str] = typer.Option(
         [], "--set", help="override a threshold, e.g. duplicate_prompts.mostly=0.9 or turn_chars_in_bounds.severity=error"
     ),
