@@ -1,6 +1,7 @@
 """Training configs: YAML with align-anything's four sections, typed, validated, with dotted overrides.
 
-    train_cfgs:  algorithm, epochs | max_steps, batch sizes, optimiser and schedule, zero_stage, ...
+    train_cfgs:  algorithm, epochs | max_steps, batch sizes, optimiser and schedule, zero_stage, ...,
+                 plus the algorithm's own settings (its trainer's ``settings`` class: beta for dpo, ...)
     data_cfgs:   train_datasets (materialised dataset folders), eval_datasets, max_length, truncation
     model_cfgs:  model_name_or_path, trust_remote_code
     logger_cfgs: output_dir, log_type
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from align_core.errors import UsageError
 from align_core.io import sha256_json
@@ -36,7 +37,14 @@ class _Section(BaseModel):
 
 
 class TrainCfgs(_Section):
+    """The settings every algorithm reads. An algorithm with settings of its own subclasses this (its
+    trainer's ``settings``), and ``train_cfgs`` is validated against that class, so a key the chosen
+    algorithm does not read is an error."""
+
     algorithm: str = "sft"
+    trainer_module: str | None = Field(
+        None, description="a .py file or module imported first: it registers your own trainer (@register_trainer)"
+    )
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; when set, overrides epochs")
     per_device_train_batch_size: int = Field(4, ge=1)
@@ -57,17 +65,6 @@ class TrainCfgs(_Section):
     save_interval: int = Field(100, ge=1, description="checkpoint every N optimizer steps (and at the end)")
     keep_checkpoints: int = Field(2, ge=1)
     eval_interval: int | None = Field(None, ge=1, description="evaluate every N steps; None: at the end only")
-    score_regularization: float = Field(0.0, ge=0, description="rm: weight of the squared-score penalty")
-    # preference family (dpo, ipo, simpo, orpo, kto); see align_core/losses/preference.py for each formula
-    beta: float | None = Field(None, gt=0, description="None: the algorithm's paper default (simpo 2.0, else 0.1)")
-    label_smoothing: float = Field(0.0, ge=0, le=0.5, description="dpo: > 0 is conservative DPO (cDPO)")
-    simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin")
-    orpo_lambda: float = Field(0.1, ge=0, description="orpo: weight of the odds-ratio term")
-    kto_desirable_weight: float = Field(1.0, gt=0, description="kto: lambda_D")
-    kto_undesirable_weight: float = Field(1.0, gt=0, description="kto: lambda_U")
-    reference: Literal["cached", "live"] = Field(
-        "cached", description="dpo/ipo/kto: reference log-probs from a precomputed column, or a live reference model"
-    )
     debug_stop_after_steps: int | None = Field(
         None, ge=1, description="testing: exit abruptly (os._exit, no cleanup) after this many steps"
     )
@@ -85,7 +82,9 @@ class DataCfgs(_Section):
 
 class ModelCfgs(_Section):
     model_name_or_path: str = Field(min_length=1, description="a local folder; nothing is downloaded")
-    reference_model_name_or_path: str | None = Field(None, description="dpo/ipo/kto; None: model_name_or_path")
+    reference_model_name_or_path: str | None = Field(
+        None, description="algorithms with a reference model (dpo, ipo, kto); None: model_name_or_path"
+    )
     trust_remote_code: bool = False
 
 
@@ -96,7 +95,7 @@ class LoggerCfgs(_Section):
 
 
 class TrainConfig(_Section):
-    train_cfgs: TrainCfgs = Field(default_factory=TrainCfgs)
+    train_cfgs: SerializeAsAny[TrainCfgs] = Field(default_factory=TrainCfgs)  # the algorithm's settings class
     data_cfgs: DataCfgs
     model_cfgs: ModelCfgs
     logger_cfgs: LoggerCfgs
@@ -111,6 +110,9 @@ class TrainConfig(_Section):
             self.data_cfgs.token_cache_dir = _absolute(self.data_cfgs.token_cache_dir)
         if Path(self.model_cfgs.model_name_or_path).exists():
             self.model_cfgs.model_name_or_path = _absolute(self.model_cfgs.model_name_or_path)
+        module = self.train_cfgs.trainer_module
+        if module and (module.endswith(".py") or Path(module).exists()):
+            self.train_cfgs.trainer_module = _absolute(module)
         reference = self.model_cfgs.reference_model_name_or_path
         if reference and Path(reference).exists():
             self.model_cfgs.reference_model_name_or_path = _absolute(reference)
@@ -158,7 +160,7 @@ def _check_key(section: str, key: str | None) -> None:
     if section not in SECTIONS:
         raise UsageError(f"unknown config section {section!r}{_suggest(section, SECTIONS)}; sections: {', '.join(SECTIONS)}")
     fields = SECTIONS[section].model_fields
-    if key is not None and key not in fields:
+    if key is not None and key not in fields and section != "train_cfgs":  # train_cfgs: by its algorithm, later
         raise UsageError(f"unknown config key '{section}.{key}'{_suggest(key, fields)}")
 
 
@@ -180,15 +182,58 @@ def build_config(data: dict[str, Any], overrides: Sequence[str] = (), source: st
             _check_key(section, key)
     for section, values in parse_overrides(overrides).items():
         merged.setdefault(section, {}).update(values)
+    problems = []
+    if isinstance(merged.get("train_cfgs", {}), dict):
+        try:
+            merged["train_cfgs"] = algorithm_settings(merged.get("train_cfgs", {}), source)
+        except ValidationError as error:
+            problems += [_describe(problem, prefix="train_cfgs") for problem in error.errors()]
     try:
-        return TrainConfig.model_validate(merged)
+        config = TrainConfig.model_validate(merged)
     except ValidationError as error:
-        problems = [_describe(problem) for problem in error.errors()]
-        raise UsageError(f"{source}: " + "; ".join(problems)) from None
+        problems += [_describe(problem) for problem in error.errors() if problem["loc"][:1] != ("train_cfgs",) or not problems]
+    if problems:
+        raise UsageError(f"{source}: " + "; ".join(problems))
+    _check_reference_model(config, source)
+    return config
 
 
-def _describe(problem: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in problem["loc"])
+def algorithm_settings(values: dict[str, Any], source: str = "config") -> TrainCfgs:
+    """``train_cfgs`` validated by its algorithm's settings class; a key it does not read names the keys it does."""
+    from align_core.trainers import get_trainer, import_trainer_module, settings_by_algorithm
+
+    if values.get("trainer_module"):
+        import_trainer_module(values["trainer_module"])
+    algorithm = values.get("algorithm", TrainCfgs.model_fields["algorithm"].default)
+    settings = get_trainer(algorithm).settings
+    unread = [key for key in values if key not in settings.model_fields]
+    if unread:
+        others = settings_by_algorithm()
+        common = set(TrainCfgs.model_fields)
+        own = sorted(set(settings.model_fields) - common)
+        problems = []
+        for key in unread:
+            readers = sorted(name for name, cls in others.items() if key in cls.model_fields)
+            if readers:
+                problems.append(f"train_cfgs.{key}: {algorithm} does not read this key (read by {', '.join(readers)})")
+            else:
+                known = {name for cls in others.values() for name in cls.model_fields}
+                problems.append(f"unknown config key 'train_cfgs.{key}'{_suggest(key, known)}")
+        reads = f"{algorithm} reads {', '.join(own)} and the common keys" if own else f"{algorithm} reads only the common keys"
+        raise UsageError(f"{source}: " + "; ".join(problems) + f" ({reads})")
+    return settings.model_validate(values)
+
+
+def _check_reference_model(config: TrainConfig, source: str) -> None:
+    from align_core.trainers import get_trainer
+
+    algorithm = config.train_cfgs.algorithm
+    if config.model_cfgs.reference_model_name_or_path and not get_trainer(algorithm).uses_reference:
+        raise UsageError(f"{source}: model_cfgs.reference_model_name_or_path: {algorithm} has no reference model")
+
+
+def _describe(problem: dict[str, Any], prefix: str = "") -> str:
+    key = ".".join(str(part) for part in (prefix, *problem["loc"]) if part != "")
     if problem["type"] == "missing":
         return f"{key}: required"
     return f"{key}: {problem['msg']} (got {problem.get('input')!r})"

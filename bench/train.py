@@ -152,14 +152,14 @@ def worker_plain(setup: dict, steps: int, warmup: int) -> float:
     started = time.perf_counter()
     for indices in batches[: steps + warmup]:
         batch = collate([rows[i] for i in indices])
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         now = time.perf_counter()
-        tokens.append(float(batch["attention_mask"].sum()))
+        tokens.append(float(batch.attention_mask.sum()))
         seconds.append(now - started)
         started = now
     return throughput(tokens, seconds, warmup)
@@ -236,11 +236,13 @@ def worker_interleaved(setup: dict, steps: int, warmup: int) -> float:
     optimizer = torch.optim.AdamW(plain.parameters(), lr=LEARNING_RATE)
 
     def engine_step(batch):
-        logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        engine.backward_step(sft_loss(logits, batch["labels"])[0])
+        logits = engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        nll_sum, n_tokens = sft_loss(logits, batch.labels)
+        engine.backward(nll_sum / n_tokens, last=True)
+        engine.step()
 
     def plain_step(batch):
-        plain(**batch).loss.backward()
+        plain(**batch.model_kwargs(), labels=batch.labels).loss.backward()
         torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

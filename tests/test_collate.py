@@ -24,18 +24,18 @@ def supervised_row(ids, labels):
 def test_supervised_batch_is_right_padded_with_masked_labels():
     rows = [supervised_row([5, 6, 7], [-100, 6, 7]), supervised_row([8, 9], [-100, 9])]
     batch = Collator(Kind.SUPERVISED, PAD)(rows)
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, PAD]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX, 9, IGNORE_INDEX]]
-    assert all(tensor.dtype == torch.long for tensor in batch.values())
+    assert batch.input_ids.tolist() == [[5, 6, 7], [8, 9, PAD]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch.labels.tolist() == [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX, 9, IGNORE_INDEX]]
+    assert all(tensor.dtype == torch.long for tensor in (batch.input_ids, batch.attention_mask, batch.labels))
 
 
 def test_pad_to_multiple_of_rounds_the_length_up():
     rows = [supervised_row([5, 6, 7], [5, 6, 7]), supervised_row([8], [8])]
     batch = Collator(Kind.SUPERVISED, PAD, pad_to_multiple_of=4)(rows)
-    assert batch["input_ids"].shape == (2, 4)
-    assert batch["labels"][0].tolist() == [5, 6, 7, IGNORE_INDEX]
-    assert Collator(Kind.SUPERVISED, PAD, pad_to_multiple_of=3)(rows)["input_ids"].shape == (2, 3)
+    assert batch.input_ids.shape == (2, 4)
+    assert batch.labels[0].tolist() == [5, 6, 7, IGNORE_INDEX]
+    assert Collator(Kind.SUPERVISED, PAD, pad_to_multiple_of=3)(rows).input_ids.shape == (2, 3)
 
 
 def test_preference_batch_stacks_chosen_rows_before_rejected_rows():
@@ -46,23 +46,23 @@ def test_preference_batch_stacks_chosen_rows_before_rejected_rows():
          "rejected_input_ids": tokens(5, 9), "rejected_labels": tokens(-100, 9)},
     ]
     batch = Collator(Kind.PREFERENCE, PAD)(rows)
-    assert batch["input_ids"].tolist() == [[1, 2, 0, 0], [5, 6, 7, 8], [1, 3, 4, 0], [5, 9, 0, 0]]
-    assert batch["attention_mask"].sum(dim=1).tolist() == [2, 4, 3, 2]
-    assert batch["labels"][3].tolist() == [IGNORE_INDEX, 9, IGNORE_INDEX, IGNORE_INDEX]
+    assert batch.input_ids.tolist() == [[1, 2, 0, 0], [5, 6, 7, 8], [1, 3, 4, 0], [5, 9, 0, 0]]
+    assert batch.attention_mask.sum(dim=1).tolist() == [2, 4, 3, 2]
+    assert batch.labels[3].tolist() == [IGNORE_INDEX, 9, IGNORE_INDEX, IGNORE_INDEX]
 
 
 def test_prompt_only_batch_is_left_padded_for_generation():
     rows = [{"input_ids": tokens(1, 2, 3)}, {"input_ids": tokens(4)}]
     batch = Collator(Kind.PROMPT_ONLY, 99)(rows)
-    assert batch["input_ids"].tolist() == [[1, 2, 3], [99, 99, 4]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert "labels" not in batch
+    assert batch.input_ids.tolist() == [[1, 2, 3], [99, 99, 4]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch.labels is None
 
 
 def test_unpaired_batch_carries_desirable():
     rows = [{**supervised_row([1, 2], [-100, 2]), "desirable": True}, {**supervised_row([3], [3]), "desirable": False}]
     batch = Collator(Kind.UNPAIRED_PREFERENCE, PAD)(rows)
-    assert batch["desirable"].tolist() == [True, False] and batch["input_ids"].shape == (2, 2)
+    assert batch.values["desirable"].tolist() == [True, False] and batch.input_ids.shape == (2, 2)
 
 
 # ----- sampler ------------------------------------------------------------------------------------------

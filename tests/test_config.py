@@ -155,3 +155,49 @@ def test_unknown_algorithm_lists_the_known_ones():
 
     with pytest.raises(UsageError, match=r"unknown 'ppo'; expected one of dpo, ipo, kto, orpo, rm, sft, simpo"):
         get_trainer(build_config(MINIMAL, ["train_cfgs.algorithm=ppo"]).train_cfgs.algorithm)
+
+
+def test_each_algorithm_gets_its_own_settings_with_its_paper_defaults():
+    dpo = build_config({**MINIMAL, "train_cfgs": {"algorithm": "dpo"}})
+    simpo = build_config({**MINIMAL, "train_cfgs": {"algorithm": "simpo"}})
+    assert type(dpo.train_cfgs).__name__ == "DPOSettings" and dpo.train_cfgs.beta == 0.1
+    assert type(simpo.train_cfgs).__name__ == "SimPOSettings" and simpo.train_cfgs.beta == 2.0
+    assert simpo.to_dict()["train_cfgs"]["simpo_gamma"] == 0.5  # the algorithm's keys are in the dump (and digest)
+
+
+def test_a_key_the_algorithm_does_not_read_names_the_algorithm_and_the_keys_it_reads():
+    with pytest.raises(UsageError) as error:
+        build_config({**MINIMAL, "train_cfgs": {"algorithm": "simpo", "kto_desirable_weight": 2.0}})
+    message = str(error.value)
+    assert "train_cfgs.kto_desirable_weight: simpo does not read this key (read by kto)" in message
+    assert "simpo reads beta, simpo_gamma and the common keys" in message
+    with pytest.raises(UsageError, match=r"sft does not read this key \(read by dpo, ipo, kto\).*sft reads only"):
+        build_config(MINIMAL, ["train_cfgs.reference=live"])
+    with pytest.raises(UsageError, match=r"unknown config key 'train_cfgs.betta' \(did you mean 'beta'\?\)"):
+        build_config({**MINIMAL, "train_cfgs": {"algorithm": "dpo", "betta": 0.2}})
+
+
+def test_a_reference_model_is_an_error_for_an_algorithm_without_one():
+    with pytest.raises(UsageError, match="model_cfgs.reference_model_name_or_path: orpo has no reference model"):
+        build_config({**MINIMAL, "train_cfgs": {"algorithm": "orpo"},
+                      "model_cfgs": {"model_name_or_path": "m", "reference_model_name_or_path": "r"}})
+
+
+def test_a_settings_value_error_names_the_algorithm_key():
+    with pytest.raises(UsageError, match=r"train_cfgs.label_smoothing: .*less than or equal to 0.5"):
+        build_config({**MINIMAL, "train_cfgs": {"algorithm": "dpo", "label_smoothing": 0.9}})
+
+
+def test_a_trainer_module_registers_an_algorithm_with_its_settings(tmp_path):
+    module = tmp_path / "my_trainer.py"
+    module.write_text(
+        "from pydantic import Field\n"
+        "from align_core.config import TrainCfgs\n"
+        "from align_core.trainers import SFTTrainer, register_trainer\n\n"
+        "class MySettings(TrainCfgs):\n    temperature: float = Field(1.0, gt=0)\n\n"
+        "@register_trainer\nclass MyTrainer(SFTTrainer):\n    algorithm = 'my-sft'\n    settings = MySettings\n"
+    )
+    config = build_config({**MINIMAL, "train_cfgs": {"algorithm": "my-sft", "trainer_module": str(module), "temperature": 0.5}})
+    assert config.train_cfgs.temperature == 0.5
+    with pytest.raises(UsageError, match="trainer module .*no such file"):
+        build_config({**MINIMAL, "train_cfgs": {"algorithm": "my-sft", "trainer_module": str(tmp_path / "gone.py")}})

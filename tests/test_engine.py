@@ -49,12 +49,21 @@ def make_engine(stage: int, total_steps: int = 20, accumulation: int = 1) -> Eng
     return Engine(model, train_cfgs, ds_config, total_steps)
 
 
-def train_micro_batches(engine: Engine, batches: list[torch.Tensor]) -> list[float]:
+def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    nll_sum, n_tokens = sft_loss(logits, labels)
+    return nll_sum / n_tokens
+
+
+def train_micro_batches(engine: Engine, batches: list[torch.Tensor], accumulation: int = 1) -> list[float]:
+    """Token-mean SFT losses of each micro-batch; the optimizer steps after every ``accumulation`` of them."""
     losses = []
-    for input_ids in batches:
-        loss, _ = sft_loss(engine(input_ids=input_ids.to(engine.device)).logits, input_ids.to(engine.device))
-        engine.backward_step(loss)
-        losses.append(loss.item())
+    for position, input_ids in enumerate(batches, 1):
+        nll_sum, n_tokens = sft_loss(engine(input_ids=input_ids.to(engine.device)).logits, input_ids.to(engine.device))
+        last = position % accumulation == 0
+        engine.backward(nll_sum / n_tokens / accumulation, last=last)
+        if last:
+            engine.step()
+        losses.append((nll_sum / n_tokens).item())
     return losses
 
 
@@ -84,10 +93,10 @@ def test_each_zero_stage_overfits_a_batch_and_exports_loadable_weights(stage, tm
     engine.export_pretrained(tmp_path / "model", tokenizer=None, is_main=True)
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     # the exported weights are the trained ones (at ZeRO-3 a plain save_pretrained would write empty tensors)
-    exported_loss, _ = sft_loss(exported(input_ids=batch).logits, batch)
+    exported_loss = mean_nll(exported(input_ids=batch).logits, batch)
     engine.train(False)
     with torch.no_grad():
-        engine_loss, _ = sft_loss(engine(input_ids=batch).logits, batch)
+        engine_loss = mean_nll(engine(input_ids=batch).logits, batch)
     assert exported_loss.item() == pytest.approx(engine_loss.item(), abs=1e-5)
     assert exported_loss.item() < losses[0] - 0.5
 
@@ -95,7 +104,7 @@ def test_each_zero_stage_overfits_a_batch_and_exports_loadable_weights(stage, tm
 @pytest.mark.slow
 def test_gradient_accumulation_steps_the_optimizer_every_n_micro_batches():
     engine = make_engine(stage=0, accumulation=3)
-    train_micro_batches(engine, token_batches(7))
+    train_micro_batches(engine, token_batches(7), accumulation=3)
     assert engine.global_step == 2
 
 
@@ -108,16 +117,16 @@ def test_checkpoint_restores_model_optimizer_schedule_and_rng(stage, tmp_path):
 
     engine = make_engine(stage)
     train_micro_batches(engine, batches[:4])
-    manager.save(engine, engine.global_step, {"step": engine.global_step, "note": "kept"})
+    manager.save({"policy": engine}, engine.global_step, {"step": engine.global_step, "note": "kept"})
     torch.manual_seed(1234)  # the RNG state that must come back
     expected_draw = torch.rand(3)
     torch.manual_seed(1234)
-    manager.save(engine, engine.global_step, {"step": engine.global_step, "note": "kept"})  # same step again
+    manager.save({"policy": engine}, engine.global_step, {"step": engine.global_step, "note": "kept"})  # same step again
     uninterrupted = train_micro_batches(engine, batches[4:])
 
     resumed = make_engine(stage)
     torch.manual_seed(999)
-    client_state = manager.load(resumed, 4)
+    client_state = manager.load({"policy": resumed}, 4)
     assert client_state["note"] == "kept"
     assert torch.equal(torch.rand(3), expected_draw)
     assert resumed.global_step == 4
@@ -131,7 +140,7 @@ def test_checkpoints_are_published_whole_and_only_the_last_n_kept(tmp_path):
     engine = make_engine(stage=1)
     for _ in range(3):
         train_micro_batches(engine, token_batches(1))
-        manager.save(engine, engine.global_step, {"step": engine.global_step})
+        manager.save({"policy": engine}, engine.global_step, {"step": engine.global_step})
     assert manager.steps() == [2, 3]
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [checkpoint_tag(2), checkpoint_tag(3)]
     # a save killed midway leaves a staging folder: it is never taken for a checkpoint, and is removed
@@ -158,3 +167,32 @@ def test_metrics_logger_truncates_steps_past_the_resumed_checkpoint(tmp_path):
     assert json.loads((tmp_path / METRICS_NAME).read_text().splitlines()[-1])["step"] == 4
     assert (tmp_path / LOSS_CURVE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(Path(tmp_path, "tensorboard").iterdir())
+
+
+def test_rng_files_restore_every_stream_and_load_without_unpickling_code(tmp_path):
+    import random
+
+    import numpy as np
+
+    from align_core.trainers.checkpoint import load_rng_file, rng_state, set_rng_state
+
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(load_rng_file(tmp_path / "rng.pt"))  # weights_only: tensors and plain values only
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_a_crafted_rng_file_is_refused_and_its_code_never_runs(tmp_path):
+    import os
+
+    from align_core.errors import UsageError
+    from align_core.trainers.checkpoint import load_rng_file
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    torch.save({"python": Exploit()}, tmp_path / "rng_state_rank0.pt")
+    with pytest.raises(UsageError, match="not a plain RNG state file, refused"):
+        load_rng_file(tmp_path / "rng_state_rank0.pt")
+    assert not (tmp_path / "ran").exists()

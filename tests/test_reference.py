@@ -247,14 +247,14 @@ def test_collator_orders_reference_logps_like_the_sequences(caches, tiny_model):
     scored = ScoredRows(rows, logps, MismatchedRows(rows), logps[::-1].copy())
     picked = [4, 0, 9]
     batch = ScoredCollator(rows.collator())([scored[i] for i in picked])
-    assert batch["input_ids"].shape[0] == 6  # chosen rows, then rejected rows
-    assert batch["ref_logps"].tolist() == [*logps[picked, 0].tolist(), *logps[picked, 1].tolist()]
+    assert batch.input_ids.shape[0] == 6  # chosen rows, then rejected rows
+    assert batch.values["ref_logps"].tolist() == [*logps[picked, 0].tolist(), *logps[picked, 1].tolist()]
     reversed_logps = logps[::-1]
-    assert batch["ref_mismatched_logps"].tolist() == [*reversed_logps[picked, 0].tolist(), *reversed_logps[picked, 1].tolist()]
+    assert batch.companions["mismatched"].values["ref_logps"].tolist() == [*reversed_logps[picked, 0].tolist(), *reversed_logps[picked, 1].tolist()]
     pairs = MismatchedRows(rows)
     first_rejected_pair = pairs[picked[0]]["rejected_input_ids"]
-    assert batch["mismatched_input_ids"][3, : len(first_rejected_pair)].tolist() == first_rejected_pair.tolist()
-    assert batch["mismatched_attention_mask"][3].sum().item() == len(first_rejected_pair)
+    assert batch.companions["mismatched"].input_ids[3, : len(first_rejected_pair)].tolist() == first_rejected_pair.tolist()
+    assert batch.companions["mismatched"].attention_mask[3].sum().item() == len(first_rejected_pair)
 
 
 # ----- the Prefect task ----------------------------------------------------------------------------
@@ -277,7 +277,8 @@ def test_reference_task_caches_on_its_column_and_recomputes_a_deleted_one(prefec
 
 @pytest.mark.parametrize(
     "algorithm, reference, pairings",
-    [("dpo", "cached", ["matched"]), ("kto", "cached", ["matched", "mismatched"]), ("simpo", "cached", []), ("dpo", "live", []), ("sft", "cached", [])],
+    [("dpo", "cached", ["matched"]), ("kto", "cached", ["matched", "mismatched"]), ("simpo", None, []), ("dpo", "live", []),
+     ("sft", None, [])],
 )
 def test_reference_steps_submit_what_the_trainer_reads(prefect_harness, caches, tiny_model, algorithm, reference, pairings):  # noqa: F811
     from prefect import flow
@@ -287,7 +288,7 @@ def test_reference_steps_submit_what_the_trainer_reads(prefect_harness, caches, 
 
     config = build_config(
         {
-            "train_cfgs": {"algorithm": algorithm, "reference": reference, "precision": "fp32"},
+            "train_cfgs": {"algorithm": algorithm, "precision": "fp32", **({"reference": reference} if reference else {})},
             "data_cfgs": {"train_datasets": ["unused"]},
             "model_cfgs": {"model_name_or_path": str(tiny_model)},
             "logger_cfgs": {"output_dir": "unused"},

@@ -37,8 +37,8 @@ def test_two_ranks_at_zero3_train_and_export_the_gathered_model(tmp_path, tiny_m
     rows = TokenDataset(tokenize_dataset(sft_data, result["model_dir"], 96, cache_root=tmp_path / "cache"))
     batch = rows.collator()([rows[i] for i in range(len(rows))])
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    sum_logps, _, n_tokens = sequence_logps(logits, batch["labels"])
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    sum_logps, _, n_tokens = sequence_logps(logits, batch.labels)
     assert (-sum_logps.sum() / n_tokens.sum()).item() == pytest.approx(result["eval"]["eval/loss"], rel=1e-4)
 
 

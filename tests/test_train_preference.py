@@ -15,6 +15,7 @@ from preference_data import unpaired_data  # noqa: F401
 from train_data import launch, preference_data, read_jsonl, tiny_model, write_config  # noqa: F401
 
 from align_core.config import load_config
+from align_core.data.batch import Batch
 from align_core.errors import UsageError
 from align_core.trainers import KTOTrainer, get_trainer
 
@@ -60,10 +61,10 @@ def trained(tmp_path_factory, tiny_model, preference_data, unpaired_data):  # no
             algorithm, data, own_settings = CASES[case]
             train, evaluation = preference_data if data == "preference" else unpaired_data
             root = tmp_path_factory.mktemp(f"{case}-{reference}")
-            config = write_config(
-                root / "train.yaml", tiny_model, [train], root / "out",
-                {"train_cfgs": {**SETTINGS, **own_settings, "algorithm": algorithm, "reference": reference}}, eval_sets=[evaluation],
-            )
+            settings = {**SETTINGS, **own_settings, "algorithm": algorithm}
+            if get_trainer(algorithm).uses_reference:
+                settings["reference"] = reference
+            config = write_config(root / "train.yaml", tiny_model, [train], root / "out", {"train_cfgs": settings}, eval_sets=[evaluation])
             trainer = get_trainer(algorithm)(load_config(config))
             result = trainer.train()
             runs[case, reference] = Run(config, root / "out", root / "token_cache", result, read_jsonl(root / "out" / "metrics.jsonl"), trainer)
@@ -101,7 +102,7 @@ def test_exported_dpo_policy_is_a_plain_causal_lm_that_reproduces_the_eval_rewar
     reference = read_reference_logps(compute_reference_logps(rows.path, tiny_model), rows)
     batch = rows.collator()([rows[i] for i in range(len(rows))])
     with torch.no_grad():
-        scores = ResponseScorer(policy.eval())(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        scores = ResponseScorer(policy.eval())(batch.input_ids, batch.attention_mask, batch.labels)
     chosen_rewards = 0.1 * (scores.sum[: len(rows)] - torch.from_numpy(reference[:, 0]))
     assert chosen_rewards.mean().item() == pytest.approx(run.result["eval"]["eval/rewards/chosen"], abs=1e-4)
 
@@ -118,7 +119,7 @@ def test_cached_and_live_reference_give_the_same_losses(trained, case):
         assert [a for a, _ in present] == pytest.approx([b for _, b in present], rel=1e-6, abs=1e-6), name
     assert live.result["eval"] == pytest.approx(cached.result["eval"], rel=1e-6, abs=1e-6)
     # the live run scored with a model and wrote no column; the cached one held no model
-    assert live.trainer.reference_model is not None and cached.trainer.reference_model is None
+    assert "reference" in live.trainer.frozen and not cached.trainer.frozen
     assert not list(live.token_cache.glob("*/reference/*")) and list(cached.token_cache.glob("*/reference/*/manifest.json"))
 
 
@@ -130,7 +131,7 @@ def test_cached_training_reads_a_precomputed_column_without_rewriting_it(trained
     written = [path.stat().st_mtime_ns for path in columns]
     again = get_trainer("kto")(load_config(run.config, [f"logger_cfgs.output_dir={tmp_path / 'again'}"]))
     assert again.train()["final_train_metrics"]["loss"] == pytest.approx(run.result["final_train_metrics"]["loss"], abs=1e-7)
-    assert [path.stat().st_mtime_ns for path in columns] == written and again.reference_model is None
+    assert [path.stat().st_mtime_ns for path in columns] == written and not again.frozen
 
 
 @pytest.mark.slow
@@ -163,9 +164,9 @@ def test_kto_reference_point_is_the_clamped_mean_of_the_mismatched_log_ratios(tr
 
 
 def test_kto_on_a_preference_batch_makes_the_chosen_half_desirable():
-    batch = {"input_ids": torch.zeros(6, 3, dtype=torch.long)}
-    assert KTOTrainer.desirable(batch).tolist() == [True, True, True, False, False, False]
-    unpaired = {**batch, "desirable": torch.tensor([False, True, False, True, True, False])}
+    tokens = torch.zeros(6, 3, dtype=torch.long)
+    assert KTOTrainer.desirable(Batch(tokens, tokens, sequences_per_row=2)).tolist() == [True] * 3 + [False] * 3
+    unpaired = Batch(tokens, tokens, values={"desirable": torch.tensor([False, True, False, True, True, False])})
     assert KTOTrainer.desirable(unpaired).tolist() == [False, True, False, True, True, False]
 
 

@@ -48,6 +48,6 @@ def test_exported_reward_model_scores_chosen_above_rejected(rm_run):
     rows = TokenDataset(tokenize_dataset(evaluation, result["model_dir"], 96, cache_root=out / "cache"))
     batch = rows.collator()([rows[i] for i in range(len(rows))])
     with torch.no_grad():
-        chosen, rejected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).end_scores.chunk(2)
+        chosen, rejected = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).end_scores.chunk(2)
     accuracy = (chosen > rejected).float().mean().item()
     assert accuracy == pytest.approx(result["eval"]["eval/accuracy"], abs=1e-6)

@@ -1,12 +1,12 @@
-"""Collators: lists of ``TokenDataset`` rows -> padded tensors, each batch only as long as its longest row.
+"""Collators: lists of ``TokenDataset`` rows -> a padded ``Batch``, each only as long as its longest row.
 
 ===============================  ==========================================================
 kind                             batch
 ===============================  ==========================================================
 supervised                       ``input_ids``, ``attention_mask``, ``labels`` (b, L), right padded
-preference                       the same keys at (2b, L): rows ``[0, b)`` chosen, ``[b, 2b)``
-                                 rejected, so a trainer scores both in one forward pass
-unpaired_preference              as supervised, + ``desirable`` (b,) bool
+preference                       the same at (2b, L), ``sequences_per_row=2``: ``[0, b)`` chosen,
+                                 ``[b, 2b)`` rejected, so a trainer scores both in one forward pass
+unpaired_preference              as supervised, + ``values["desirable"]`` (b,) bool
 prompt_only                      ``input_ids``, ``attention_mask`` (b, L), left padded for generate()
 ===============================  ==========================================================
 
@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from align_core.data.batch import Batch
 from align_core.data.schema import SEQUENCE_PREFIXES, has_labels
 from align_core.data.truncation import IGNORE_INDEX
 from align_core.shards.schema import Kind
@@ -62,19 +63,24 @@ class Collator:
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> Batch:
         side = "left" if self.kind is Kind.PROMPT_ONLY else "right"
         prefixes = SEQUENCE_PREFIXES[self.kind]
-        # Prefix-major order: all chosen rows, then all rejected rows.
+        # Sequence-major order: all chosen rows, then all rejected rows.
         input_ids = [row[f"{prefix}input_ids"] for prefix in prefixes for row in rows]
         ones = [np.ones(len(sequence), dtype=np.int64) for sequence in input_ids]
-        batch = {
-            "input_ids": pad_sequences(input_ids, self.pad_token_id, side, self.pad_to_multiple_of),
-            "attention_mask": pad_sequences(ones, 0, side, self.pad_to_multiple_of),
-        }
+        labels = None
         if has_labels(self.kind):
-            labels = [row[f"{prefix}labels"] for prefix in prefixes for row in rows]
-            batch["labels"] = pad_sequences(labels, IGNORE_INDEX, side, self.pad_to_multiple_of)
+            labels = pad_sequences(
+                [row[f"{prefix}labels"] for prefix in prefixes for row in rows], IGNORE_INDEX, side, self.pad_to_multiple_of
+            )
+        values = {}
         if self.kind is Kind.UNPAIRED_PREFERENCE:
-            batch["desirable"] = torch.tensor([bool(row["desirable"]) for row in rows])
-        return batch
+            values["desirable"] = torch.tensor([bool(row["desirable"]) for row in rows])
+        return Batch(
+            input_ids=pad_sequences(input_ids, self.pad_token_id, side, self.pad_to_multiple_of),
+            attention_mask=pad_sequences(ones, 0, side, self.pad_to_multiple_of),
+            labels=labels,
+            sequences_per_row=len(prefixes),
+            values=values,
+        )

@@ -7,6 +7,7 @@ from align_core.losses.preference import (
     kto_loss,
     kto_reference_point,
     orpo_loss,
+    orpo_odds_ratio_loss,
     simpo_loss,
 )
 from align_core.losses.reward import pairwise_reward_loss
@@ -19,6 +20,7 @@ __all__ = [
     "kto_loss",
     "kto_reference_point",
     "orpo_loss",
+    "orpo_odds_ratio_loss",
     "pairwise_reward_loss",
     "sequence_logps",
     "sft_loss",

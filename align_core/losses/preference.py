@@ -113,17 +113,36 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+def orpo_odds_ratio_loss(
+    policy_chosen_avg_logps: torch.Tensor, policy_rejected_avg_logps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ORPO's odds-ratio term (Hong et al. 2024, eqs. 4-6): ``-logsigmoid(log_odds)`` per pair.
+
+    ``odds(y) = P(y) / (1 - P(y))`` with ``log P(y)`` the length-averaged log-prob, so
+    ``log_odds = (c - r) - (log(1 - e^c) - log(1 - e^r))``.
+
+    Args:
+        policy_chosen_avg_logps, policy_rejected_avg_logps: (b,) length-averaged log-probs, <= 0.
+
+    Returns:
+        losses: (b,); log_odds: (b,) log odds ratio of chosen over rejected, detached.
+    """
+    log_odds = (policy_chosen_avg_logps - policy_rejected_avg_logps) - (
+        _log1mexp(policy_chosen_avg_logps) - _log1mexp(policy_rejected_avg_logps)
+    )
+    return -F.logsigmoid(log_odds), log_odds.detach()
+
+
 def orpo_loss(
     policy_chosen_avg_logps: torch.Tensor,
     policy_rejected_avg_logps: torch.Tensor,
     chosen_nll: torch.Tensor,
     lam: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Odds Ratio Preference Optimization (Hong et al. 2024, eqs. 4-7).
+    """Odds Ratio Preference Optimization (Hong et al. 2024, eq. 7) per pair: ``chosen_nll + lam * odds-ratio term``.
 
-    ``odds(y) = P(y) / (1 - P(y))`` with ``log P(y)`` the length-averaged log-prob, so
-    ``log_odds = (c - r) - (log(1 - e^c) - log(1 - e^r))`` and the loss is
-    ``chosen_nll - lam * logsigmoid(log_odds)`` (the SFT term plus the weighted odds-ratio term).
+    The trainer adds the two terms over a step itself (the NLL as a mean over all chosen tokens);
+    this per-pair form is the paper's equation, kept for checks against it.
 
     Args:
         policy_chosen_avg_logps, policy_rejected_avg_logps: (b,) length-averaged log-probs, <= 0.
@@ -133,10 +152,8 @@ def orpo_loss(
     Returns:
         losses: (b,); log_odds: (b,) log odds ratio of chosen over rejected, detached.
     """
-    log_odds = (policy_chosen_avg_logps - policy_rejected_avg_logps) - (
-        _log1mexp(policy_chosen_avg_logps) - _log1mexp(policy_rejected_avg_logps)
-    )
-    return chosen_nll - lam * F.logsigmoid(log_odds), log_odds.detach()
+    odds_ratio_losses, log_odds = orpo_odds_ratio_loss(policy_chosen_avg_logps, policy_rejected_avg_logps)
+    return chosen_nll + lam * odds_ratio_losses, log_odds
 
 
 def kto_reference_point(policy_mismatched_logps: torch.Tensor, ref_mismatched_logps: torch.Tensor) -> torch.Tensor:

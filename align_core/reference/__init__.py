@@ -7,8 +7,8 @@ Public API::
     reference_dir(token_cache_dir, reference_model, pairing, dtype) -> Path   # without computing
     read_reference_logps(folder, rows) -> (n, k) float32
     model_weights_digest(model_dir) -> str
-    ResponseScorer(causal_lm)      # forward(input_ids, attention_mask, labels) -> SequenceLogps(sum, mean, n_tokens)
-    score_sequences(scorer, input_ids, attention_mask, labels) -> SequenceLogps
+    ResponseScorer(causal_lm)      # forward(input_ids, attention_mask, labels, **model_inputs) -> SequenceLogps
+    score_sequences(scorer, batch) -> SequenceLogps   # sum, mean, n_tokens of each sequence's response
     MismatchedRows(rows)           # KTO: row i's prompt with row (i+1) % n's completion
     ScoredRows / ScoredCollator    # token rows + cached columns + mismatched pairs, batched
 """

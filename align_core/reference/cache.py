@@ -165,9 +165,9 @@ def _score_rows(scorer: torch.nn.Module, rows: TokenDataset, pairing: str, batch
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
-            batch = {key: value.to(device) for key, value in collate([source[int(i)] for i in indices]).items() if key != "desirable"}
-            scores = score_sequences(scorer, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            logps[indices] = scores.sum.float().cpu().numpy().reshape(logps.shape[1], len(indices)).T  # prefix-major -> (b, k)
+            batch = collate([source[int(i)] for i in indices]).to(device)
+            scores = score_sequences(scorer, batch)
+            logps[indices] = scores.sum.float().cpu().numpy().reshape(logps.shape[1], len(indices)).T  # sequence-major -> (b, k)
     return logps
 
 

@@ -6,9 +6,10 @@ A row of ``ScoredRows`` is the token row plus, when given:
 - ``mismatched``: KTO's mismatched pair of the row (a row of the same kind, see ``mismatched.py``);
 - ``ref_mismatched_logps`` (k,): cached reference log-probs of those pairs.
 
-``ScoredCollator`` pads the token rows as the plain collator does and adds ``ref_logps`` (n,),
-``mismatched_input_ids``/``_attention_mask``/``_labels`` (n, L') and ``ref_mismatched_logps`` (n,),
-with n = k * b in the collator's prefix-major order (all chosen rows, then all rejected rows).
+``ScoredCollator`` pads the token rows as the plain collator does into a ``Batch`` and adds
+``values["ref_logps"]`` (n,), the ``companions["mismatched"]`` batch of the rows' pairs, with its own
+``values["ref_logps"]`` (n,), with n = k * b in the batch's sequence-major order (all chosen
+sequences, then all rejected ones).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from align_core.data.batch import Batch
 from align_core.data.collate import Collator
 from align_core.data.token_dataset import TokenDataset
 from align_core.reference.mismatched import MismatchedRows
@@ -55,14 +57,19 @@ class ScoredRows(Dataset):
 class ScoredCollator:
     base: Collator
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> Batch:
         batch = self.base(rows)
-        for name in ("ref_logps", "ref_mismatched_logps"):
-            if name in rows[0]:
-                per_row = np.stack([row[name] for row in rows])  # (b, k)
-                batch[name] = torch.from_numpy(np.ascontiguousarray(per_row.T).reshape(-1))  # prefix-major (k*b,)
+        if "ref_logps" in rows[0]:
+            batch.values["ref_logps"] = sequence_major(rows, "ref_logps")
         if "mismatched" in rows[0]:
             pairs = self.base([row["mismatched"] for row in rows])
-            for name in ("input_ids", "attention_mask", "labels"):
-                batch[f"mismatched_{name}"] = pairs[name]
+            if "ref_mismatched_logps" in rows[0]:
+                pairs.values["ref_logps"] = sequence_major(rows, "ref_mismatched_logps")
+            batch.companions["mismatched"] = pairs
         return batch
+
+
+def sequence_major(rows: Sequence[dict[str, Any]], name: str) -> torch.Tensor:
+    """(k * b,) a per-row (k,) column in the batch's order: every row's first value, then every second."""
+    per_row = np.stack([row[name] for row in rows])  # (b, k)
+    return torch.from_numpy(np.ascontiguousarray(per_row.T).reshape(-1))

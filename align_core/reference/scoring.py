@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from align_core.data.batch import Batch, forward
 from align_core.losses import IGNORE_INDEX, sequence_logps
 
 # Causal LMs whose forward is exactly ``lm_head(base_model(...).last_hidden_state)``.
@@ -76,13 +77,15 @@ class ResponseScorer(torch.nn.Module):
         self.causal_lm = causal_lm
         self.plain_head = getattr(causal_lm.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> SequenceLogps:
-        """input_ids, attention_mask, labels: (n, L) -> SequenceLogps of (n,) tensors."""
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **model_inputs: Any
+    ) -> SequenceLogps:
+        """input_ids, attention_mask, labels: (n, L), + any extra input the model takes -> SequenceLogps of (n,)."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False, **model_inputs}
         if self.plain_head:
-            hidden = self.causal_lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            hidden = self.causal_lm.base_model(**inputs).last_hidden_state
             return response_logps(hidden, self.causal_lm.get_output_embeddings(), labels)
-        logits = self.causal_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return SequenceLogps(*sequence_logps(logits, labels))
+        return SequenceLogps(*sequence_logps(self.causal_lm(**inputs).logits, labels))
 
     # The run's export and options act on the language model itself.
     def save_pretrained(self, *args: Any, **kwargs: Any) -> None:
@@ -92,16 +95,14 @@ class ResponseScorer(torch.nn.Module):
         self.causal_lm.gradient_checkpointing_enable(*args, **kwargs)
 
 
-def score_sequences(
-    scorer: Callable[..., SequenceLogps], input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-) -> SequenceLogps:
-    """Log-probs of the label tokens of every row of a padded batch, in one forward pass.
+def score_sequences(scorer: Callable[..., SequenceLogps], batch: Batch) -> SequenceLogps:
+    """Log-probs of the label tokens of every sequence of a batch, in one forward pass.
 
     Args:
         scorer: a ``ResponseScorer``, or the DeepSpeed engine wrapping one.
-        input_ids, attention_mask, labels: (n, L); labels are -100 off the response.
+        batch: n sequences with labels (-100 off the response) and any extra model inputs.
     """
-    return scorer(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    return forward(scorer, batch, labels=batch.labels)
 
 
 def load_frozen_scorer(path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> ResponseScorer:

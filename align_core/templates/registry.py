@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from align_core.errors import UsageError
+from align_core.user_modules import import_user_module
 from align_core.templates.base import Template
 
 _REGISTRY: dict[str, type[Template]] = {}
@@ -64,23 +65,4 @@ def get_template(name: str, **options: Any) -> Template:
 
 def load_template_module(spec: str) -> None:
     """Import a user's templates from a ``.py`` file path or a dotted module name."""
-    path = Path(spec)
-    if spec.endswith(".py") or path.exists():
-        if not path.is_file():
-            raise UsageError(f"template module {spec!r}: no such file")
-        module_name = f"alignflow_user_templates_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-        if module_name in sys.modules:
-            return
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as error:
-            del sys.modules[module_name]
-            raise UsageError(f"template module {spec!r} failed to import: {error}") from error
-        return
-    try:
-        importlib.import_module(spec)
-    except ImportError as error:
-        raise UsageError(f"template module {spec!r} cannot be imported: {error}") from error
+    import_user_module(spec, "template module")

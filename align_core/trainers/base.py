@@ -1,14 +1,18 @@
 """The training loop every algorithm shares; an algorithm is a small subclass that supplies the math.
 
-A subclass sets ``algorithm`` and ``dataset_kinds`` and implements
+The loop (``train``) owns distributed setup, the data order and position, grouping micro-batches
+into optimizer steps (across epoch boundaries), evaluation, checkpoints and resume, metrics and
+export. An algorithm sets ``algorithm``, ``dataset_kinds`` and ``settings`` and overrides
 
-- ``load_model(path)``: the trainable model (loaded under ZeRO-3 partitioning when that stage is on),
-- ``compute_loss(batch) -> (loss, metrics)``: one micro-batch's scalar loss and scalar metrics,
-- ``eval_step(batch) -> {name: (b,) tensor}``: per-example values an evaluation aggregates,
-- ``summarize_eval(values) -> {name: float}``.
+- ``models()``: the models it holds, trained (each its own DeepSpeed engine) or frozen;
+- ``compute_loss(batch, totals)``: a micro-batch's share of the step loss, and metric shares; or,
+  for a step that is not "one pass over the step's batches" (PPO: generate, score, several
+  updates), ``train_step(step)`` itself;
+- ``eval_step(batch)`` and ``summarize_eval(values)``.
 
-Everything else (distributed setup, data order and position, accumulation, checkpoints and resume,
-metrics, evaluation across ranks, export) lives here once.
+Losses and metrics are *shares*: each micro-batch's sum divided by the step's total count over all
+micro-batches and ranks (``StepTotals``), so every trained token (or pair) weighs the same whatever
+the batch size, accumulation or world size, and the logged value is the sum of the shares.
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from align_core.config import TrainConfig
+from align_core.config import TrainCfgs, TrainConfig
+from align_core.data.batch import Batch
+from align_core.data.sampler import LengthGroupedSampler
 from align_core.errors import UsageError
 from align_core.io import atomic_write_json
-from align_core.data.sampler import LengthGroupedSampler
 from align_core.shards.dataset import ShardDataset
 from align_core.shards.schema import Kind
 from align_core.trainers.checkpoint import CheckpointManager
@@ -33,12 +38,50 @@ from align_core.trainers.engine import Engine, deepspeed_config, resolve_dtype, 
 from align_core.trainers.metrics import MetricsLogger, read_metrics
 from align_core.trainers.rundir import (
     CHECKPOINTS_DIR_NAME,
-    MODEL_DIR_NAME,
+    POLICY,
     RESULT_NAME,
     check_previous_run,
     finished_result,
+    model_dir,
     run_digest,
 )
+
+Metrics = dict[str, torch.Tensor]  # name -> () share of the step's value, summed over micro-batches and ranks
+
+
+@dataclass(frozen=True)
+class ModelRole:
+    """A model an algorithm holds: ``load()`` builds it; trained ones get an engine, frozen ones never do."""
+
+    name: str
+    load: Callable[[], torch.nn.Module]
+    trained: bool = True
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    """Counts over every micro-batch of one optimizer step on every rank: what shares divide by.
+
+    ``trained_tokens``: label tokens that predict a next token, per sequence of a row (k,): the
+    chosen and the rejected responses of preference rows, one entry otherwise.
+    """
+
+    rows: float
+    sequences: float
+    trained_tokens: tuple[float, ...]
+
+    @property
+    def all_trained_tokens(self) -> float:
+        return sum(self.trained_tokens)
+
+
+@dataclass
+class TrainStep:
+    """One optimizer step's micro-batches (``gradient_accumulation_steps`` of them) and their totals."""
+
+    micro_batches: list[Batch]
+    totals: StepTotals
+
 
 @dataclass
 class _RunState:
@@ -52,23 +95,37 @@ class _RunState:
     metrics: MetricsLogger
     eval_set: tuple[Dataset, list[list[int]]] | None
     step: int
-    micro_step: int
+    micro_step: int  # micro-batches consumed: the data position
 
 
 class Trainer:
     algorithm: ClassVar[str] = ""
     dataset_kinds: ClassVar[tuple[Kind, ...]] = ()
+    settings: ClassVar[type[TrainCfgs]] = TrainCfgs
+    uses_reference: ClassVar[bool] = False
+    updates_per_step: ClassVar[int] = 1  # optimizer updates a train_step makes (the LR schedule's length)
 
     def __init__(self, config: TrainConfig):
         self.config = config
         self.train_cfgs = config.train_cfgs
         self.output_dir = Path(config.logger_cfgs.output_dir)
-        self.engine: Engine | None = None
+        self.engines: dict[str, Engine] = {}
+        self.frozen: dict[str, Any] = {}
+
+    @property
+    def engine(self) -> Engine:
+        """The policy's engine."""
+        return self.engines[POLICY]
 
     # ----- algorithm hooks -------------------------------------------------------------------------
 
     def load_model(self, path: str) -> torch.nn.Module:
+        """The policy (loaded under ZeRO-3 partitioning when that stage is on)."""
         raise NotImplementedError
+
+    def models(self) -> list[ModelRole]:
+        """Every model of the run; the default is the policy alone."""
+        return [ModelRole(POLICY, lambda: self.load_model(self.config.model_cfgs.model_name_or_path))]
 
     def load_datasets(self, dataset_dirs: list[str]) -> tuple[Dataset, list[int], Any]:
         """(rows, token length of each row, collate function) for materialised dataset folders.
@@ -85,18 +142,16 @@ class Trainer:
             if kind not in self.dataset_kinds:
                 expected = " or ".join(k.value for k in self.dataset_kinds)
                 raise UsageError(f"{folder}: a {kind.value} dataset; {self.algorithm} trains on {expected} datasets")
-        caches = []
-        for first in (True, False):
-            if (self.dist.local_rank == 0) == first:
-                caches = [
-                    tokenize_dataset(
-                        folder, model_cfgs.model_name_or_path, data_cfgs.max_length, data_cfgs.truncation,
-                        data_cfgs.token_cache_dir, assistant_turns=data_cfgs.assistant_turns,
-                        trust_remote_code=model_cfgs.trust_remote_code,
-                    )
-                    for folder in dataset_dirs
-                ]
-            torch.distributed.barrier()
+        caches = self.local_main_first(
+            lambda: [
+                tokenize_dataset(
+                    folder, model_cfgs.model_name_or_path, data_cfgs.max_length, data_cfgs.truncation,
+                    data_cfgs.token_cache_dir, assistant_turns=data_cfgs.assistant_turns,
+                    trust_remote_code=model_cfgs.trust_remote_code,
+                )
+                for folder in dataset_dirs
+            ]
+        )
         parts = [TokenDataset(cache) for cache in caches]
         for folder, part in zip(dataset_dirs, parts):
             if len(part) == 0:
@@ -107,17 +162,36 @@ class Trainer:
         rows = parts[0] if len(parts) == 1 else ConcatDataset(parts)
         return rows, [int(n) for part in parts for n in part.lengths], parts[0].collator()
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, batch: Batch, totals: StepTotals) -> tuple[torch.Tensor, Metrics]:
+        """The micro-batch's share of the step loss (its sum over the step's count), and metric shares."""
         raise NotImplementedError
 
-    def eval_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def train_step(self, step: TrainStep) -> Metrics:
+        """One optimizer step of the policy: backward every micro-batch's loss share, then update.
+
+        Returns the step's metric shares (summed over its micro-batches; the loop sums over ranks).
+        """
+        sums: Metrics = {}
+        for position, batch in enumerate(step.micro_batches):
+            loss, metrics = self.compute_loss(batch, step.totals)
+            self.engine.backward(loss, last=position == len(step.micro_batches) - 1)
+            add_metrics(sums, {"loss": loss, **metrics})
+        self.engine.step()
+        return sums
+
+    def reduce_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """The step's metrics from their sums over micro-batches and ranks (an algorithm may derive more)."""
+        return sums
+
+    def eval_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Per-example values (n,) that ``summarize_eval`` aggregates over the whole eval set."""
         raise NotImplementedError
 
     def summarize_eval(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         return {name: column.float().mean().item() for name, column in values.items()}
 
     def tokenizer_for_export(self) -> Any:
-        """Saved beside the exported model, so the folder loads as a whole with from_pretrained."""
+        """Saved beside each exported model, so the folder loads as a whole with from_pretrained."""
         from align_core.models.registry import load_tokenizer
 
         return load_tokenizer(self.config.model_cfgs.model_name_or_path, self.config.model_cfgs.trust_remote_code)
@@ -139,7 +213,7 @@ class Trainer:
         return self._finish(run, last_metrics)
 
     def _prepare(self, resume_step: int | None) -> _RunState:
-        """Data, engine, checkpoints (restored when resuming) and metrics, in the order ranks must agree on."""
+        """Data, models, checkpoints (restored when resuming) and metrics, in the order ranks must agree on."""
         dist = self.dist
         train_rows, train_lengths, self.collate = self.load_datasets(self.config.data_cfgs.train_datasets)
         # The order is a pure function of (seed, epoch, rank): a resume skips batches without reading them.
@@ -153,12 +227,12 @@ class Trainer:
         )
         batches_per_epoch = -(-len(sampler) // self.train_cfgs.per_device_train_batch_size)
         total_steps = self._total_steps(batches_per_epoch, len(train_rows))
-        self._build_engine(total_steps)
+        self._build_models(total_steps)
         checkpoints = CheckpointManager(self.output_dir / CHECKPOINTS_DIR_NAME, self.train_cfgs.keep_checkpoints, dist)
         checkpoints.remove_incomplete()
         step = micro_step = 0
         if resume_step is not None:
-            client_state = checkpoints.load(self.engine, resume_step)
+            client_state = checkpoints.load(self.engines, resume_step)
             step, micro_step = client_state["step"], client_state["micro_step"]
         metrics = MetricsLogger(
             self.output_dir,
@@ -177,8 +251,34 @@ class Trainer:
         """Optimizer steps until ``total_steps``; returns the last step's metrics."""
         cfgs = self.train_cfgs
         last_metrics: dict[str, float] = {}
-        self.engine.train()
+        for engine in self.engines.values():
+            engine.train()
+        micro_batches = self._micro_batches(run)
         while run.step < run.total_steps:
+            started = time.perf_counter()
+            lr = self.engine.lr  # the rate this step's update uses
+            batches = [next(micro_batches) for _ in range(cfgs.gradient_accumulation_steps)]
+            step = TrainStep(batches, self._step_totals(batches))
+            sums = self.train_step(step)
+            sums["tokens"] = sum(batch.non_pad_tokens() for batch in batches)
+            run.step += 1
+            last_metrics = self.reduce_metrics(self._sum_over_ranks(sums))
+            last_metrics["lr"] = lr
+            last_metrics["epoch"] = run.micro_step / run.batches_per_epoch
+            last_metrics["tokens_per_second"] = last_metrics["tokens"] / (time.perf_counter() - started)
+            if run.eval_set is not None and cfgs.eval_interval and run.step % cfgs.eval_interval == 0:
+                last_metrics.update(self.evaluate(*run.eval_set))
+            run.metrics.log(run.step, last_metrics)
+            if run.step % cfgs.save_interval == 0 or run.step == run.total_steps:
+                run.checkpoints.save(self.engines, run.step, {"step": run.step, "micro_step": run.micro_step})
+                run.metrics.plot()
+            if cfgs.debug_stop_after_steps == run.step:
+                os._exit(17)  # simulate a crash: no cleanup, no flush beyond what is on disk
+        return last_metrics
+
+    def _micro_batches(self, run: _RunState) -> Iterator[Batch]:
+        """Micro-batches on this rank's device from the data position on, epoch after epoch."""
+        while True:
             epoch, offset = divmod(run.micro_step, run.batches_per_epoch)
             run.sampler.set_epoch(epoch)
             loader = DataLoader(
@@ -187,50 +287,46 @@ class Trainer:
                 collate_fn=self.collate,
                 num_workers=self.config.data_cfgs.num_workers,
             )
-            accumulated: dict[str, Any] = {}
-            step_started = time.perf_counter()
             for batch in loader:
-                batch = _to_device(batch, self.engine.device)
-                if not accumulated:
-                    step_lr = self.engine.lr  # the rate this step's update uses
-                loss, batch_metrics = self.compute_loss(batch)
-                _accumulate(accumulated, {"loss": loss.detach(), **batch_metrics}, batch)
-                stepped = self.engine.backward_step(loss)
                 run.micro_step += 1
-                if not stepped:
-                    continue
-                run.step += 1
-                last_metrics = self._reduce(accumulated, micro_steps=cfgs.gradient_accumulation_steps)
-                last_metrics["lr"] = step_lr
-                last_metrics["epoch"] = run.micro_step / run.batches_per_epoch
-                last_metrics["tokens_per_second"] = last_metrics["tokens"] / (time.perf_counter() - step_started)
-                if run.eval_set is not None and cfgs.eval_interval and run.step % cfgs.eval_interval == 0:
-                    last_metrics.update(self.evaluate(*run.eval_set))
-                run.metrics.log(run.step, last_metrics)
-                if run.step % cfgs.save_interval == 0 or run.step == run.total_steps:
-                    state = {"step": run.step, "micro_step": run.micro_step, "epoch": epoch}
-                    run.checkpoints.save(self.engine, run.step, state)
-                    run.metrics.plot()
-                if cfgs.debug_stop_after_steps == run.step:
-                    os._exit(17)  # simulate a crash: no cleanup, no flush beyond what is on disk
-                accumulated, step_started = {}, time.perf_counter()
-                if run.step >= run.total_steps:
-                    break
-        return last_metrics
+                yield batch.to(self.engine.device)
+
+    def _step_totals(self, batches: list[Batch]) -> StepTotals:
+        """Rows, sequences and trained tokens of the step, all-reduced before any backward pass."""
+        k = batches[0].sequences_per_row
+        counts = torch.zeros(2 + k, dtype=torch.float64, device=self.engine.device)
+        for batch in batches:
+            counts[0] += batch.num_rows
+            counts[1] += batch.num_sequences
+            counts[2:] += batch.trained_tokens().to(counts)
+        torch.distributed.all_reduce(counts)
+        rows, sequences, *tokens = counts.tolist()
+        return StepTotals(rows, sequences, tuple(tokens))
+
+    def _sum_over_ranks(self, sums: Metrics) -> dict[str, float]:
+        names = sorted(sums)
+        values = torch.stack([torch.as_tensor(sums[name]).detach().double().reshape(()) for name in names])
+        values = values.to(self.engine.device)
+        torch.distributed.all_reduce(values)
+        return dict(zip(names, values.tolist()))
 
     def _finish(self, run: _RunState, last_metrics: dict[str, float]) -> dict[str, Any]:
-        """Final evaluation, HF export, the loss curve, and ``train_result.json`` (written last: it marks done)."""
+        """Final evaluation, HF export of every trained model, the loss curve, and ``train_result.json``
+        (written last: it marks the run done)."""
         if not last_metrics and self.dist.is_main:  # resumed from the final checkpoint: nothing ran now
             last_metrics = {k: v for k, v in (read_metrics(self.output_dir) or [{}])[-1].items() if k != "step"}
         final_eval = {k: v for k, v in last_metrics.items() if k.startswith("eval/")}
         if run.eval_set is not None and not final_eval:
             final_eval = self.evaluate(*run.eval_set)
-        self.engine.export_pretrained(self.output_dir / MODEL_DIR_NAME, self.tokenizer_for_export(), self.dist.is_main)
+        model_dirs = {name: model_dir(self.output_dir, name) for name in self.engines}
+        for name, engine in self.engines.items():
+            engine.export_pretrained(model_dirs[name], self.tokenizer_for_export(), self.dist.is_main)
         run.metrics.close()
         result = {
             "algorithm": self.algorithm,
             "steps": run.step,
-            "model_dir": str(self.output_dir / MODEL_DIR_NAME),
+            "model_dir": str(model_dirs[POLICY]),
+            "model_dirs": {name: str(folder) for name, folder in model_dirs.items()},
             "final_train_metrics": {k: v for k, v in last_metrics.items() if not k.startswith("eval/")},
             "eval": final_eval,
             "config_digest": run_digest(self.config),
@@ -243,6 +339,15 @@ class Trainer:
         return result
 
     # ----- pieces of the loop ----------------------------------------------------------------------
+
+    def local_main_first(self, make: Callable[[], Any]) -> Any:
+        """Run ``make`` on each node's first rank, then on the others, which then find its result on disk."""
+        result = None
+        for first in (True, False):
+            if (self.dist.local_rank == 0) == first:
+                result = make()
+            torch.distributed.barrier()
+        return result
 
     def _resume_step(self) -> int | None:
         """Rank 0 decides whether output_dir holds a compatible run to resume; all ranks follow."""
@@ -265,25 +370,33 @@ class Trainer:
             )
         return total
 
-    def _build_engine(self, total_steps: int) -> None:
+    def _build_models(self, total_steps: int) -> None:
+        """An engine (optimizer, schedule) per trained model; frozen ones on the device, never optimised."""
         dtype = resolve_dtype(self.train_cfgs.precision)
         ds_config = deepspeed_config(self.train_cfgs, dtype)
-        with zero3_model_loading(ds_config):
-            model = self.load_model(self.config.model_cfgs.model_name_or_path)
-        if self.train_cfgs.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        self.engine = Engine(model, self.train_cfgs, ds_config, total_steps)
+        for role in self.models():
+            with zero3_model_loading(ds_config):
+                model = role.load()
+            if role.trained:
+                if self.train_cfgs.gradient_checkpointing:
+                    model.gradient_checkpointing_enable()
+                self.engines[role.name] = Engine(model, self.train_cfgs, ds_config, total_steps * self.updates_per_step)
+            else:
+                self.frozen[role.name] = self._place_frozen(model, ds_config)
 
-    def _reduce(self, accumulated: dict[str, torch.Tensor], micro_steps: int) -> dict[str, float]:
-        """Average metrics over micro-batches and ranks; counts (names ending in ``tokens``) are totals."""
-        names = sorted(accumulated)
-        values = torch.stack([accumulated[name].float().reshape(()) for name in names]).to(self.engine.device)
-        torch.distributed.all_reduce(values)
-        world = self.dist.world_size
-        return {
-            name: value / (1 if name.endswith("tokens") else world * micro_steps)
-            for name, value in zip(names, values.tolist())
-        }
+    def _place_frozen(self, model: torch.nn.Module, ds_config: dict[str, Any]) -> Any:
+        """Eval mode, no gradients, in the training dtype; partitioned by DeepSpeed at ZeRO-3."""
+        from deepspeed.accelerator import get_accelerator
+
+        model.eval()
+        model.requires_grad_(False)
+        if self.train_cfgs.zero_stage == 3:
+            import deepspeed
+
+            frozen = deepspeed.initialize(model=model, config=ds_config)[0]
+            frozen.eval()
+            return frozen
+        return model.to(get_accelerator().current_device_name(), dtype=resolve_dtype(self.train_cfgs.precision))
 
     def _eval_set(self) -> tuple[Dataset, list[list[int]]] | None:
         """Eval rows and this rank's batches of them (grouped by length: fewer pad tokens to score)."""
@@ -298,15 +411,18 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, rows: Dataset, batches: list[list[int]]) -> dict[str, float]:
         """Per-example values from every rank, de-duplicated (the sampler pads ranks with repeats), summarised."""
-        self.engine.train(False)
+        for engine in self.engines.values():
+            engine.train(False)
         indices, columns = [], {}
-        loader = DataLoader(rows, batch_sampler=batches, collate_fn=self.eval_collate, num_workers=self.config.data_cfgs.num_workers)
+        loader = DataLoader(
+            rows, batch_sampler=batches, collate_fn=self.eval_collate, num_workers=self.config.data_cfgs.num_workers
+        )
         for batch_indices, batch in zip(batches, loader):
-            batch = _to_device(batch, self.engine.device)
-            for name, values in self.eval_step(batch).items():
+            for name, values in self.eval_step(batch.to(self.engine.device)).items():
                 columns.setdefault(name, []).append(values.float().cpu())
             indices += batch_indices
-        self.engine.train(True)
+        for engine in self.engines.values():
+            engine.train(True)
         local = (indices, {name: torch.cat(parts) for name, parts in columns.items()})
         gathered: list[Any] = [None] * self.dist.world_size
         torch.distributed.all_gather_object(gathered, local)
@@ -321,14 +437,7 @@ class Trainer:
         return {f"eval/{name}": value for name, value in summary.items()}
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-
-
-def _accumulate(accumulated: dict[str, Any], metrics: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
-    """Add one micro-batch's metrics, and its count of non-pad tokens, to the step's running sums."""
+def add_metrics(sums: Metrics, metrics: Metrics) -> None:
+    """Add one micro-batch's metric shares (detached) to the step's running sums."""
     for name, value in metrics.items():
-        accumulated[name] = accumulated.get(name, 0) + value.detach().float()
-    mask = batch.get("attention_mask")
-    tokens = mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel())
-    accumulated["tokens"] = accumulated.get("tokens", 0) + tokens.float()
+        sums[name] = sums.get(name, 0) + value.detach().double()

@@ -1,4 +1,5 @@
-"""Atomic, resumable checkpoints: DeepSpeed state + data position + every RNG, under ``step-NNNNNNNN``.
+"""Atomic, resumable checkpoints under ``step-NNNNNNNN``: every trained model's DeepSpeed state (weights,
+optimizer, scheduler) in ``<model name>/``, the data position, and each rank's RNG streams.
 
 A checkpoint is written by all ranks into a hidden staging folder and renamed to its final name only
 after every rank has finished, so a folder named ``step-*`` is always complete; a run killed while
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from align_core.errors import UsageError
 from align_core.trainers.engine import DistInfo, Engine
 
 _FINAL = re.compile(r"^step-(\d{8})$")
@@ -34,19 +36,36 @@ def complete_checkpoint_steps(root: Path) -> list[int]:
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and accelerator generator states of this rank."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, NumPy, torch CPU and accelerator generator states of this rank, as tensors and numbers only,
+    so the file loads with ``torch.load(weights_only=True)``: nothing in a checkpoint can run code."""
+    python_version, python_keys, python_gauss = random.getstate()
+    numpy_name, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    state = {
+        "python": (python_version, torch.tensor(python_keys, dtype=torch.int64), python_gauss),
+        "numpy": (numpy_name, torch.from_numpy(numpy_keys.astype(np.int64)), numpy_pos, numpy_has_gauss, numpy_gauss),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python_version, python_keys, python_gauss = state["python"]
+    random.setstate((python_version, tuple(python_keys.tolist()), python_gauss))
+    numpy_name, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = state["numpy"]
+    np.random.set_state((numpy_name, numpy_keys.numpy().astype(np.uint32), numpy_pos, numpy_has_gauss, numpy_gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_rng_file(path: Path) -> dict[str, Any]:
+    """An RNG file, refused (not executed) when it holds anything but tensors and plain values."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as error:  # the unpickler's refusal of a non-allow-listed global
+        raise UsageError(f"{path}: not a plain RNG state file, refused ({str(error).splitlines()[0]})") from None
 
 
 class CheckpointManager:
@@ -72,10 +91,11 @@ class CheckpointManager:
                 shutil.rmtree(path, ignore_errors=True)
         torch.distributed.barrier()
 
-    def save(self, engine: Engine, step: int, client_state: dict[str, Any]) -> Path:
+    def save(self, engines: dict[str, Engine], step: int, client_state: dict[str, Any]) -> Path:
         """Save on every rank; returns the final folder once it is complete on all of them."""
         staging_tag = f"{_STAGING_PREFIX}{checkpoint_tag(step)}"
-        engine.save_checkpoint(self.root, staging_tag, client_state)
+        for name, engine in engines.items():
+            engine.save_checkpoint(self.root / staging_tag, name, client_state)
         # RNG streams differ per rank (dropout, sampling), so each rank keeps its own.
         torch.save(rng_state(), self.root / staging_tag / f"rng_state_rank{self.dist.rank}.pt")
         torch.distributed.barrier()
@@ -94,12 +114,17 @@ class CheckpointManager:
         torch.distributed.barrier()
         return final
 
-    def load(self, engine: Engine, step: int) -> dict[str, Any]:
-        """Restore model, optimiser, scheduler and this rank's RNG; returns the client state saved with it."""
-        tag = checkpoint_tag(step)
-        client_state = engine.load_checkpoint(self.root, tag)
-        rng_file = self.root / tag / f"rng_state_rank{self.dist.rank}.pt"
+    def load(self, engines: dict[str, Engine], step: int) -> dict[str, Any]:
+        """Restore every model, optimiser and scheduler and this rank's RNG; returns the saved client state."""
+        folder = self.root / checkpoint_tag(step)
+        missing = [name for name in engines if not (folder / name).is_dir()]
+        if missing:
+            raise UsageError(f"{folder}: no state for model {', '.join(missing)}; saved by another algorithm or version")
+        client_state = {}
+        for name, engine in engines.items():
+            client_state = engine.load_checkpoint(folder, name)
+        rng_file = folder / f"rng_state_rank{self.dist.rank}.pt"
         if not rng_file.is_file():
-            raise RuntimeError(f"{rng_file}: missing; checkpoint {tag} was saved by a different number of ranks")
-        set_rng_state(torch.load(rng_file, weights_only=False))
+            raise RuntimeError(f"{rng_file}: missing; checkpoint {folder.name} was saved by a different number of ranks")
+        set_rng_state(load_rng_file(rng_file))
         return client_state

@@ -109,13 +109,16 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
 
 
 class Engine:
-    """A model wrapped by DeepSpeed with torch AdamW and a transformers LR schedule.
+    """A trained model wrapped by DeepSpeed with torch AdamW and a transformers LR schedule.
 
-    ``backward_step(loss)`` is one micro-batch; the optimiser steps every
-    ``gradient_accumulation_steps`` micro-batches, and ``global_step`` counts optimiser steps.
+    An optimizer step is any number of ``backward(loss, last=...)`` calls (the micro-batches of the
+    step), the last one marked, then ``step()``. Losses are shares of the step's loss (each already
+    divided by the step's total count over all micro-batches and ranks), so their gradients are
+    summed, not averaged: ``backward`` undoes DeepSpeed's division by the accumulation steps and by
+    the data-parallel world size.
     """
 
-    def __init__(self, model: torch.nn.Module, train_cfgs: TrainCfgs, ds_config: dict[str, Any], total_steps: int):
+    def __init__(self, model: torch.nn.Module, train_cfgs: TrainCfgs, ds_config: dict[str, Any], total_updates: int):
         import deepspeed
         from transformers import get_scheduler
 
@@ -133,8 +136,8 @@ class Engine:
             return get_scheduler(
                 train_cfgs.lr_scheduler_type,
                 wrapped_optimizer,
-                num_warmup_steps=round(train_cfgs.lr_warmup_ratio * total_steps),
-                num_training_steps=total_steps,
+                num_warmup_steps=round(train_cfgs.lr_warmup_ratio * total_updates),
+                num_training_steps=total_updates,
             )
 
         self.ds_engine, _, _, _ = deepspeed.initialize(
@@ -153,6 +156,7 @@ class Engine:
 
     @property
     def global_step(self) -> int:
+        """Optimizer updates so far."""
         return self.ds_engine.global_steps
 
     @property
@@ -165,12 +169,17 @@ class Engine:
     def train(self, mode: bool = True) -> None:
         self.ds_engine.train(mode)
 
-    def backward_step(self, loss: torch.Tensor) -> bool:
-        """Backward one micro-batch loss (DeepSpeed scales it by 1/accumulation); True if the optimiser stepped."""
-        boundary = self.ds_engine.is_gradient_accumulation_boundary()
-        self.ds_engine.backward(loss)
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Add one micro-batch's share of the step loss to the gradients; ``last``: the step's final one,
+        where ZeRO reduces the gradients across ranks."""
+        self.ds_engine.set_gradient_accumulation_boundary(last)
+        # gradients are averaged over the data-parallel ranks: scale up so the ranks' shares add up
+        self.ds_engine.backward(loss * self.ds_engine.dp_world_size, scale_wrt_gas=False)
+
+    def step(self) -> None:
+        """Apply the accumulated gradients (clipped), advance the LR schedule, zero the gradients."""
+        self.ds_engine.set_gradient_accumulation_boundary(True)
         self.ds_engine.step()
-        return boundary
 
     def save_checkpoint(self, save_dir: Path, tag: str, client_state: dict[str, Any]) -> None:
         """Every rank writes its shard of model, optimiser and scheduler state into ``save_dir/tag``."""

@@ -17,10 +17,13 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 
+from align_core.data.batch import Batch
 from align_core.losses import kto_loss
 from align_core.shards.schema import Kind
-from align_core.trainers.response_logps import PerExample, ResponseLogpsTrainer
+from align_core.trainers.base import Metrics
+from align_core.trainers.response_logps import PerExample, ReferenceSettings, ResponseLogpsTrainer
 
 
 # Means over the rows of one label: a micro-batch may hold none (length grouping even sorts the
@@ -28,14 +31,14 @@ from align_core.trainers.response_logps import PerExample, ResponseLogpsTrainer
 LABEL_MEANS = ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
 
 
-def label_sums(values: PerExample) -> dict[str, torch.Tensor]:
-    """Per-label sums and counts of rewards and log-probs, the row-level kl and accuracy means."""
+def label_sums(values: PerExample, count: float) -> Metrics:
+    """Per-label sums and counts of rewards and log-probs; shares (sum / ``count``) of kl and accuracy."""
     desirable = values["desirable"].bool()
     rewards, logps = values["rewards"], values["logps"]
     return {
-        "kl": values["kl"].mean(),
+        "kl": values["kl"].sum() / count,
         # the implicit reward beta * (log-ratio - z0) has the sign the row's label asks for
-        "rewards/accuracy": ((rewards > values["beta_kl"]) == desirable).float().mean(),
+        "rewards/accuracy": ((rewards > values["beta_kl"]) == desirable).float().sum() / count,
         "sum:rewards/chosen": rewards[desirable].sum(),
         "sum:rewards/rejected": rewards[~desirable].sum(),
         "sum:logps/chosen": logps[desirable].sum(),
@@ -55,31 +58,41 @@ def label_means(sums: dict[str, float]) -> dict[str, float]:
     return means
 
 
+class KTOSettings(ReferenceSettings):
+    beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward")
+    kto_desirable_weight: float = Field(1.0, gt=0, description="lambda_D")
+    kto_undesirable_weight: float = Field(1.0, gt=0, description="lambda_U")
+
+
 class KTOTrainer(ResponseLogpsTrainer):
     algorithm = "kto"
     dataset_kinds = (Kind.UNPAIRED_PREFERENCE, Kind.PREFERENCE)
+    settings = KTOSettings
+    uses_reference = True
     reference_pairings = ("matched", "mismatched")
+    loss_unit = "sequences"  # a preference row is two KTO rows: chosen (desirable) and rejected
 
-    def per_example(self, batch: dict[str, torch.Tensor]) -> PerExample:
+    def per_example(self, batch: Batch) -> PerExample:
         """Per-row ``loss``, ``rewards`` = beta * log-ratio, ``logps``, ``desirable``, and the batch's ``kl``."""
+        cfgs = self.train_cfgs
         policy, reference = self.policy_logps(batch), self.reference_logps(batch)
         log_ratio = policy.sum - reference
+        mismatched = batch.companions["mismatched"]
         with torch.no_grad():  # z0 is detached: its forward needs no graph
-            mismatched_log_ratio = self.policy_logps(batch, "mismatched_").sum - self.reference_logps(batch, "mismatched_")
+            mismatched_log_ratio = self.policy_logps(mismatched).sum - self.reference_logps(mismatched)
         kl = self.reference_point(mismatched_log_ratio)
         desirable = self.desirable(batch)
         losses = kto_loss(
-            policy.sum, reference, desirable, kl, self.beta,
-            self.train_cfgs.kto_desirable_weight, self.train_cfgs.kto_undesirable_weight,
+            policy.sum, reference, desirable, kl, cfgs.beta, cfgs.kto_desirable_weight, cfgs.kto_undesirable_weight
         )
         n = len(losses)
         return {
             "loss": losses,
-            "rewards": self.beta * log_ratio.detach(),
+            "rewards": cfgs.beta * log_ratio.detach(),
             "logps": policy.sum.detach(),
             "desirable": desirable,
             "kl": kl.expand(n),
-            "beta_kl": (self.beta * kl).expand(n),
+            "beta_kl": (cfgs.beta * kl).expand(n),
         }
 
     def reference_point(self, mismatched_log_ratio: torch.Tensor) -> torch.Tensor:
@@ -91,19 +104,18 @@ class KTOTrainer(ResponseLogpsTrainer):
         return (totals[0] / totals[1]).clamp(min=0).detach()
 
     @staticmethod
-    def desirable(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def desirable(batch: Batch) -> torch.Tensor:
         """(n,) bool: the unpaired rows' labels, or a preference batch's chosen half."""
-        if "desirable" in batch:
-            return batch["desirable"].bool()
-        n = batch["input_ids"].shape[0]
-        return torch.arange(n, device=batch["input_ids"].device) < n // 2
+        if "desirable" in batch.values:
+            return batch.values["desirable"].bool()
+        n = batch.num_sequences
+        return torch.arange(n, device=batch.input_ids.device) < n // 2
 
-    def batch_metrics(self, values: PerExample) -> dict[str, torch.Tensor]:
-        return label_sums(values)
+    def batch_metrics(self, values: PerExample, count: float) -> Metrics:
+        return label_sums(values, count)
 
     def summarize_eval(self, values: PerExample) -> dict[str, float]:
         return label_means(super().summarize_eval(values))
 
-    def _reduce(self, accumulated: dict[str, torch.Tensor], micro_steps: int) -> dict[str, float]:
-        # the loop averages every metric over micro-batches and ranks alike, so sum/count ratios survive it
-        return label_means(super()._reduce(accumulated, micro_steps))
+    def reduce_metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return label_means(sums)

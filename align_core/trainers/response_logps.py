@@ -9,12 +9,14 @@ reference model run beside the policy on every batch (for comparison: same numbe
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch.utils.data import ConcatDataset, Dataset
 
-from align_core.config import TrainConfig
+from align_core.config import TrainCfgs
+from align_core.data.batch import Batch
 from align_core.data.token_dataset import TokenDataset
 from align_core.reference import (
     MismatchedRows,
@@ -27,23 +29,26 @@ from align_core.reference import (
     read_reference_logps,
     score_sequences,
 )
-from align_core.trainers.base import Trainer
-from align_core.trainers.engine import deepspeed_config, resolve_dtype, zero3_model_loading
+from align_core.trainers.base import POLICY, Metrics, ModelRole, StepTotals, Trainer
+from align_core.trainers.engine import resolve_dtype
 
-Result = TypeVar("Result")
 PerExample = dict[str, torch.Tensor]  # name -> (n,) one value per pair or row
+REFERENCE = "reference"
+
+
+class ReferenceSettings(TrainCfgs):
+    """Settings of an algorithm that compares the policy with a frozen reference model."""
+
+    reference: Literal["cached", "live"] = Field(
+        "cached", description="reference log-probs from a precomputed column, or a live reference model"
+    )
 
 
 class ResponseLogpsTrainer(Trainer):
-    uses_reference: ClassVar[bool] = True
     # "matched": each row's own sequences; "mismatched": KTO's pairs (see align_core/reference/mismatched.py)
     reference_pairings: ClassVar[tuple[str, ...]] = ("matched",)
-    default_beta: ClassVar[float] = 0.1
-
-    def __init__(self, config: TrainConfig):
-        super().__init__(config)
-        self.beta = self.train_cfgs.beta if self.train_cfgs.beta is not None else self.default_beta
-        self.reference_model: Any = None  # live mode only, loaded on first use
+    # what the loss averages over: preference pairs ("rows") or single sequences (KTO's rows)
+    loss_unit: ClassVar[Literal["rows", "sequences"]] = "rows"
 
     @property
     def cached_reference(self) -> bool:
@@ -59,6 +64,15 @@ class ResponseLogpsTrainer(Trainer):
 
         return ResponseScorer(load_causal_lm(path, trust_remote_code=self.config.model_cfgs.trust_remote_code))
 
+    def models(self) -> list[ModelRole]:
+        roles = super().models()
+        if self.uses_reference and not self.cached_reference:
+            dtype, trust = resolve_dtype(self.train_cfgs.precision), self.config.model_cfgs.trust_remote_code
+            roles.append(
+                ModelRole(REFERENCE, lambda: load_frozen_scorer(self.reference_model_path(), dtype, trust), trained=False)
+            )
+        return roles
+
     def load_datasets(self, dataset_dirs: list[str]) -> tuple[Dataset, list[int], Any]:
         rows, lengths, collate = super().load_datasets(dataset_dirs)
         parts = rows.datasets if isinstance(rows, ConcatDataset) else [rows]
@@ -69,7 +83,7 @@ class ResponseLogpsTrainer(Trainer):
         columns = {}
         if self.cached_reference:
             for pairing in self.reference_pairings:
-                folder = self._local_main_first(lambda: self._compute_reference(rows, pairing))
+                folder = self.local_main_first(lambda: self._compute_reference(rows, pairing))
                 columns[pairing] = read_reference_logps(folder, rows)
         mismatched = MismatchedRows(rows) if "mismatched" in self.reference_pairings else None
         return ScoredRows(rows, columns.get("matched"), mismatched, columns.get("mismatched"))
@@ -88,66 +102,42 @@ class ResponseLogpsTrainer(Trainer):
             trust_remote_code=self.config.model_cfgs.trust_remote_code,
         )
 
-    def _local_main_first(self, make: Callable[[], Result]) -> Result:
-        """Run ``make`` on each node's first rank, then on the others, which then find its result on disk."""
-        result = None
-        for first in (True, False):
-            if (self.dist.local_rank == 0) == first:
-                result = make()
-            torch.distributed.barrier()
-        return result
-
     # ----- the algorithm: per-example values and their metrics ---------------------------------------
 
-    def per_example(self, batch: dict[str, torch.Tensor]) -> PerExample:
+    def per_example(self, batch: Batch) -> PerExample:
         """``loss`` (n,) and whatever ``batch_metrics`` summarises, one value per pair (or row)."""
         raise NotImplementedError
 
-    def batch_metrics(self, values: PerExample) -> dict[str, torch.Tensor]:
-        """Scalar metrics of a set of per-example values (a training micro-batch, or a whole eval set)."""
+    def batch_metrics(self, values: PerExample, count: float) -> Metrics:
+        """Shares of scalar metrics: sums over these per-example values divided by ``count``, the number
+        of examples in the whole step (or eval set)."""
         raise NotImplementedError
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        values = self.per_example(batch)
-        return values["loss"].mean(), self.batch_metrics({name: value.detach() for name, value in values.items()})
+    def loss_count(self, totals: StepTotals) -> float:
+        return totals.rows if self.loss_unit == "rows" else totals.sequences
 
-    def eval_step(self, batch: dict[str, torch.Tensor]) -> PerExample:
+    def compute_loss(self, batch: Batch, totals: StepTotals) -> tuple[torch.Tensor, Metrics]:
+        values = self.per_example(batch)
+        count = self.loss_count(totals)
+        return values["loss"].sum() / count, self.batch_metrics({k: v.detach() for k, v in values.items()}, count)
+
+    def eval_step(self, batch: Batch) -> PerExample:
         return self.per_example(batch)
 
     def summarize_eval(self, values: PerExample) -> dict[str, float]:
-        metrics = self.batch_metrics(values)
+        count = float(len(values["loss"]))
+        metrics = self.batch_metrics(values, count)
         return {"loss": values["loss"].mean().item(), **{name: value.item() for name, value in metrics.items()}}
 
     # ----- scoring ---------------------------------------------------------------------------------
 
-    def policy_logps(self, batch: dict[str, torch.Tensor], prefix: str = "") -> SequenceLogps:
+    def policy_logps(self, batch: Batch) -> SequenceLogps:
         """(n,) log-probs of the batch's sequences under the policy, in one forward pass."""
-        return score_sequences(
-            self.engine, batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"], batch[f"{prefix}labels"]
-        )
+        return score_sequences(self.engines[POLICY], batch)
 
-    def reference_logps(self, batch: dict[str, torch.Tensor], prefix: str = "") -> torch.Tensor:
-        """(n,) summed reference log-probs of the sequences ``prefix`` names ("" rows, "mismatched_" KTO's pairs)."""
+    def reference_logps(self, batch: Batch) -> torch.Tensor:
+        """(n,) summed reference log-probs of the batch's sequences: the cached column, or the live model."""
         if self.cached_reference:
-            return batch[f"ref_{prefix}logps"]
+            return batch.values["ref_logps"]
         with torch.no_grad():
-            return score_sequences(
-                self._live_reference(), batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"], batch[f"{prefix}labels"]
-            ).sum
-
-    def _live_reference(self) -> Any:
-        """The frozen reference model, in the training dtype, partitioned by DeepSpeed at ZeRO-3."""
-        if self.reference_model is None:
-            dtype = resolve_dtype(self.train_cfgs.precision)
-            path, trust = self.reference_model_path(), self.config.model_cfgs.trust_remote_code
-            if self.train_cfgs.zero_stage == 3:
-                import deepspeed
-
-                ds_config = deepspeed_config(self.train_cfgs, dtype)
-                with zero3_model_loading(ds_config):
-                    scorer = load_frozen_scorer(path, dtype, trust)
-                self.reference_model = deepspeed.initialize(model=scorer, config=ds_config)[0]
-                self.reference_model.eval()
-            else:
-                self.reference_model = load_frozen_scorer(path, dtype, trust).to(self.engine.device)
-        return self.reference_model
+            return score_sequences(self.frozen[REFERENCE], batch).sum

@@ -3,38 +3,48 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
+from align_core.config import TrainCfgs
+from align_core.data.batch import Batch, forward
 from align_core.losses import pairwise_reward_loss
 from align_core.shards.schema import Kind
-from align_core.trainers.base import Trainer
+from align_core.trainers.base import Metrics, StepTotals, Trainer
+
+
+class RMSettings(TrainCfgs):
+    score_regularization: float = Field(
+        0.0, ge=0, description="weight of the penalty reg * (r_chosen^2 + r_rejected^2) / 2 that keeps scores near 0"
+    )
 
 
 class RMTrainer(Trainer):
     algorithm = "rm"
     dataset_kinds = (Kind.PREFERENCE,)
+    settings = RMSettings
 
     def load_model(self, path: str) -> torch.nn.Module:
         from align_core.models.registry import load_score_model
 
         return load_score_model(path, trust_remote_code=self.config.model_cfgs.trust_remote_code)
 
-    def _pair_scores(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pair_scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(b,) end scores of the chosen and the rejected responses, from one forward over the 2b stacked rows."""
-        end_scores = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).end_scores
-        chosen_scores, rejected_scores = end_scores.float().chunk(2)
+        chosen_scores, rejected_scores = forward(self.engine, batch).end_scores.float().chunk(2)
         return chosen_scores, rejected_scores
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, batch: Batch, totals: StepTotals) -> tuple[torch.Tensor, Metrics]:
         chosen_scores, rejected_scores = self._pair_scores(batch)
         losses = pairwise_reward_loss(chosen_scores, rejected_scores, self.train_cfgs.score_regularization)
-        return losses.mean(), {
-            "accuracy": (chosen_scores > rejected_scores).float().mean(),
-            "rewards/chosen": chosen_scores.mean(),
-            "rewards/rejected": rejected_scores.mean(),
-            "rewards/margin": (chosen_scores - rejected_scores).mean(),
+        pairs = totals.rows
+        return losses.sum() / pairs, {
+            "accuracy": (chosen_scores > rejected_scores).float().sum() / pairs,
+            "rewards/chosen": chosen_scores.sum() / pairs,
+            "rewards/rejected": rejected_scores.sum() / pairs,
+            "rewards/margin": (chosen_scores - rejected_scores).sum() / pairs,
         }
 
-    def eval_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def eval_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         chosen_scores, rejected_scores = self._pair_scores(batch)
         losses = pairwise_reward_loss(chosen_scores, rejected_scores, self.train_cfgs.score_regularization)
         return {"loss": losses, "chosen": chosen_scores, "rejected": rejected_scores}

@@ -3,7 +3,8 @@
     <output_dir>/run_config.yaml     the settings the checkpoints were made with
                  checkpoints/step-N  DeepSpeed state + data position + RNG (see checkpoint.py)
                  metrics.jsonl, loss_curve.png, tensorboard/
-                 model/              the final export in Hugging Face format
+                 model/              the final export of the policy in Hugging Face format
+                 model-<name>/       of any other trained model (a critic, ...)
                  train_result.json   written last: the run is complete
 """
 
@@ -21,6 +22,7 @@ RUN_CONFIG_NAME = "run_config.yaml"
 RESULT_NAME = "train_result.json"
 MODEL_DIR_NAME = "model"
 CHECKPOINTS_DIR_NAME = "checkpoints"
+POLICY = "policy"
 
 # Settings a resumed run may change: they do not alter the sequence of updates.
 RESUME_SAFE_KEYS = (
@@ -34,6 +36,11 @@ RESUME_SAFE_KEYS = (
     "logger_cfgs.log_type",
     "logger_cfgs.progress_bar",
 )
+
+
+def model_dir(output_dir: str | Path, name: str = POLICY) -> Path:
+    """Where a trained model of the run is exported: ``model/`` for the policy, ``model-<name>/`` else."""
+    return Path(output_dir) / (MODEL_DIR_NAME if name == POLICY else f"{MODEL_DIR_NAME}-{name}")
 
 
 def run_digest(config: TrainConfig) -> str:

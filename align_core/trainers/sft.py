@@ -6,12 +6,15 @@ import math
 
 import torch
 
+from align_core.data.batch import Batch, forward
 from align_core.losses import sequence_logps, sft_loss
 from align_core.shards.schema import Kind
-from align_core.trainers.base import Trainer
+from align_core.trainers.base import Metrics, StepTotals, Trainer
 
 
 class SFTTrainer(Trainer):
+    """Every trained token of the step weighs the same: the loss is the step's token mean."""
+
     algorithm = "sft"
     dataset_kinds = (Kind.SUPERVISED,)
 
@@ -20,16 +23,16 @@ class SFTTrainer(Trainer):
 
         return load_causal_lm(path, trust_remote_code=self.config.model_cfgs.trust_remote_code)
 
-    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _logits(self, batch: Batch) -> torch.Tensor:
         """(b, L, V) logits; the loss is ours (not the model's), so every algorithm shifts labels alike."""
-        return self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return forward(self.engine, batch, use_cache=False).logits
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss, n_label_tokens = sft_loss(self._logits(batch), batch["labels"])
-        return loss, {"label_tokens": n_label_tokens}
+    def compute_loss(self, batch: Batch, totals: StepTotals) -> tuple[torch.Tensor, Metrics]:
+        nll_sum, n_label_tokens = sft_loss(self._logits(batch), batch.labels)
+        return nll_sum / max(totals.all_trained_tokens, 1.0), {"label_tokens": n_label_tokens.float()}
 
-    def eval_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        sum_logps, _, n_tokens = sequence_logps(self._logits(batch), batch["labels"])
+    def eval_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        sum_logps, _, n_tokens = sequence_logps(self._logits(batch), batch.labels)
         return {"nll": -sum_logps, "label_tokens": n_tokens}
 
     def summarize_eval(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
