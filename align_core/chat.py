@@ -34,9 +34,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from jinja2.exceptions import TemplateError
 from transformers.utils.chat_template_utils import render_jinja_template
@@ -95,7 +96,7 @@ class ModelFormatter:
         self._template_kwargs = dict(getattr(tokenizer, "special_tokens_map", {}) or {})
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False, processor: Any = None) -> "ModelFormatter":
+    def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False, processor: Any = None) -> ModelFormatter:
         """The formatter for a saved model/tokenizer folder, with its family's custom formatter if registered."""
         from align_core.models.registry import chat_formatter_for, load_config, load_tokenizer
 

@@ -15,8 +15,9 @@ silently ignored or overwritten setting.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
@@ -101,7 +102,7 @@ class TrainConfig(_Section):
     logger_cfgs: LoggerCfgs
 
     @model_validator(mode="after")
-    def _absolute_paths(self) -> "TrainConfig":
+    def _absolute_paths(self) -> TrainConfig:
         # Launchers may start ranks in another folder: resolve paths against the caller's cwd once.
         self.data_cfgs.train_datasets = [_absolute(p) for p in self.data_cfgs.train_datasets]
         self.data_cfgs.eval_datasets = [_absolute(p) for p in self.data_cfgs.eval_datasets]

@@ -21,10 +21,11 @@ import multiprocessing
 import os
 import shutil
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
@@ -61,7 +62,7 @@ class MaterializeSpec:
         template_options: dict[str, Any] | None = None,
         template_module: str | None = None,
         rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
-    ) -> "MaterializeSpec":
+    ) -> MaterializeSpec:
         """A spec whose template, options and kind are known to work: bad usage fails here,
         before any source is hashed or any server started."""
         if rows_per_shard < 1:
@@ -161,7 +162,7 @@ def _format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str) -> Fo
             continue
         except UsageError:
             raise
-        except Exception as error:  # a bug in a (user) template must not lose the rest of the data
+        except Exception as error:  # noqa: BLE001  (a bug in a user template must not lose the rest of the data)
             quarantine.append((index, TEMPLATE_EXCEPTION, f"{type(error).__name__}: {error}", raw))
             continue
         samples.add(sample_id(source_sha256, index), index, sample)
@@ -273,7 +274,7 @@ def build_dataset(
         quarantine=quarantine_entry,
         quarantine_reasons=reasons,
         media=list(spec.media),
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         alignflow_version=align_core.__version__,
     )
     manifest.write(staging)  # last: a folder with a manifest is complete

@@ -15,9 +15,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -78,7 +79,7 @@ def detect_format(path: str | os.PathLike) -> str:
         return "jsonl"
     with open(path, "rb") as handle:
         head = handle.read(4096)
-    if head.startswith(ARROW_FILE_MAGIC) or head.startswith(b"\xff\xff\xff\xff"):
+    if head.startswith((ARROW_FILE_MAGIC, b"\xff\xff\xff\xff")):
         return "arrow"
     if head.startswith(b"PAR1"):
         return "parquet"

@@ -33,7 +33,7 @@ def test_a_bad_config_key_exits_2_and_raises_the_childs_error_message(tmp_path):
     assert lines[0].startswith("launching: ") and not any(line.startswith("error:") for line in lines)
 
 
-def test_the_cli_prints_one_error_line_when_the_launched_run_exits_2(tmp_path, sft_data):  # noqa: F811
+def test_the_cli_prints_one_error_line_when_the_launched_run_exits_2(tmp_path, sft_data):
     # The config loads and its data passed its contract, so only the child finds that the model is missing.
     config = write_config(tmp_path / "c.yaml", tmp_path / "no-model", [sft_data], tmp_path / "out")
     outcome = CliRunner().invoke(app, ["train", str(config)])
@@ -43,7 +43,7 @@ def test_the_cli_prints_one_error_line_when_the_launched_run_exits_2(tmp_path, s
     assert outcome.stdout == ""  # stdout is for the model folder only
 
 
-def test_a_missing_result_line_falls_back_to_train_result_json(tmp_path, monkeypatch, sft_data):  # noqa: F811
+def test_a_missing_result_line_falls_back_to_train_result_json(tmp_path, monkeypatch, sft_data):
     config = write_config(tmp_path / "c.yaml", tmp_path / "model", [sft_data], tmp_path / "out")
     recorded = {"config_digest": run_digest(load_config(config)), "model_dir": str(tmp_path / "out" / "model"), "steps": 8}
     (tmp_path / "out").mkdir()
@@ -61,7 +61,7 @@ def test_the_result_line_is_returned_not_emitted(tmp_path, monkeypatch):
     assert lines[1:] == ["step 1/1"]
 
 
-def test_a_crash_names_the_exit_code_the_output_dir_to_resume_from_and_the_last_output(tmp_path, monkeypatch, sft_data):  # noqa: F811
+def test_a_crash_names_the_exit_code_the_output_dir_to_resume_from_and_the_last_output(tmp_path, monkeypatch, sft_data):
     config = write_config(tmp_path / "c.yaml", tmp_path / "model", [sft_data], tmp_path / "out")
     fake_child(monkeypatch, "import sys; print('step 3/8'); print('Traceback: boom', file=sys.stderr); sys.exit(17)")
     with pytest.raises(TrainingFailed) as raised:
@@ -72,7 +72,7 @@ def test_a_crash_names_the_exit_code_the_output_dir_to_resume_from_and_the_last_
     assert str(failure).endswith("Last output:\nstep 3/8\nTraceback: boom")
 
 
-def test_an_exit_0_without_any_result_is_a_failure(tmp_path, monkeypatch, sft_data):  # noqa: F811
+def test_an_exit_0_without_any_result_is_a_failure(tmp_path, monkeypatch, sft_data):
     config = write_config(tmp_path / "c.yaml", tmp_path / "model", [sft_data], tmp_path / "out")
     fake_child(monkeypatch, "print('done?')")
     with pytest.raises(TrainingFailed, match=r"exited 0 but printed no result, and .*/out holds no train_result.json"):

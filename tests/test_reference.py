@@ -28,7 +28,7 @@ MAX_LENGTH = 96
 
 
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory, tiny_model, preference_data, unpaired_data):  # noqa: F811
+def caches(tmp_path_factory, tiny_model, preference_data, unpaired_data):
     root = tmp_path_factory.mktemp("token-cache")
     return {
         "preference": tokenize_dataset(preference_data[1], tiny_model, MAX_LENGTH, cache_root=root),
@@ -37,7 +37,7 @@ def caches(tmp_path_factory, tiny_model, preference_data, unpaired_data):  # noq
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model):  # noqa: F811
+def model(tiny_model):
     from align_core.models.registry import load_causal_lm
 
     return load_causal_lm(tiny_model).eval()
@@ -129,7 +129,7 @@ def test_mismatched_rows_pair_each_row_with_the_next_and_wrap_around(caches):
         assert pair["id"] == rows[index]["id"]
 
 
-def test_mismatched_rows_refuse_a_one_row_dataset(tmp_path, tiny_model):  # noqa: F811
+def test_mismatched_rows_refuse_a_one_row_dataset(tmp_path, tiny_model):
     one_row = materialize_validated(unpaired_rows(2)[:1], "unpaired_preference", tmp_path, "one")
     with pytest.raises(UsageError, match=r"1 row; KTO's reference point pairs rows with each other and needs at least 2"):
         MismatchedRows(TokenDataset(tokenize_dataset(one_row, tiny_model, MAX_LENGTH, cache_root=tmp_path / "cache")))
@@ -138,7 +138,7 @@ def test_mismatched_rows_refuse_a_one_row_dataset(tmp_path, tiny_model):  # noqa
 # ----- the cached column ---------------------------------------------------------------------------
 
 
-def test_column_holds_each_sequence_scored_alone(caches, tiny_model, model):  # noqa: F811
+def test_column_holds_each_sequence_scored_alone(caches, tiny_model, model):
     rows = TokenDataset(caches["preference"])
     folder = compute_reference_logps(caches["preference"], tiny_model, batch_size=5)  # batches pad rows
     logps = read_reference_logps(folder, rows)
@@ -149,7 +149,7 @@ def test_column_holds_each_sequence_scored_alone(caches, tiny_model, model):  # 
             assert logps[index, column] == pytest.approx(expected, abs=2e-4)
 
 
-def test_mismatched_column_scores_each_pair_alone(caches, tiny_model, model):  # noqa: F811
+def test_mismatched_column_scores_each_pair_alone(caches, tiny_model, model):
     rows = TokenDataset(caches["unpaired"])
     logps = read_reference_logps(compute_reference_logps(caches["unpaired"], tiny_model, "mismatched"), rows)
     pairs = MismatchedRows(rows)
@@ -159,7 +159,7 @@ def test_mismatched_column_scores_each_pair_alone(caches, tiny_model, model):  #
         assert logps[index, 0] == pytest.approx(expected, abs=2e-4)
 
 
-def test_second_compute_is_a_hit_that_loads_no_model(caches, tiny_model):  # noqa: F811
+def test_second_compute_is_a_hit_that_loads_no_model(caches, tiny_model):
     folder = compute_reference_logps(caches["preference"], tiny_model)
     written = (folder / "logps.arrow").stat().st_mtime_ns
     # a device that does not exist here: the hit returns before any model would be placed on it
@@ -167,7 +167,7 @@ def test_second_compute_is_a_hit_that_loads_no_model(caches, tiny_model):  # noq
     assert again == folder and (folder / "logps.arrow").stat().st_mtime_ns == written
 
 
-def test_key_changes_with_weights_dtype_and_pairing_not_with_the_path(caches, tiny_model, tmp_path):  # noqa: F811
+def test_key_changes_with_weights_dtype_and_pairing_not_with_the_path(caches, tiny_model, tmp_path):
     from align_core.models.registry import load_causal_lm
 
     cache = caches["preference"]
@@ -187,7 +187,7 @@ def test_key_changes_with_weights_dtype_and_pairing_not_with_the_path(caches, ti
     assert base not in others and len(others) == 3
 
 
-def test_reference_model_with_the_same_tokenizer_saved_differently_is_accepted(caches, tiny_model, tmp_path):  # noqa: F811
+def test_reference_model_with_the_same_tokenizer_saved_differently_is_accepted(caches, tiny_model, tmp_path):
     copy = shutil.copytree(tiny_model, tmp_path / "resaved")
     config = json.loads((copy / "tokenizer_config.json").read_text())
     (copy / "tokenizer_config.json").write_text(json.dumps(config, indent=4, sort_keys=True))  # other bytes, same tokens
@@ -203,7 +203,7 @@ def test_reference_model_with_another_tokenizer_is_refused(caches, tmp_path):
         compute_reference_logps(caches["preference"], other)
 
 
-def test_unknown_pairing_and_a_folder_without_weights_are_refused(caches, tiny_model, tmp_path):  # noqa: F811
+def test_unknown_pairing_and_a_folder_without_weights_are_refused(caches, tiny_model, tmp_path):
     with pytest.raises(UsageError, match=r"pairing must be one of matched, mismatched, got 'shuffled'"):
         compute_reference_logps(caches["preference"], tiny_model, "shuffled")
     (tmp_path / "empty").mkdir()
@@ -212,13 +212,13 @@ def test_unknown_pairing_and_a_folder_without_weights_are_refused(caches, tiny_m
         compute_reference_logps(caches["preference"], tmp_path / "empty")
 
 
-def test_a_column_read_against_other_rows_is_refused(caches, tiny_model):  # noqa: F811
+def test_a_column_read_against_other_rows_is_refused(caches, tiny_model):
     folder = compute_reference_logps(caches["unpaired"], tiny_model)
     with pytest.raises(UsageError, match=r"not row-aligned with token cache"):
         read_reference_logps(folder, TokenDataset(caches["preference"]))
 
 
-def test_a_compute_waits_for_another_one_of_the_same_column(caches, tiny_model):  # noqa: F811
+def test_a_compute_waits_for_another_one_of_the_same_column(caches, tiny_model):
     import fcntl
     import threading
 
@@ -241,7 +241,7 @@ def test_a_compute_waits_for_another_one_of_the_same_column(caches, tiny_model):
 # ----- batching ------------------------------------------------------------------------------------
 
 
-def test_collator_orders_reference_logps_like_the_sequences(caches, tiny_model):  # noqa: F811
+def test_collator_orders_reference_logps_like_the_sequences(caches, tiny_model):
     rows = TokenDataset(caches["preference"])
     logps = read_reference_logps(compute_reference_logps(caches["preference"], tiny_model), rows)
     scored = ScoredRows(rows, logps, MismatchedRows(rows), logps[::-1].copy())
@@ -260,7 +260,7 @@ def test_collator_orders_reference_logps_like_the_sequences(caches, tiny_model):
 # ----- the Prefect task ----------------------------------------------------------------------------
 
 
-def test_reference_task_caches_on_its_column_and_recomputes_a_deleted_one(prefect_harness, caches, tiny_model):  # noqa: F811
+def test_reference_task_caches_on_its_column_and_recomputes_a_deleted_one(prefect_harness, caches, tiny_model):
     from tasks.reference import reference_logps
 
     arguments = {"token_cache_dir": str(caches["preference"]), "reference_model": str(tiny_model), "pairing": "mismatched", "precision": "fp32"}
@@ -280,7 +280,7 @@ def test_reference_task_caches_on_its_column_and_recomputes_a_deleted_one(prefec
     [("dpo", "cached", ["matched"]), ("kto", "cached", ["matched", "mismatched"]), ("simpo", None, []), ("dpo", "live", []),
      ("sft", None, [])],
 )
-def test_reference_steps_submit_what_the_trainer_reads(prefect_harness, caches, tiny_model, algorithm, reference, pairings):  # noqa: F811
+def test_reference_steps_submit_what_the_trainer_reads(prefect_harness, caches, tiny_model, algorithm, reference, pairings):
     from prefect import flow
 
     from align_core.config import build_config

@@ -15,7 +15,14 @@ import pyarrow as pa
 import pytest
 
 from align_core.chat import ModelFormatter
-from align_core.data import IGNORE_INDEX, ConversationEncoder, TokenDataset, Truncation, token_cache_key, tokenize_dataset
+from align_core.data import (
+    IGNORE_INDEX,
+    ConversationEncoder,
+    TokenDataset,
+    Truncation,
+    token_cache_key,
+    tokenize_dataset,
+)
 from align_core.data.token_cache import read_token_manifest
 from align_core.errors import UsageError
 from align_core.models.tiny import build_tiny_tokenizer
@@ -84,7 +91,7 @@ class Pieces:
         self.ids: list[int] = []
         self.trained: list[bool] = []
 
-    def add(self, text_or_token: str, trained: bool = False) -> "Pieces":
+    def add(self, text_or_token: str, trained: bool = False) -> Pieces:
         if text_or_token in self.tokenizer.all_special_tokens:
             ids = [self.tokenizer.convert_tokens_to_ids(text_or_token)]
         else:
@@ -93,7 +100,7 @@ class Pieces:
         self.trained += [trained] * len(ids)
         return self
 
-    def turn(self, role: str, text: str, trained: bool = False) -> "Pieces":
+    def turn(self, role: str, text: str, trained: bool = False) -> Pieces:
         """``<|im_start|>role\\ntext<|im_end|>\\n``, with the text and end token trained if asked."""
         self.add("<|im_start|>").add(f"{role}\n")
         return self.add(text, trained).add("<|im_end|>", trained).add("\n")
@@ -234,7 +241,7 @@ def _lengths(formatter, kind, rows):
 
 def test_drop_policy_drops_long_rows_and_counts_them(formatter):
     rows = [{"messages": [user("Hi."), assistant("Hello.")]}, {"messages": [user(LONG_PROMPT), assistant("Cold.")]}]
-    short, long = _lengths(formatter, Kind.SUPERVISED, rows)
+    short, _ = _lengths(formatter, Kind.SUPERVISED, rows)
     kept, outcomes = encode_rows(formatter, Kind.SUPERVISED, rows, max_length=short + 5)
     assert [row.id for row in kept] == ["row-0"]
     assert outcomes["kept"] == 1 and outcomes["dropped_too_long"] == 1
@@ -394,9 +401,9 @@ def test_tokenize_task_caches_on_the_key_and_rebuilds_a_deleted_folder(
 ):
     from tasks.tokenize import tokenize
 
-    arguments = dict(dataset_dir=str(supervised_dataset), tokenizer_path=str(tokenizer_dir), max_length=72, cache_root=str(tmp_path))
+    arguments = {"dataset_dir": str(supervised_dataset), "tokenizer_path": str(tokenizer_dir), "max_length": 72, "cache_root": str(tmp_path)}
     first = tokenize(**arguments, return_state=True)
-    assert first.is_completed() and not first.name == "Cached"
+    assert first.is_completed() and first.name != "Cached"
     folder = Path(first.result())
     assert TokenDataset(folder).manifest["counts"]["rows_out"] == 3
     tokenize(**arguments)  # the folder exists now: this run stores the cache entry

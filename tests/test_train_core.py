@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_data import launch, materialize_validated, read_jsonl, tiny_model, write_config  # noqa: F401
 
 from align_core.config import load_config
 from align_core.launch import run as run_in_process
-from train_data import launch, materialize_validated, read_jsonl, tiny_model, write_config  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_UPDATE_TRAINER = REPO / "tests" / "two_update_trainer.py"
@@ -76,7 +76,7 @@ def token_mean_nll(model: Path, data: Path, cache: Path) -> float:
 
 
 @pytest.mark.slow
-def test_the_same_rows_give_the_same_update_whatever_the_batch_split(tmp_path, tiny_model, four_rows):  # noqa: F811
+def test_the_same_rows_give_the_same_update_whatever_the_batch_split(tmp_path, tiny_model, four_rows):
     reference_update, reference_loss = one_step(tmp_path, tiny_model, four_rows, "b4-ga1", batch=4, accumulation=1)
     assert reference_loss == pytest.approx(token_mean_nll(tiny_model, four_rows, tmp_path / "cache"), rel=1e-5)
     for name, batch, accumulation, nproc in [("b2-ga2", 2, 2, 1), ("b1-ga4", 1, 4, 1), ("b2-2ranks", 2, 1, 2)]:
@@ -87,7 +87,7 @@ def test_the_same_rows_give_the_same_update_whatever_the_batch_split(tmp_path, t
 
 
 @pytest.mark.slow
-def test_a_step_whose_accumulation_crosses_an_epoch_boundary_logs_its_own_mean(tmp_path, tiny_model):  # noqa: F811
+def test_a_step_whose_accumulation_crosses_an_epoch_boundary_logs_its_own_mean(tmp_path, tiny_model):
     from train_data import preference_rows
 
     data = materialize_validated(preference_rows(6), "preference", tmp_path, "six")
@@ -116,7 +116,7 @@ def sft_rows(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_an_algorithm_with_its_own_step_and_several_models_trains_and_resumes_exactly(tmp_path, tiny_model, sft_rows):  # noqa: F811
+def test_an_algorithm_with_its_own_step_and_several_models_trains_and_resumes_exactly(tmp_path, tiny_model, sft_rows):
     from align_core.trainers import get_trainer
 
     config = load_config(two_update_config(tmp_path, tiny_model, sft_rows, "whole"))

@@ -14,7 +14,7 @@ from alignflow.cli import app
 
 
 @pytest.mark.slow
-def test_two_ranks_at_zero3_train_and_export_the_gathered_model(tmp_path, tiny_model, sft_data):  # noqa: F811
+def test_two_ranks_at_zero3_train_and_export_the_gathered_model(tmp_path, tiny_model, sft_data):
     from align_core.data import TokenDataset, tokenize_dataset
     from align_core.losses import sequence_logps
     from align_core.models.registry import load_causal_lm
@@ -42,7 +42,7 @@ def test_two_ranks_at_zero3_train_and_export_the_gathered_model(tmp_path, tiny_m
     assert (-sum_logps.sum() / n_tokens.sum()).item() == pytest.approx(result["eval"]["eval/loss"], rel=1e-4)
 
 
-def test_cli_refuses_a_dataset_without_a_passed_contract(tmp_path, tiny_model):  # noqa: F811
+def test_cli_refuses_a_dataset_without_a_passed_contract(tmp_path, tiny_model):
     from align_core.materialize import materialize_dataset
 
     source = tmp_path / "rows.jsonl"
@@ -55,7 +55,7 @@ def test_cli_refuses_a_dataset_without_a_passed_contract(tmp_path, tiny_model): 
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_names_an_unknown_override_key(tmp_path, tiny_model, sft_data):  # noqa: F811
+def test_cli_names_an_unknown_override_key(tmp_path, tiny_model, sft_data):
     config = write_config(tmp_path / "c.yaml", tiny_model, [sft_data], tmp_path / "out")
     outcome = CliRunner().invoke(app, ["train", str(config), "train_cfgs.max_step=3"])
     assert outcome.exit_code == 2

@@ -52,7 +52,7 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model, preference_data, unpaired_data):  # noqa: F811
+def trained(tmp_path_factory, tiny_model, preference_data, unpaired_data):
     """``trained(case, reference="cached")``: one uninterrupted in-process run per case, made once."""
     runs: dict[tuple[str, str], Run] = {}
 
@@ -89,7 +89,7 @@ def test_each_trainer_lowers_its_loss_and_reports_rewards(trained, case):
 
 
 @pytest.mark.slow
-def test_exported_dpo_policy_is_a_plain_causal_lm_that_reproduces_the_eval_rewards(trained, tiny_model, preference_data):  # noqa: F811
+def test_exported_dpo_policy_is_a_plain_causal_lm_that_reproduces_the_eval_rewards(trained, tiny_model, preference_data):
     from transformers import AutoModelForCausalLM
 
     from align_core.data import TokenDataset, tokenize_dataset
@@ -171,7 +171,7 @@ def test_kto_on_a_preference_batch_makes_the_chosen_half_desirable():
 
 
 @pytest.mark.slow
-def test_dpo_refuses_an_unpaired_dataset(tmp_path, tiny_model, unpaired_data):  # noqa: F811
+def test_dpo_refuses_an_unpaired_dataset(tmp_path, tiny_model, unpaired_data):
     from align_core.launch import run as run_in_process
 
     config = write_config(tmp_path / "bad.yaml", tiny_model, [unpaired_data[0]], tmp_path / "out", {"train_cfgs": {"algorithm": "dpo"}})
@@ -180,7 +180,7 @@ def test_dpo_refuses_an_unpaired_dataset(tmp_path, tiny_model, unpaired_data):  
 
 
 @pytest.mark.slow
-def test_two_ranks_train_kto_on_one_precomputed_reference(tmp_path, tiny_model, preference_data):  # noqa: F811
+def test_two_ranks_train_kto_on_one_precomputed_reference(tmp_path, tiny_model, preference_data):
     config = write_config(
         tmp_path / "kto.yaml", tiny_model, [preference_data[0]], tmp_path / "out",
         {"train_cfgs": {"algorithm": "kto", "max_steps": 4, "learning_rate": 1e-3, "zero_stage": 2, "precision": "fp32"}},

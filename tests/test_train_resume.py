@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from train_data import launch, read_jsonl, sft_data, tiny_model, write_config  # noqa: F401
 
 from align_core.launch import run
-from train_data import launch, read_jsonl, sft_data, tiny_model, write_config  # noqa: F401
 
 SETTINGS = {
     "train_cfgs": {
@@ -19,7 +19,7 @@ SETTINGS = {
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_loss_sequence(tmp_path, tiny_model, sft_data):  # noqa: F811
+def test_killed_run_resumes_to_the_same_loss_sequence(tmp_path, tiny_model, sft_data):
     uninterrupted = write_config(tmp_path / "a.yaml", tiny_model, [sft_data], tmp_path / "a", SETTINGS)
     run(uninterrupted)  # in-process: the same computation as a launched single rank
 

@@ -10,7 +10,7 @@ from align_core.launch import run
 
 
 @pytest.fixture(scope="module")
-def rm_run(tmp_path_factory, tiny_model, preference_data):  # noqa: F811
+def rm_run(tmp_path_factory, tiny_model, preference_data):
     train, evaluation = preference_data
     root = tmp_path_factory.mktemp("rm-run")
     config = write_config(

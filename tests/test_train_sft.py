@@ -13,7 +13,7 @@ from align_core.trainers.rundir import RESULT_NAME
 
 
 @pytest.fixture(scope="module")
-def sft_run(tmp_path_factory, tiny_model, sft_data):  # noqa: F811
+def sft_run(tmp_path_factory, tiny_model, sft_data):
     root = tmp_path_factory.mktemp("sft-run")
     config = write_config(
         root / "sft.yaml", tiny_model, [sft_data], root / "out",
@@ -71,7 +71,7 @@ def test_same_output_dir_with_other_settings_is_refused(sft_run):
 
 
 @pytest.mark.slow
-def test_sft_refuses_a_preference_dataset(tmp_path, tiny_model, preference_data):  # noqa: F811
+def test_sft_refuses_a_preference_dataset(tmp_path, tiny_model, preference_data):
     config = write_config(tmp_path / "bad.yaml", tiny_model, [preference_data[0]], tmp_path / "out")
     with pytest.raises(UsageError, match=r"a preference dataset; sft trains on supervised datasets"):
         run(config)

@@ -30,7 +30,7 @@ def flow_run_logs(state) -> list[str]:
 
 
 @pytest.mark.slow
-def test_task_streams_the_log_fails_on_a_crash_and_resumes_on_rerun(prefect_harness, tmp_path, tiny_model, sft_data):  # noqa: F811
+def test_task_streams_the_log_fails_on_a_crash_and_resumes_on_rerun(prefect_harness, tmp_path, tiny_model, sft_data):
     config = str(write_config(tmp_path / "t.yaml", tiny_model, [sft_data], tmp_path / "out", {"train_cfgs": {"max_steps": 6, "save_interval": 2}}))
 
     crashed = train_flow(config, ["train_cfgs.debug_stop_after_steps=3"], return_state=True)
@@ -56,7 +56,7 @@ def test_task_streams_the_log_fails_on_a_crash_and_resumes_on_rerun(prefect_harn
     assert not any(line.startswith("launching: ") for line in flow_run_logs(again))
 
 
-def test_task_refuses_a_dataset_that_failed_or_lacks_its_contract(prefect_harness, tmp_path, tiny_model):  # noqa: F811
+def test_task_refuses_a_dataset_that_failed_or_lacks_its_contract(prefect_harness, tmp_path, tiny_model):
     from align_core.materialize import materialize_dataset
     from data_contracts.gate import ValidationGateError
 

@@ -16,8 +16,9 @@ Padding: ``pad_token_id`` in ``input_ids``, 0 in ``attention_mask``, -100 in ``l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

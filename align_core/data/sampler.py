@@ -16,7 +16,7 @@ plain shuffled distributed order with the same (seed, epoch, rank) semantics.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch

@@ -248,7 +248,7 @@ def tokenize_dataset(
         "counts": {"rows_in": dataset.num_rows, "rows_out": rows_out, **outcomes, "tokens": tokens, "label_tokens": labelled},
         "rows": rows_out,
         "shards": shards,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "alignflow_version": align_core.__version__,
     }
     atomic_write_json(staging / MANIFEST_NAME, manifest)

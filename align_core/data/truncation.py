@@ -61,7 +61,7 @@ class PromptCuts:
     ends: tuple[int, ...]
     response_start: int
 
-    def shifted(self, start: int, count: int) -> "PromptCuts":
+    def shifted(self, start: int, count: int) -> PromptCuts:
         """The same cut points once tokens ``[start, start + count)`` are gone."""
         removed = range(start + 1, start + count)  # ends inside the removed tokens no longer start a message
         ends = tuple(end if end <= start else end - count for end in self.ends if end not in removed)
@@ -81,7 +81,7 @@ class EncodedSequence:
     def has_labels(self) -> bool:
         return self.labels is not None and any(label != IGNORE_INDEX for label in self.labels)
 
-    def drop_tokens(self, start: int, count: int) -> "EncodedSequence":
+    def drop_tokens(self, start: int, count: int) -> EncodedSequence:
         """Without tokens ``[start, start + count)``."""
         def cut(values):
             return values[:start] + values[start + count :]

@@ -23,7 +23,13 @@ from align_core.reference.cache import (
 )
 from align_core.reference.mismatched import MismatchedRows, mismatched_sequence
 from align_core.reference.rows import ScoredCollator, ScoredRows
-from align_core.reference.scoring import ResponseScorer, SequenceLogps, load_frozen_scorer, response_logps, score_sequences
+from align_core.reference.scoring import (
+    ResponseScorer,
+    SequenceLogps,
+    load_frozen_scorer,
+    response_logps,
+    score_sequences,
+)
 
 __all__ = [
     "PAIRINGS",

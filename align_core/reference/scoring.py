@@ -13,8 +13,9 @@ the weights they hold.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +42,11 @@ class SequenceLogps:
     n_tokens: torch.Tensor
 
     @classmethod
-    def from_sum(cls, sum_logps: torch.Tensor, n_tokens: torch.Tensor) -> "SequenceLogps":
+    def from_sum(cls, sum_logps: torch.Tensor, n_tokens: torch.Tensor) -> SequenceLogps:
         """Cached reference log-probs keep only the sum; the mean divides by the same token counts."""
         return cls(sum_logps, sum_logps / n_tokens.clamp(min=1), n_tokens)
 
-    def halves(self) -> tuple["SequenceLogps", "SequenceLogps"]:
+    def halves(self) -> tuple[SequenceLogps, SequenceLogps]:
         """(chosen, rejected) of a (2b,) preference batch, which stacks chosen rows before rejected ones."""
         sums, means, counts = self.sum.chunk(2), self.mean.chunk(2), self.n_tokens.chunk(2)
         return SequenceLogps(sums[0], means[0], counts[0]), SequenceLogps(sums[1], means[1], counts[1])

@@ -11,7 +11,8 @@ path of materialisation, and this is several times faster than ``pa.array(list_o
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 

@@ -50,7 +50,7 @@ class Manifest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
         data = dict(data)
         data["shards"] = [FileEntry(**entry) for entry in data["shards"]]
         data["quarantine"] = FileEntry(**data["quarantine"])

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import inspect
-import sys
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from align_core.errors import UsageError
-from align_core.user_modules import import_user_module
 from align_core.templates.base import Template
+from align_core.user_modules import import_user_module
 
 _REGISTRY: dict[str, type[Template]] = {}
 

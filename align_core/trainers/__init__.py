@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 from align_core.config import TrainCfgs
 from align_core.errors import UsageError
 from align_core.trainers.base import Trainer

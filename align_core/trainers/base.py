@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
@@ -431,8 +432,8 @@ class Trainer:
             for position, row in enumerate(rank_indices):
                 if row not in seen:
                     seen.add(row)
-                    for name in merged:
-                        merged[name].append(rank_columns[name][position])
+                    for name, values in merged.items():
+                        values.append(rank_columns[name][position])
         summary = self.summarize_eval({name: torch.stack(values) for name, values in merged.items()})
         return {f"eval/{name}": value for name, value in summary.items()}
 

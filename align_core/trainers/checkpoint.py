@@ -8,6 +8,7 @@ saving leaves only a staging folder, which the next run removes. The last ``keep
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 import shutil
@@ -64,7 +65,7 @@ def load_rng_file(path: Path) -> dict[str, Any]:
     """An RNG file, refused (not executed) when it holds anything but tensors and plain values."""
     try:
         return torch.load(path, weights_only=True)
-    except Exception as error:  # the unpickler's refusal of a non-allow-listed global
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # refused global, or not a torch file
         raise UsageError(f"{path}: not a plain RNG state file, refused ({str(error).splitlines()[0]})") from None
 
 

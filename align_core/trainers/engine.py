@@ -12,9 +12,10 @@ import contextlib
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ def setup_distributed() -> DistInfo:
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     get_accelerator().set_device(local_rank)
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
 

@@ -25,7 +25,6 @@ from align_core.shards.schema import Kind
 from align_core.trainers.base import Metrics
 from align_core.trainers.response_logps import PerExample, ReferenceSettings, ResponseLogpsTrainer
 
-
 # Means over the rows of one label: a micro-batch may hold none (length grouping even sorts the
 # short undesirable answers together), so training sums them per label and divides once per step.
 LABEL_MEANS = ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")

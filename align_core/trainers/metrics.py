@@ -83,7 +83,7 @@ class MetricsLogger:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(self.output_dir) if r["step"] <= start_step]
         atomic_write_text(self.output_dir / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in kept))
-        self._file = open(self.output_dir / METRICS_NAME, "a")
+        self._file = open(self.output_dir / METRICS_NAME, "a")  # noqa: SIM115  (open for the run; close() shuts it)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -12,8 +12,6 @@ rewards/accuracy (chosen reward above rejected), rewards/margin, logps/chosen, l
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 

@@ -83,7 +83,7 @@ class ResponseLogpsTrainer(Trainer):
         columns = {}
         if self.cached_reference:
             for pairing in self.reference_pairings:
-                folder = self.local_main_first(lambda: self._compute_reference(rows, pairing))
+                folder = self.local_main_first(lambda pairing=pairing: self._compute_reference(rows, pairing))
                 columns[pairing] = read_reference_logps(folder, rows)
         mismatched = MismatchedRows(rows) if "mismatched" in self.reference_pairings else None
         return ScoredRows(rows, columns.get("matched"), mismatched, columns.get("mismatched"))
