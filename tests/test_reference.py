@@ -261,9 +261,11 @@ def test_collator_orders_reference_logps_like_the_sequences(caches, tiny_model):
 
 
 def test_reference_task_caches_on_its_column_and_recomputes_a_deleted_one(prefect_harness, caches, tiny_model):
+    from align_core.reference import ReferenceSpec
     from tasks.reference import reference_logps
 
-    arguments = {"token_cache_dir": str(caches["preference"]), "reference_model": str(tiny_model), "pairing": "mismatched", "precision": "fp32"}
+    spec = ReferenceSpec(token_cache_dir=str(caches["preference"]), reference_model=str(tiny_model), pairing="mismatched")
+    arguments = {"spec": spec}
     folder = reference_dir(caches["preference"], tiny_model, "mismatched", torch.float32)
     shutil.rmtree(folder, ignore_errors=True)
     first = reference_logps(**arguments, return_state=True)
@@ -297,7 +299,7 @@ def test_reference_steps_submit_what_the_trainer_reads(prefect_harness, caches, 
 
     @flow(name="reference-steps-test")
     def submit(cache: str) -> list[str]:
-        return [future.result() for future in reference_steps(config, [cache])]
+        return [future.result() for future in reference_steps(config, {cache: None})]
 
     folders = submit(str(caches["unpaired"]))
     assert folders == [str(reference_dir(caches["unpaired"], tiny_model, pairing, torch.float32)) for pairing in pairings]

@@ -399,16 +399,19 @@ def test_missing_cache_folder_is_a_clear_error(tmp_path):
 def test_tokenize_task_caches_on_the_key_and_rebuilds_a_deleted_folder(
     prefect_harness, supervised_dataset, tokenizer_dir, tmp_path
 ):
+    from align_core.data.token_cache import TokenizeSpec
     from tasks.tokenize import tokenize
 
-    arguments = {"dataset_dir": str(supervised_dataset), "tokenizer_path": str(tokenizer_dir), "max_length": 72, "cache_root": str(tmp_path)}
+    spec = TokenizeSpec(dataset_dir=str(supervised_dataset), tokenizer_path=str(tokenizer_dir), max_length=72,
+                        cache_root=str(tmp_path))
+    arguments = {"spec": spec}
     first = tokenize(**arguments, return_state=True)
     assert first.is_completed() and first.name != "Cached"
     folder = Path(first.result())
     assert TokenDataset(folder).manifest["counts"]["rows_out"] == 3
     tokenize(**arguments)  # the folder exists now: this run stores the cache entry
     assert tokenize(**arguments, return_state=True).name == "Cached"
-    changed = tokenize(**{**arguments, "max_length": 512}, return_state=True)
+    changed = tokenize(spec.model_copy(update={"max_length": 512}), return_state=True)
     assert changed.name != "Cached" and Path(changed.result()) != folder
     shutil.rmtree(folder)
     rebuilt = tokenize(**arguments, return_state=True)

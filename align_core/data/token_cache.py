@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
 
 import align_core
 import align_core.chat as chat_module
@@ -124,6 +125,42 @@ def token_cache_key(
     formatter = ModelFormatter.from_pretrained(tokenizer_path, trust_remote_code)
     inputs = cache_key_inputs(ShardDataset(dataset_dir), formatter, tokenizer_path, max_length, truncation, assistant_turns)
     return sha256_json(inputs)
+
+
+class TokenizeSpec(BaseModel):
+    """Everything that decides one token cache. Built once from a training config
+    (``align_core.trainers.cached_steps.tokenize_specs``); the trainer and the Prefect task both key
+    and build the cache from it, so the two can never disagree on a key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset_dir: str
+    tokenizer_path: str
+    max_length: int
+    truncation: str = "drop"
+    assistant_turns: str = "all"
+    trust_remote_code: bool = False
+    cache_root: str | None = None
+
+    def root(self) -> Path:
+        return Path(self.cache_root).absolute() if self.cache_root else default_cache_root()
+
+    def key(self) -> str:
+        return token_cache_key(
+            self.dataset_dir, self.tokenizer_path, self.max_length, self.truncation,
+            assistant_turns=self.assistant_turns, trust_remote_code=self.trust_remote_code,
+        )
+
+    def cache_dir(self) -> Path:
+        """Where the cache is (complete once its manifest exists), without tokenising anything."""
+        return self.root() / self.key()
+
+    def build(self) -> Path:
+        """The cache folder, tokenised now unless it is already complete."""
+        return tokenize_dataset(
+            self.dataset_dir, self.tokenizer_path, self.max_length, self.truncation, self.root(),
+            assistant_turns=self.assistant_turns, trust_remote_code=self.trust_remote_code,
+        )
 
 
 def is_complete(cache_dir: str | Path) -> bool:

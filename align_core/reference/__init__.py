@@ -15,6 +15,7 @@ Public API::
 
 from align_core.reference.cache import (
     PAIRINGS,
+    ReferenceSpec,
     compute_reference_logps,
     is_complete,
     model_weights_digest,
@@ -34,6 +35,7 @@ from align_core.reference.scoring import (
 __all__ = [
     "PAIRINGS",
     "MismatchedRows",
+    "ReferenceSpec",
     "ResponseScorer",
     "ScoredCollator",
     "ScoredRows",

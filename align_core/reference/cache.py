@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+from pydantic import BaseModel, ConfigDict
 
 import align_core.losses.logps as logps_module
 import align_core.reference.mismatched as mismatched_module
@@ -91,6 +92,34 @@ def reference_key(token_cache_dir: str | Path, reference_model: str | Path, pair
 def reference_dir(token_cache_dir: str | Path, reference_model: str | Path, pairing: str, dtype: torch.dtype) -> Path:
     """Where the column for these inputs lives (complete once its manifest exists)."""
     return Path(token_cache_dir) / REFERENCE_SUBDIR / reference_key(token_cache_dir, reference_model, pairing, dtype)
+
+
+class ReferenceSpec(BaseModel):
+    """Everything that decides one reference column. Built once from a training config
+    (``align_core.trainers.cached_steps.reference_specs``); the trainer and the Prefect task both key
+    and build the column from it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    token_cache_dir: str
+    reference_model: str
+    pairing: str = "matched"
+    dtype: str = "float32"  # a torch dtype name: the compute dtype is part of the key
+    batch_size: int = 8
+    trust_remote_code: bool = False
+
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def folder(self) -> Path:
+        """Where the column is (complete once its manifest exists); needs the token cache's manifest."""
+        return reference_dir(self.token_cache_dir, self.reference_model, self.pairing, self.torch_dtype())
+
+    def build(self, device: str | torch.device = "cpu") -> Path:
+        return compute_reference_logps(
+            self.token_cache_dir, self.reference_model, self.pairing, dtype=self.torch_dtype(),
+            batch_size=self.batch_size, device=device, trust_remote_code=self.trust_remote_code,
+        )
 
 
 def is_complete(folder: str | Path) -> bool:

@@ -134,25 +134,17 @@ class Trainer:
         Each folder is tokenised into the token cache (a hit when already there): one rank per node
         first, the others after it, so they read the cache rather than race to build it.
         """
-        from align_core.data.token_cache import tokenize_dataset
         from align_core.data.token_dataset import TokenDataset
+        from align_core.trainers.cached_steps import tokenize_specs
 
-        data_cfgs, model_cfgs = self.config.data_cfgs, self.config.model_cfgs
+        data_cfgs = self.config.data_cfgs
         kinds = {folder: ShardDataset(folder).kind for folder in dataset_dirs}
         for folder, kind in kinds.items():
             if kind not in self.dataset_kinds:
                 expected = " or ".join(k.value for k in self.dataset_kinds)
                 raise UsageError(f"{folder}: a {kind.value} dataset; {self.algorithm} trains on {expected} datasets")
-        caches = self.local_main_first(
-            lambda: [
-                tokenize_dataset(
-                    folder, model_cfgs.model_name_or_path, data_cfgs.max_length, data_cfgs.truncation,
-                    data_cfgs.token_cache_dir, assistant_turns=data_cfgs.assistant_turns,
-                    trust_remote_code=model_cfgs.trust_remote_code,
-                )
-                for folder in dataset_dirs
-            ]
-        )
+        specs = tokenize_specs(self.config, dataset_dirs)
+        caches = self.local_main_first(lambda: [spec.build() for spec in specs])
         parts = [TokenDataset(cache) for cache in caches]
         for folder, part in zip(dataset_dirs, parts):
             if len(part) == 0:

@@ -24,12 +24,12 @@ from align_core.reference import (
     ScoredCollator,
     ScoredRows,
     SequenceLogps,
-    compute_reference_logps,
     load_frozen_scorer,
     read_reference_logps,
     score_sequences,
 )
 from align_core.trainers.base import POLICY, Metrics, ModelRole, StepTotals, Trainer
+from align_core.trainers.cached_steps import reference_specs
 from align_core.trainers.engine import resolve_dtype
 
 PerExample = dict[str, torch.Tensor]  # name -> (n,) one value per pair or row
@@ -80,27 +80,16 @@ class ResponseLogpsTrainer(Trainer):
         return (scored[0] if len(scored) == 1 else ConcatDataset(scored)), lengths, ScoredCollator(collate)
 
     def _scored_rows(self, rows: TokenDataset) -> ScoredRows:
-        columns = {}
-        if self.cached_reference:
-            for pairing in self.reference_pairings:
-                folder = self.local_main_first(lambda pairing=pairing: self._compute_reference(rows, pairing))
-                columns[pairing] = read_reference_logps(folder, rows)
-        mismatched = MismatchedRows(rows) if "mismatched" in self.reference_pairings else None
-        return ScoredRows(rows, columns.get("matched"), mismatched, columns.get("mismatched"))
-
-    def _compute_reference(self, rows: TokenDataset, pairing: str):
-        """The cached column (a hit when the pipeline's reference task already made it)."""
         from deepspeed.accelerator import get_accelerator
 
-        return compute_reference_logps(
-            rows.path,
-            self.reference_model_path(),
-            pairing,
-            dtype=resolve_dtype(self.train_cfgs.precision),
-            batch_size=self.train_cfgs.per_device_eval_batch_size,
-            device=get_accelerator().current_device_name(),
-            trust_remote_code=self.config.model_cfgs.trust_remote_code,
-        )
+        device = get_accelerator().current_device_name()
+        columns = {}
+        for spec in reference_specs(self.config, rows.path):  # none with reference: live
+            # a hit when the pipeline's reference task already made the column
+            folder = self.local_main_first(lambda spec=spec: spec.build(device))
+            columns[spec.pairing] = read_reference_logps(folder, rows)
+        mismatched = MismatchedRows(rows) if "mismatched" in self.reference_pairings else None
+        return ScoredRows(rows, columns.get("matched"), mismatched, columns.get("mismatched"))
 
     # ----- the algorithm: per-example values and their metrics ---------------------------------------
 
