@@ -3,8 +3,8 @@
     python -m alignflow.demo [--out demo_out] [--rows 300]
 
 Writes the sample datasets (train and eval splits from different seeds), copies the demo pipeline
-next to them, runs it, and prints where the shards, reports, checkpoints and TensorBoard logs are.
-Rerunning is cheap: every finished step is a cache hit.
+next to them, runs it, and prints where the shards, reports, checkpoints and TensorBoard logs are,
+then the table of the run's steps. Rerunning is cheap: every finished step is a cache hit (Cached).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def print_outputs(summary: dict, seconds: float) -> None:
     print("\ntraining jobs (checkpoints, final model, metrics):")
     for name, result in summary["jobs"].items():
         run_dir = Path(result["model_dir"]).parent
-        evaluation = ", ".join(f"{key} {value:.3f}" for key, value in sorted(result.get("eval", {}).items()) if isinstance(value, (int, float)))
+        metrics = sorted(result.get("eval", {}).items())
+        evaluation = ", ".join(f"{key} {value:.3f}" for key, value in metrics if isinstance(value, (int, float)))
         print(f"  {name:<5} {result['algorithm']:<4} {result['steps']:>4} steps  model: {result['model_dir']}")
         print(f"  {'':<5} eval: {evaluation or '-'}")
         print(f"  {'':<5} run folder: {run_dir}")
@@ -57,11 +58,15 @@ def main() -> None:
     pipeline_path = prepare(out, args.rows)
     print(f"demo data and pipeline in {out}; running the pipeline (first run builds everything)...", flush=True)
 
+    from alignflow.commands.pipeline import report_run
     from flows.pipeline import pipeline
+    from flows.pipeline_config import load_pipeline
 
     start = time.perf_counter()
-    summary = pipeline(config=str(pipeline_path))
-    print_outputs(summary, time.perf_counter() - start)
+    state = pipeline(config=str(pipeline_path), return_state=True)
+    if state.is_completed():
+        print_outputs(state.result(), time.perf_counter() - start)
+    report_run(state, load_pipeline(pipeline_path))  # the table of steps; exits non-zero when the run failed
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ jobs:
   dpo: {algorithm: dpo, model: sft, train: [hh]}   # model: a job's name -> trains from its output
 ```
 
-A job whose ``model`` (or ``reward_model``) names another job depends on it and runs after it;
-other jobs run concurrently. ``config`` holds training-config sections (see ``align_core.config``);
-the pipeline fills in the model, the datasets and the output folder.
+A job whose ``model`` names another job depends on it and runs after it (``after: [job]`` adds an
+ordering); other jobs run concurrently. ``config`` holds training-config sections (see
+``align_core.config``); the pipeline fills in the model, the datasets and the output folder. Any
+other key is an error naming it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from align_core.errors import UsageError
-
-MODALITIES = ("text",)  # image/audio/video join with the multimodal work
 
 
 class _Strict(BaseModel):
@@ -48,7 +47,7 @@ class ModelEntry(_Strict):
     tiny: TinyModelSpec | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ModelEntry":
+    def _one_source(self) -> ModelEntry:
         if (self.path is None) == (self.tiny is None):
             raise ValueError("give exactly one of 'path' or 'tiny'")
         return self
@@ -66,9 +65,7 @@ class DatasetEntry(_Strict):
 
 class JobEntry(_Strict):
     algorithm: str
-    modality: str = "text"
     model: str = Field(description="a models entry, or another job whose trained model this one starts from")
-    reward_model: str | None = Field(None, description="ppo: a models entry or a reward-model job")
     train: list[str] = Field(min_length=1)
     eval: list[str] = []
     config: dict[str, dict[str, Any]] = {}
@@ -83,14 +80,10 @@ class PipelineConfig(_Strict):
     jobs: dict[str, JobEntry] = {}
 
     @model_validator(mode="after")
-    def _references(self) -> "PipelineConfig":
+    def _references(self) -> PipelineConfig:
         for name, job in self.jobs.items():
-            if job.modality not in MODALITIES:
-                raise ValueError(f"jobs.{name}.modality: {job.modality!r} is not supported yet; supported: {', '.join(MODALITIES)}")
-            for role in ("model", "reward_model"):
-                ref = getattr(job, role)
-                if ref is not None and ref not in self.models and ref not in self.jobs:
-                    raise ValueError(f"jobs.{name}.{role}: {ref!r} is neither a models entry nor a job")
+            if job.model not in self.models and job.model not in self.jobs:
+                raise ValueError(f"jobs.{name}.model: {job.model!r} is neither a models entry nor a job")
             for dataset in [*job.train, *job.eval]:
                 if dataset not in self.datasets:
                     raise ValueError(f"jobs.{name}: dataset {dataset!r} is not in datasets ({', '.join(self.datasets)})")
@@ -102,7 +95,7 @@ class PipelineConfig(_Strict):
 
     def dependencies(self, name: str) -> list[str]:
         job = self.jobs[name]
-        refs = [job.model, job.reward_model, *job.after]
+        refs = [job.model, *job.after]
         return [ref for ref in dict.fromkeys(refs) if ref in self.jobs]
 
     def job_order(self) -> list[list[str]]:

@@ -1,4 +1,5 @@
-"""The end-to-end pipeline on tiny models under a real Prefect server: outputs, caching, failure + resume."""
+"""The end-to-end pipeline on tiny models under a real Prefect server: outputs, caching, failure + resume,
+and the table of steps ``alignflow pipeline run`` prints for each."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId, TaskRunFilter, TaskRunFilterFlowRunId
+from typer.testing import CliRunner
 
 from align_core.errors import UsageError
+from alignflow.cli import app
 from alignflow.samples import write_samples
+from flows.pipeline import read_steps, step_rows
 from flows.pipeline_config import load_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -40,19 +42,39 @@ def pipeline_yaml(folder: Path, sft_train: dict | None = None) -> Path:
     return path
 
 
-def all_task_states(flow_run_id) -> dict[str, str]:
-    """Task name -> state name, across the flow run and its subflows (materialise runs as one)."""
-    states: dict[str, str] = {}
-    with get_client(sync_client=True) as client:
-        pending = [flow_run_id]
-        while pending:
-            run_id = pending.pop()
-            for task_run in client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]))):
-                key = task_run.name.rsplit("-", 1)[0]
-                states.setdefault(key, set()).add(task_run.state.name)
-                children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[task_run.id])))
-                pending.extend(child.id for child in children)
-    return {key: "/".join(sorted(values)) for key, values in states.items()}
+STEPS = [
+    *(
+        f"materialize[{dataset}]/{task}"
+        for dataset in ("alpaca", "hh")
+        for task in ("fingerprint-source", "build-shards", "validate-shards")
+    ),
+    "tiny-model[tiny]",
+    "tokenize[sft/alpaca]",
+    "train-model[sft]",
+    "tokenize[rm/hh]",
+    "train-model[rm]",
+]
+# A dataset's first validation stores no cached result (tasks/validate.py keys it None until validation.json
+# exists), so the first rerun runs validate-shards again (in well under a second) and only later runs show Cached.
+FIRST_RERUN_NOT_CACHED = dict.fromkeys([step for step in STEPS if step.endswith("/validate-shards")], "Completed")
+
+
+def step_states(flow_run_id, config: Path) -> dict[str, str]:
+    """Step -> state, as the table of the run shows them (read from Prefect)."""
+    return {row.step: row.state for row in step_rows(read_steps(flow_run_id), load_pipeline(config))}
+
+
+def run_cli(config: Path):
+    """``alignflow pipeline run CONFIG`` in this process (so on the test server); the table is parsed from stderr."""
+    result = CliRunner().invoke(app, ["pipeline", "run", str(config)])
+    lines = result.stderr.split("steps of pipeline run", 1)[1].splitlines()[2:]  # after the run id and the header
+    table = {}
+    for line in lines:
+        if not line.strip() or line.startswith("error:"):
+            break
+        step, state = line.split()[:2]
+        table[step] = state
+    return result, table
 
 
 def test_pipeline_config_errors_name_the_key(tmp_path):
@@ -66,6 +88,16 @@ def test_pipeline_config_errors_name_the_key(tmp_path):
     data["jobs"]["sft"]["model"] = "rm"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(UsageError, match="cycle"):
+        load_pipeline(path)
+
+
+@pytest.mark.parametrize("key, value", [("reward_model", "sft"), ("modality", "text")])
+def test_job_keys_that_nothing_reads_are_unknown_keys(tmp_path, key, value):
+    path = pipeline_yaml(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["jobs"]["rm"][key] = value
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UsageError, match=rf"jobs\.rm\.{key}: Extra inputs are not permitted"):
         load_pipeline(path)
 
 
@@ -85,15 +117,15 @@ def test_pipeline_trains_in_order_evaluates_and_a_rerun_is_all_cached(tmp_path):
     assert (Path(rm["model_dir"]) / "config.json").is_file()
     assert all((Path(d) / "validation.json").is_file() for d in summary["datasets"].values())
 
-    first = all_task_states(state.state_details.flow_run_id)
-    assert first["train-model"] == "Completed"
-    assert first["validate-shards"] == "Completed"
+    assert step_states(state.state_details.flow_run_id, config) == dict.fromkeys(STEPS, "Completed")
 
-    rerun = pipeline(config=str(config), return_state=True)
-    assert rerun.result()["jobs"]["rm"]["model_dir"] == rm["model_dir"]
-    states = all_task_states(rerun.state_details.flow_run_id)
-    for task in ("fingerprint-source", "build-shards", "tiny-model", "train-model"):
-        assert states[task] == "Cached", (task, states)
+    # the rerun, as a user runs it: every step is a cache hit, shown on stderr; stdout ends with the output folder
+    rerun, table = run_cli(config)
+    assert rerun.exit_code == 0, rerun.stderr
+    *summary_lines, output_dir = rerun.stdout.strip().splitlines()
+    assert output_dir == str(tmp_path / "out")
+    assert json.loads("\n".join(summary_lines))["jobs"]["rm"]["model_dir"] == rm["model_dir"]
+    assert table == {**dict.fromkeys(STEPS, "Cached"), **FIRST_RERUN_NOT_CACHED}
 
 
 def test_failed_training_rerun_caches_finished_steps_and_resumes(tmp_path):
@@ -101,8 +133,15 @@ def test_failed_training_rerun_caches_finished_steps_and_resumes(tmp_path):
 
     # sft dies abruptly after step 3 (its last checkpoint is step 2), failing the flow run
     config = pipeline_yaml(tmp_path, sft_train={"debug_stop_after_steps": 3})
-    failed = pipeline(config=str(config), return_state=True)
-    assert failed.is_failed()
+    failed, table = run_cli(config)
+    assert failed.exit_code == 1
+    assert table == {
+        **dict.fromkeys(STEPS[:8], "Completed"),
+        "train-model[sft]": "Failed",
+        "train-model[rm]": "Skipped",  # never submitted: it trains from sft's model
+    }
+    assert failed.stderr.strip().splitlines()[-1].startswith(f"error: pipeline failed: training of {tmp_path}")
+    assert failed.stdout == ""
     metrics = tmp_path / "out" / "jobs" / "sft" / "metrics.jsonl"
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
     assert not (tmp_path / "out" / "jobs" / "rm").exists()  # never started: it depends on sft
@@ -113,9 +152,13 @@ def test_failed_training_rerun_caches_finished_steps_and_resumes(tmp_path):
     config.write_text(yaml.safe_dump(data))
     rerun = pipeline(config=str(config), return_state=True)
     summary = rerun.result()
-    states = all_task_states(rerun.state_details.flow_run_id)
-    for task in ("fingerprint-source", "build-shards", "tiny-model"):
-        assert states[task] == "Cached", (task, states)
+    assert step_states(rerun.state_details.flow_run_id, config) == {
+        **dict.fromkeys(STEPS[:8], "Cached"),
+        **FIRST_RERUN_NOT_CACHED,
+        "train-model[sft]": "Completed",  # resumed
+        "tokenize[rm/hh]": "Completed",
+        "train-model[rm]": "Completed",
+    }
     assert summary["jobs"]["sft"]["steps"] == 4
     log = (tmp_path / "out" / "jobs" / "sft" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4]
