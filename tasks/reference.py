@@ -1,8 +1,8 @@
 """Prefect task: the reference log-probs of a token cache, computed once (``align_core.reference``).
 
 Cached on the column's own key (token cache key + reference weights digest + pairing + dtype + code
-version). As with the token cache, the key function offers a key only while the folder it names is
-complete, so a deleted column is recomputed rather than served from a stale Prefect result.
+version). As with the token cache, a stored result whose folder is gone is dropped before the lookup
+(``tasks.caching``), so a deleted column is recomputed rather than served from a stale Prefect result.
 
 ``reference_steps(train_config, token_caches)`` submits the tasks a training job waits for: one per
 token cache and pairing for trainers that read cached reference columns (dpo, ipo, kto), none else,
@@ -22,14 +22,13 @@ from align_core.markdown import markdown_table
 from align_core.reference.cache import MANIFEST_NAME, ReferenceSpec, is_complete
 from align_core.trainers.cached_steps import reference_specs
 from tasks.artifacts import publish_markdown
+from tasks.caching import disk_output_key
 from tasks.prefect_env import prefect_result_storage
 
 
-def _task_key(context, parameters: dict) -> str | None:
+def _task_key(context, parameters: dict) -> str:
     folder = ReferenceSpec.model_validate(parameters["spec"]).folder()
-    if not is_complete(folder):
-        return None  # nothing on disk to trust: run (the build skips work it finds done)
-    return f"reference-{folder.name}-{sha256_json(str(folder))[:12]}"
+    return disk_output_key(f"reference-{folder.name}-{sha256_json(str(folder))[:12]}", is_complete(folder))
 
 
 @task(name="reference-logps", cache_key_fn=_task_key, persist_result=True, result_storage=prefect_result_storage())

@@ -15,10 +15,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from align_core.io import sha256_json
+from align_core.shards.dataset import ShardDataset
 from data_contracts.gate import require_validated
 from data_contracts.report import render_markdown, verdict
 from data_contracts.results import ValidationResult
 from data_contracts.runner import current_result, validate_dataset
+from data_contracts.suite import load_suite
+from tasks.caching import disk_output_key
 from tasks.prefect_env import prefect_result_storage
 
 
@@ -27,13 +30,16 @@ def artifact_key(dataset_digest: str) -> str:
     return "contract-" + re.sub(r"[^a-z0-9-]", "-", dataset_digest.lower())[:48]
 
 
-def _validation_key(context, parameters: dict[str, Any]) -> str | None:
-    recorded = current_result(parameters["dataset_dir"], parameters.get("suite"), parameters.get("overrides"))
-    if recorded is None:
-        return None
-    return "validate-" + sha256_json(
-        {"folder": str(Path(parameters["dataset_dir"]).absolute()), "shards": recorded.shard_digests, "suite": recorded.suite_version}
+def _validation_key(context, parameters: dict[str, Any]) -> str:
+    """The content key (folder, shard digests, suite version) always, so the first run already stores
+    its result; a stored result whose validation record is gone or stale is dropped first."""
+    dataset_dir, suite, overrides = parameters["dataset_dir"], parameters.get("suite"), parameters.get("overrides")
+    dataset = ShardDataset(dataset_dir)
+    wanted = load_suite(suite, dataset.kind, tuple(dataset.manifest.media), overrides)
+    key = "validate-" + sha256_json(
+        {"folder": str(Path(dataset_dir).absolute()), "shards": dataset.shard_digests, "suite": wanted.version}
     )
+    return disk_output_key(key, current_result(dataset_dir, suite, overrides) is not None)
 
 
 @task(

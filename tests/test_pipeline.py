@@ -54,9 +54,6 @@ STEPS = [
     "tokenize[rm/hh]",
     "train-model[rm]",
 ]
-# A dataset's first validation stores no cached result (tasks/validate.py keys it None until validation.json
-# exists), so the first rerun runs validate-shards again (in well under a second) and only later runs show Cached.
-FIRST_RERUN_NOT_CACHED = dict.fromkeys([step for step in STEPS if step.endswith("/validate-shards")], "Completed")
 
 
 def step_states(flow_run_id, config: Path) -> dict[str, str]:
@@ -125,7 +122,7 @@ def test_pipeline_trains_in_order_evaluates_and_a_rerun_is_all_cached(tmp_path):
     *summary_lines, output_dir = rerun.stdout.strip().splitlines()
     assert output_dir == str(tmp_path / "out")
     assert json.loads("\n".join(summary_lines))["jobs"]["rm"]["model_dir"] == rm["model_dir"]
-    assert table == {**dict.fromkeys(STEPS, "Cached"), **FIRST_RERUN_NOT_CACHED}
+    assert table == dict.fromkeys(STEPS, "Cached")
 
 
 def test_failed_training_rerun_caches_finished_steps_and_resumes(tmp_path):
@@ -154,7 +151,6 @@ def test_failed_training_rerun_caches_finished_steps_and_resumes(tmp_path):
     summary = rerun.result()
     assert step_states(rerun.state_details.flow_run_id, config) == {
         **dict.fromkeys(STEPS[:8], "Cached"),
-        **FIRST_RERUN_NOT_CACHED,
         "train-model[sft]": "Completed",  # resumed
         "tokenize[rm/hh]": "Completed",
         "train-model[rm]": "Completed",

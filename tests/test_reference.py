@@ -311,7 +311,7 @@ def test_reference_steps_submit_what_the_trainer_reads(prefect_harness, caches, 
 @pytest.mark.slow
 def test_pipeline_computes_reference_columns_once_before_dpo_and_kto_train(prefect_harness, tmp_path):
     import yaml
-    from test_pipeline import all_task_states, pipeline_yaml
+    from test_pipeline import pipeline_yaml, step_states
 
     from flows.pipeline import pipeline
 
@@ -332,7 +332,11 @@ def test_pipeline_computes_reference_columns_once_before_dpo_and_kto_train(prefe
     # one token cache (hh); dpo and kto share the matched column, kto adds the mismatched one
     assert sorted(json.loads(path.read_text())["pairing"] for path in manifests) == ["matched", "mismatched"]
     written = [path.stat().st_mtime_ns for path in manifests]
-    assert all_task_states(state.state_details.flow_run_id)["reference-logps"] == "Completed"
+    references = {step: state for step, state in step_states(state.state_details.flow_run_id, config).items()
+                  if step.startswith("reference-logps")}
+    assert sorted(references) == ["reference-logps[dpo/hh]", "reference-logps[kto/hh]"] and "Failed" not in references.values()
     rerun = pipeline(config=str(config), return_state=True)
     assert rerun.result()["jobs"]["dpo"]["model_dir"] == summary["jobs"]["dpo"]["model_dir"]
+    rerun_states = step_states(rerun.state_details.flow_run_id, config)
+    assert {rerun_states[step] for step in references} == {"Cached"}
     assert [path.stat().st_mtime_ns for path in manifests] == written  # nothing scored again
