@@ -49,10 +49,10 @@ def test_task_publishes_the_report_and_is_cached_while_the_record_is_current(pre
 
     first = contract_flow(dataset_dir)
     validated_at = read_validation(dataset_dir).validated_at
-    second = contract_flow(dataset_dir)  # the record is current: reused without running GX
+    second = contract_flow(dataset_dir)  # the first run stored its result under the content key
     third = contract_flow(dataset_dir)
 
-    assert (first, second, third) == ("Completed", "Completed", "Cached")
+    assert (first, second, third) == ("Completed", "Cached", "Cached")
     assert read_validation(dataset_dir).validated_at == validated_at
     markdown = artifact_markdown(artifact_key(dataset_dir.name))
     assert len(markdown) >= 1 and markdown[0].startswith("### Data contract PASSED")
