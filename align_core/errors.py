@@ -61,3 +61,8 @@ class TrainingFailed(RuntimeError):
         self.summary = summary
         self.tail = list(tail)
         self.exit_code = exit_code
+
+
+class IntegrityError(UsageError):
+    """A file whose bytes differ from the sha256 its manifest recorded: damaged on disk since it was
+    written. Raised before the file is read; the message names the file and what to rebuild."""

@@ -7,6 +7,7 @@ renamed into place once everything inside, manifest last, is written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from align_core.errors import IntegrityError
 
 CHUNK = 4 << 20
 
@@ -25,6 +28,37 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@functools.cache
+def _sha256_of_version(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def sha256_file_once(path: str | os.PathLike) -> str:
+    """``sha256_file``, computed once per process for each version of a file: memoised on its path,
+    device, inode, size and mtime, so the several readers of a shard in one process hash it once,
+    and a file rewritten or replaced since is hashed again. Not shared between processes, so a file
+    damaged in place (same mtime) is still caught by the next process that reads it."""
+    path = os.path.abspath(path)
+    info = os.stat(path)
+    return _sha256_of_version(path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def digest_mismatch(path: str | os.PathLike, expected: str, actual: str) -> str:
+    """The one wording of a digest mismatch, for errors and verify reports alike."""
+    return f"{path}: sha256 mismatch (manifest says {expected[:16]}, file has {actual[:16]})"
+
+
+def require_sha256(path: str | os.PathLike, expected: str, damaged: str) -> None:
+    """Raise ``IntegrityError`` naming ``path`` unless its bytes have the sha256 its manifest recorded
+    (hashed once per process). ``damaged`` ends the message: what is damaged and what to do."""
+    try:
+        actual = sha256_file_once(path)
+    except FileNotFoundError:
+        raise IntegrityError(f"{path}: missing (its manifest lists it); {damaged}") from None
+    if actual != expected:
+        raise IntegrityError(f"{digest_mismatch(path, expected, actual)}; {damaged}")
 
 
 def sha256_tree(root: str | os.PathLike, files: Iterable[Path] | None = None) -> str:

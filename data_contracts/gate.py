@@ -2,8 +2,9 @@
 
 Stale means the record no longer describes what is on disk: the manifest's dataset or shard
 digests differ from the validated ones, or the suite it was validated with has changed since.
-Cheap by default (digests from the manifest); ``verify_files=True`` also re-hashes the shards.
-Imports no GX, so training and ``shards show`` stay fast.
+``require_validated`` also checks the shard files against the manifest's digests (each hashed once
+per process) and raises ``IntegrityError`` naming a damaged one; ``check_validation`` reads only the
+manifest and the record, so ``shards ls``/``show`` stay instant. Imports no GX.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class ValidationGateError(UsageError):
         self.reason = reason
 
 
-def check_validation(dataset_dir: str | Path, verify_files: bool = False) -> tuple[str, str]:
+def check_validation(dataset_dir: str | Path) -> tuple[str, str]:
     """``(status, reason)``: status is one of ``STATUSES``; reason says why it is not "passed"."""
     dataset = ShardDataset(dataset_dir)  # UsageError when the folder is not a complete dataset
     try:
@@ -38,7 +39,7 @@ def check_validation(dataset_dir: str | Path, verify_files: bool = False) -> tup
         return "missing", str(error)
     if recorded is None:
         return "missing", f"no validation.json; run `alignflow validate {dataset_dir}`"
-    stale = _staleness(dataset, recorded, verify_files)
+    stale = _staleness(dataset, recorded)
     if stale:
         return "stale", f"{stale}; run `alignflow validate {dataset_dir}` again"
     if not recorded.passed:
@@ -51,15 +52,17 @@ def validation_status(dataset_dir: str | Path) -> str:
     return check_validation(dataset_dir)[0]
 
 
-def require_validated(dataset_dir: str | Path, verify_files: bool = False) -> None:
-    """Return quietly if the dataset passed its contract and the record is current, else raise
-    ``ValidationGateError`` naming the folder and why (which expectations / which digest)."""
-    status, reason = check_validation(dataset_dir, verify_files)
+def require_validated(dataset_dir: str | Path) -> None:
+    """Return quietly if the dataset passed its contract, the record is current and the shard files
+    match the manifest. Else raise ``ValidationGateError`` naming the folder and why (which
+    expectations / which digest), or ``IntegrityError`` naming a damaged shard."""
+    status, reason = check_validation(dataset_dir)
     if status != "passed":
         raise ValidationGateError(dataset_dir, status, reason)
+    ShardDataset(dataset_dir).require_intact()  # last: only a dataset that would pass is hashed
 
 
-def _staleness(dataset: ShardDataset, recorded: ValidationResult, verify_files: bool) -> str:
+def _staleness(dataset: ShardDataset, recorded: ValidationResult) -> str:
     manifest = dataset.manifest
     if recorded.dataset_digest != manifest.dataset_digest:
         return f"validated dataset {recorded.dataset_digest[:16]}, manifest says {manifest.dataset_digest[:16]}"
@@ -68,10 +71,6 @@ def _staleness(dataset: ShardDataset, recorded: ValidationResult, verify_files: 
             return f"validated {len(recorded.shard_digests)} shard(s), manifest lists {len(manifest.shards)}"
         if entry.sha256 != validated:
             return f"{entry.path}: validated sha256 {validated[:16]}, manifest says {entry.sha256[:16]}"
-    if verify_files:
-        problems = dataset.verify()
-        if problems:
-            return "shard files differ from the manifest: " + "; ".join(problems)
     try:
         current = load_suite(recorded.suite, manifest.kind, tuple(manifest.media), recorded.overrides).version
     except UsageError as error:

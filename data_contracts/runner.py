@@ -54,6 +54,7 @@ def validate_dataset(
     """
     started = time.perf_counter()
     dataset = ShardDataset(dataset_dir)
+    dataset.require_intact()  # the batches are read below straight from the files
     media = tuple(dataset.manifest.media)
     resolved = load_suite(suite, dataset.kind, media, overrides)
     checks = GXChecks(resolved, derived_columns(dataset.kind, media))
@@ -88,7 +89,9 @@ def current_result(
     overrides: dict[str, Any] | None = None,
 ) -> ValidationResult | None:
     """The recorded result if it is still current for ``suite``/``overrides`` (same shards, same
-    suite version), so it need not be recomputed; None otherwise."""
+    suite version), so it need not be recomputed; None otherwise. A damaged shard raises
+    ``IntegrityError``: a record of the intact bytes says nothing about these."""
+    ShardDataset(dataset_dir).require_intact()
     status, _ = check_validation(dataset_dir)
     if status not in ("passed", "failed"):
         return None

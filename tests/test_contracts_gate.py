@@ -7,7 +7,7 @@ import json
 import pytest
 from test_contracts_support import clean_samples, msg, write_dataset
 
-from align_core.errors import UsageError
+from align_core.errors import IntegrityError, UsageError
 from align_core.shards.manifest import MANIFEST_NAME
 from align_core.shards.schema import Kind
 from data_contracts.gate import ValidationGateError, check_validation, require_validated, validation_status
@@ -33,7 +33,6 @@ def test_passed_dataset_goes_through(clean_dataset):
 
     assert validation_status(clean_dataset) == "passed"
     require_validated(clean_dataset)
-    require_validated(clean_dataset, verify_files=True)
 
 
 def test_failed_dataset_names_the_failed_expectations(tmp_path):
@@ -92,14 +91,14 @@ def test_changed_dataset_digest_makes_the_record_stale(clean_dataset):
     assert "manifest says 0000000000000000" in check_validation(clean_dataset)[1]
 
 
-def test_shard_bytes_changed_behind_the_manifest_are_caught_when_verifying(clean_dataset):
+def test_shard_bytes_changed_behind_the_manifest_close_the_gate(clean_dataset):
     validate_dataset(clean_dataset)
     shard = clean_dataset / "shards" / "shard-00000.arrow"
     shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
 
-    require_validated(clean_dataset)  # the cheap check trusts the manifest
-    with pytest.raises(ValidationGateError, match="stale: shard files differ from the manifest: shards/shard-00000.arrow: sha256"):
-        require_validated(clean_dataset, verify_files=True)
+    assert validation_status(clean_dataset) == "passed"  # the status line reads only the manifest and record
+    with pytest.raises(IntegrityError, match=f"{shard}: sha256 mismatch"):
+        require_validated(clean_dataset)
 
 
 def test_changed_suite_makes_the_record_stale(tmp_path, clean_dataset):

@@ -9,8 +9,10 @@ policy is a new key, so a stale cache can never be read; the same inputs are a h
 nothing. The folder is built in a staging folder and renamed into place after its manifest.
 
 Layout: ``manifest.json`` (key inputs, counts of kept/truncated/dropped rows and tokens, shard
-digests, pad/bos/eos ids) + ``shards/tokens-NNNNN.arrow``: uncompressed Arrow IPC files, so
-``TokenDataset`` memory-maps them and a cache larger than RAM still trains.
+digests, pad/bos/eos ids, and each token file's ``{path, rows, sha256}``) +
+``shards/tokens-NNNNN.arrow``: uncompressed Arrow IPC files, so ``TokenDataset`` memory-maps them and
+a cache larger than RAM still trains. ``TokenDataset`` checks each file's sha256 before mapping it;
+``verify_token_cache`` (``alignflow cache verify``) recomputes everything.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ from align_core.io import (
 )
 from align_core.models.registry import require_local_dir
 from align_core.paths import state_dir
-from align_core.shards.dataset import ShardDataset
+from align_core.shards.dataset import ShardDataset, arrow_file_problem
+from align_core.shards.manifest import FileEntry
 
 CACHE_FORMAT_VERSION = 1
+DAMAGED = "the token cache is damaged; delete its folder and it is tokenised again on next use"
 MANIFEST_NAME = "manifest.json"
 SHARDS_SUBDIR = "shards"
 DEFAULT_ROWS_PER_SHARD = 200_000
@@ -178,6 +182,17 @@ def read_token_manifest(cache_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def verify_token_cache(cache_dir: str | Path) -> list[str]:
+    """Recompute every token file's digest and row count; a list of mismatches (empty when intact)."""
+    cache_dir = Path(cache_dir)
+    manifest = read_token_manifest(cache_dir)
+    entries = [FileEntry(**entry) for entry in manifest["shards"]]
+    problems = [problem for entry in entries if (problem := arrow_file_problem(cache_dir, entry))]
+    if sum(entry.rows for entry in entries) != manifest["rows"]:
+        problems.append("manifest: token file rows do not add up to 'rows'")
+    return problems
+
+
 class _ShardSink:
     """Writes token record batches into uncompressed Arrow IPC files of at most ``rows_per_shard`` rows."""
 
@@ -245,6 +260,7 @@ def tokenize_dataset(
     ``truncate_prompt_left`` or ``error``; ``assistant_turns`` (supervised) ``all`` or ``last``.
     """
     dataset = ShardDataset(dataset_dir)
+    dataset.require_intact()  # also on a hit: the shard digests are the key, so they must be the bytes
     policy = parse_truncation(truncation)
     formatter = ModelFormatter.from_pretrained(tokenizer_path, trust_remote_code)
     encoder = ConversationEncoder(formatter, max_length, policy, assistant_turns)

@@ -3,7 +3,9 @@
 ``dataset[i]`` is a dict of the row's columns (see ``align_core.data.schema``): token lists as
 read-only int32 numpy views into the mapped files (no copy until the collator pads them), ``id``
 as str, ``desirable`` as bool. ``dataset.lengths`` (n,) feeds length-grouped sampling;
-``dataset.collator()`` pads batches of it for the trainer.
+``dataset.collator()`` pads batches of it for the trainer. Each token file is checked against its
+manifest sha256 before it is mapped (hashed once per process): a flipped bit in a token id fails here
+instead of changing the loss.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import pyarrow as pa
 from torch.utils.data import Dataset
 
 from align_core.data.schema import TOKEN_LIST
-from align_core.data.token_cache import read_token_manifest
+from align_core.data.token_cache import DAMAGED, read_token_manifest
+from align_core.io import require_sha256
 from align_core.shards.schema import Kind
 
 
@@ -43,7 +46,7 @@ class _MappedBatch:
 
 
 class TokenDataset(Dataset):
-    def __init__(self, cache_dir: str | Path):
+    def __init__(self, cache_dir: str | Path, *, verify: bool = True):
         self.path = Path(cache_dir)
         self.manifest = read_token_manifest(self.path)
         self.kind = Kind(self.manifest["kind"])
@@ -52,6 +55,8 @@ class TokenDataset(Dataset):
         self._batches: list[_MappedBatch] = []
         starts = [0]
         for entry in self.manifest["shards"]:
+            if verify:
+                require_sha256(self.path / entry["path"], entry["sha256"], DAMAGED)
             source = pa.memory_map(str(self.path / entry["path"]))
             self._maps.append(source)
             reader = pa.ipc.open_file(source)
@@ -74,12 +79,13 @@ class TokenDataset(Dataset):
         batch_number = int(np.searchsorted(self._starts, index, side="right")) - 1
         return self._batches[batch_number].row(index - int(self._starts[batch_number]))
 
-    # Memory maps do not pickle: a worker process (spawn) reopens the folder instead.
+    # Memory maps do not pickle: a worker process (spawn) reopens the folder instead, without hashing
+    # the files again (the process that pickled it verified them).
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])
+        self.__init__(state["path"], verify=False)
 
     def collator(self, pad_to_multiple_of: int | None = None):
         """The collator for this dataset's kind and pad token."""

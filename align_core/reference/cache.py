@@ -10,13 +10,16 @@ stale column is never read; the same inputs are a hit that computes nothing.
 
 Layout: ``logps.arrow`` (``id`` + one float32 column per sequence of a row: ``chosen_logps``,
 ``rejected_logps`` for preference rows, ``logps`` otherwise: summed over response tokens) and
-``manifest.json`` (key inputs, rows, mean of each column, seconds), written last.
+``manifest.json`` (key inputs, rows, mean of each column, seconds, and ``columns``: the column
+file's ``{path, rows, sha256}``), written last. ``read_reference_logps`` checks the sha256 before
+reading (once per process); ``verify_reference_column`` (``alignflow cache verify``) recomputes it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -32,16 +35,28 @@ from align_core.data.schema import SEQUENCE_PREFIXES
 from align_core.data.token_cache import read_token_manifest, tokenizer_files_digest
 from align_core.data.token_dataset import TokenDataset
 from align_core.errors import UsageError
-from align_core.io import atomic_write_json, publish_dir, remove_stale_staging, sha256_json, sha256_tree, staging_dir
+from align_core.io import (
+    atomic_write_json,
+    publish_dir,
+    remove_stale_staging,
+    require_sha256,
+    sha256_file,
+    sha256_json,
+    sha256_tree,
+    staging_dir,
+)
 from align_core.models.registry import require_local_dir
 from align_core.reference.mismatched import MismatchedRows
 from align_core.reference.scoring import load_frozen_scorer, score_sequences
+from align_core.shards.dataset import arrow_file_problem
+from align_core.shards.manifest import FileEntry
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest records the column file's sha256
 PAIRINGS = ("matched", "mismatched")
 REFERENCE_SUBDIR = "reference"
 MANIFEST_NAME = "manifest.json"
 COLUMNS_NAME = "logps.arrow"
+DAMAGED = "the reference column is damaged; delete its folder and it is computed again on next use"
 # What decides a model's outputs; tokenizer files are checked separately (they must match the cache's).
 WEIGHT_FILE_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
 
@@ -124,6 +139,26 @@ class ReferenceSpec(BaseModel):
 
 def is_complete(folder: str | Path) -> bool:
     return (Path(folder) / MANIFEST_NAME).is_file()
+
+
+def read_reference_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise UsageError(f"{folder}: no {MANIFEST_NAME}; not a complete reference log-prob column")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT_VERSION:
+        raise UsageError(
+            f"{path}: reference column format {manifest.get('format')}, this alignflow reads {FORMAT_VERSION}; "
+            "delete the folder and it is computed again on next use"
+        )
+    return manifest
+
+
+def verify_reference_column(folder: str | Path) -> list[str]:
+    """Recompute the column file's digest and row count; a list of mismatches (empty when intact)."""
+    manifest = read_reference_manifest(folder)
+    problem = arrow_file_problem(Path(folder), FileEntry(**manifest["columns"]))
+    return [problem] if problem else []
 
 
 def _check_same_tokenizer(token_cache_dir: str | Path, reference_model: str | Path) -> None:
@@ -213,6 +248,7 @@ def _publish(final: Path, rows: TokenDataset, logps: np.ndarray, about: dict) ->
         "key": final.name,
         **about,
         "rows": len(rows),
+        "columns": {"path": COLUMNS_NAME, "rows": len(rows), "sha256": sha256_file(staging / COLUMNS_NAME)},
         "mean_logps": {name: float(logps[:, k].mean()) if len(rows) else 0.0 for k, name in enumerate(names)},
     }
     atomic_write_json(staging / MANIFEST_NAME, manifest)
@@ -232,9 +268,9 @@ def _token_ids(rows: TokenDataset) -> pa.ChunkedArray:
 def read_reference_logps(folder: str | Path, rows: TokenDataset) -> np.ndarray:
     """(len(rows), k) float32 reference log-probs, checked to be aligned row by row with ``rows``."""
     folder = Path(folder)
-    if not is_complete(folder):
-        raise UsageError(f"{folder}: no {MANIFEST_NAME}; not a complete reference log-prob column")
-    table = pa.ipc.open_file(pa.OSFile(str(folder / COLUMNS_NAME))).read_all()  # small: 4 bytes per sequence
+    columns = read_reference_manifest(folder)["columns"]
+    require_sha256(folder / columns["path"], columns["sha256"], DAMAGED)
+    table = pa.ipc.open_file(pa.OSFile(str(folder / columns["path"]))).read_all()  # small: 4 bytes per sequence
     if table.num_rows != len(rows) or not table.column("id").equals(_token_ids(rows)):
         raise UsageError(f"{folder}: reference log-probs are not row-aligned with token cache {rows.path} (rebuild it)")
     names = column_names(rows.path)

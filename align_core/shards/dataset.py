@@ -1,4 +1,9 @@
-"""Reading a materialised dataset folder: manifest, shards in record batches, quarantine, verify."""
+"""Reading a materialised dataset folder: manifest, shards in record batches, quarantine, verify.
+
+Every file is checked against the manifest's sha256 before its rows are read (hashed once per process,
+``align_core.io.sha256_file_once``), so a damaged shard fails loudly instead of feeding garbled text
+on; ``verify()`` recomputes everything, row counts included, for ``alignflow shards verify``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from align_core.io import sha256_file
-from align_core.shards.manifest import Manifest, read_manifest
+from align_core.io import digest_mismatch, require_sha256, sha256_file
+from align_core.shards.manifest import FileEntry, Manifest, read_manifest
 from align_core.shards.schema import Kind
+
+DAMAGED = "the dataset is damaged, rematerialise it"
 
 
 class ShardDataset:
@@ -40,6 +47,12 @@ class ShardDataset:
         """The shards' sha256 in order: what downstream caches key on."""
         return [entry.sha256 for entry in self.manifest.shards]
 
+    def require_intact(self) -> None:
+        """Raise ``IntegrityError`` naming the first shard whose bytes differ from its manifest sha256.
+        Cheap to repeat: each file is hashed once per process, so every consumer calls it before reading."""
+        for entry in self.manifest.shards:
+            require_sha256(self.path / entry.path, entry.sha256, DAMAGED)
+
     def schema(self) -> pa.Schema:
         if not self.manifest.shards:
             from align_core.shards.schema import shard_schema
@@ -49,7 +62,8 @@ class ShardDataset:
             return pa.ipc.open_file(source).schema
 
     def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
-        for path in self.shard_paths:
+        for entry, path in zip(self.manifest.shards, self.shard_paths):
+            require_sha256(path, entry.sha256, DAMAGED)
             with pa.memory_map(str(path)) as source:
                 reader = pa.ipc.open_file(source)
                 for index in range(reader.num_record_batches):
@@ -64,29 +78,38 @@ class ShardDataset:
         return pa.Table.from_batches(batches)
 
     def read_quarantine(self) -> pa.Table:
-        with pa.memory_map(str(self.path / self.manifest.quarantine.path)) as source:
+        path = self.path / self.manifest.quarantine.path
+        require_sha256(path, self.manifest.quarantine.sha256, DAMAGED)
+        with pa.memory_map(str(path)) as source:
             return pa.ipc.open_file(source).read_all()
 
     def verify(self) -> list[str]:
         """Recompute every file digest and row count; a list of mismatches (empty when intact)."""
-        problems = []
-        for entry in [*self.manifest.shards, self.manifest.quarantine]:
-            path = self.path / entry.path
-            if not path.is_file():
-                problems.append(f"{entry.path}: missing")
-                continue
-            actual = sha256_file(path)
-            if actual != entry.sha256:
-                problems.append(f"{entry.path}: sha256 {actual[:12]}... != manifest {entry.sha256[:12]}...")
-                continue
-            try:
-                with pa.memory_map(str(path)) as source:
-                    rows = pa.ipc.open_file(source).read_all().num_rows
-            except pa.ArrowInvalid as error:
-                problems.append(f"{entry.path}: unreadable ({error})")
-                continue
-            if rows != entry.rows:
-                problems.append(f"{entry.path}: {rows} rows != manifest {entry.rows}")
+        problems = [
+            problem
+            for entry in [*self.manifest.shards, self.manifest.quarantine]
+            if (problem := arrow_file_problem(self.path, entry))
+        ]
         if sum(entry.rows for entry in self.manifest.shards) != self.manifest.rows:
             problems.append("manifest: shard rows do not add up to 'rows'")
         return problems
+
+
+def arrow_file_problem(folder: Path, entry: FileEntry) -> str:
+    """What is wrong with one Arrow IPC file its manifest lists (recomputed, never memoised): missing,
+    digest mismatch, unreadable or a different row count; "" when intact. Token caches and reference
+    columns record the same ``{path, rows, sha256}`` and are verified with it too."""
+    path = folder / entry.path
+    if not path.is_file():
+        return f"{entry.path}: missing"
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        return digest_mismatch(entry.path, entry.sha256, actual)
+    try:
+        with pa.memory_map(str(path)) as source:
+            rows = pa.ipc.open_file(source).count_rows()
+    except (pa.ArrowInvalid, OSError) as error:
+        return f"{entry.path}: unreadable ({error})"
+    if rows != entry.rows:
+        return f"{entry.path}: {rows} rows != manifest {entry.rows}"
+    return ""
