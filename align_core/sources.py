@@ -8,6 +8,12 @@ invalid JSON, a non-object row), so a bad line becomes a quarantine row, never a
 
 Source index: the 0-based line number for JSON Lines (blank lines are skipped, so a user can find
 the row with ``sed -n``), the record position for every other format.
+
+``check_source`` refuses what cannot be read before any row is: a named pipe or device (reading one
+blocks or never ends), a format that does not fit, a CSV header naming a column twice, a Hugging Face
+folder whose ``state.json`` is malformed or names data files outside the folder, a Parquet or Arrow
+file whose footer or schema cannot be read. A value nested deeper than ``MAX_NESTING`` levels is an
+undecodable row: Python's own recursion (``json``, the quarantine's ``json.dumps``) fails near 1000.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +39,9 @@ FORMATS = ("jsonl", "json", "csv", "parquet", "arrow", "hf_disk")
 JSONL_CHUNK_BYTES = 4 << 20
 ARROW_CHUNK_ROWS = 20_000
 ARROW_FILE_MAGIC = b"ARROW1"
+UTF8_BOM = b"\xef\xbb\xbf"
+MAX_NESTING = 100  # lists/objects inside each other; real rows nest < 10 deep
+FILE_KINDS = {stat.S_IFIFO: "a named pipe", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
 @dataclass(frozen=True)
@@ -59,12 +69,12 @@ class Chunk:
 def detect_format(path: str | os.PathLike) -> str:
     """The source format from the folder layout, the suffix, or the first bytes."""
     path = Path(path)
-    if not path.exists():
-        raise UsageError(f"source {str(path)!r} does not exist")
+    _require_file_or_folder(path)
     if path.is_dir():
         if (path / "dataset_dict.json").is_file():
-            splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
-            raise UsageError(f"{path} is a DatasetDict; point at one split folder: {', '.join(splits)}")
+            splits = _read_json_object(path / "dataset_dict.json", "DatasetDict").get("splits")
+            names = ", ".join(map(str, splits)) if isinstance(splits, list) else "see its dataset_dict.json"
+            raise UsageError(f"{path} is a DatasetDict; point at one split folder: {names}")
         if (path / "state.json").is_file():
             return "hf_disk"
         raise UsageError(f"{path} is a folder but not a Hugging Face save_to_disk dataset (no state.json)")
@@ -108,17 +118,117 @@ def _require_json_lines(path: Path, head: bytes) -> None:
         ) from None
 
 
+def _require_file_or_folder(path: Path) -> None:
+    """A source is read twice (hashed, then formatted): a pipe or device would block or never end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UsageError(f"source {str(path)!r} does not exist") from None
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror}") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise UsageError(f"{path} is {kind}; a source must be a regular file or a save_to_disk folder")
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:  # ValueError: invalid JSON or UTF-8
+        raise UsageError(f"{path}: not a readable {what} file ({error})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: a {what} file holds a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _hf_data_files(path: Path) -> list[Path]:
-    state = json.loads((path / "state.json").read_text())
-    return [path / entry["filename"] for entry in state.get("_data_files", [])]
+    """The data files ``state.json`` lists, each a regular file inside the folder: one outside it would
+    be read from elsewhere and escape the folder's fingerprint."""
+    state_path = path / "state.json"
+    entries = _read_json_object(state_path, "Hugging Face state.json").get("_data_files")
+    if not isinstance(entries, list) or not entries:
+        raise UsageError(f"{state_path}: '_data_files' must be a non-empty list of {{\"filename\": ...}} entries")
+    root = path.resolve()
+    files = []
+    for number, entry in enumerate(entries):
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        where = f"{state_path}: _data_files[{number}]"
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"{where} must be {{\"filename\": \"<a file in the folder>\"}}, got {repr(entry)[:80]}")
+        data_file = path / name
+        if Path(name).is_absolute() or not data_file.resolve().is_relative_to(root):
+            raise UsageError(f"{where}: {name!r} is outside the dataset folder; only files inside {path} are read")
+        if not data_file.exists():
+            raise UsageError(f"{where}: {name!r} does not exist")
+        if not data_file.resolve().is_file():
+            raise UsageError(f"{where}: {name!r} is not a regular file")
+        files.append(data_file)
+    return files
 
 
-def fingerprint_source(path: str | os.PathLike, source_format: str | None = None) -> SourceInfo:
-    """sha256 of the source's bytes (a folder: every file, by relative path)."""
+def check_source(path: str | os.PathLike, source_format: str | None = None) -> str:
+    """The format of ``path`` once everything that can be checked without reading rows holds.
+
+    Raises ``UsageError`` (one line) for a missing path, a pipe or device, an unknown format or one that
+    does not fit (a folder read as a file, or the reverse), a malformed Hugging Face folder, a CSV
+    header that names a column twice, a JSON source that is not an array, or a Parquet or Arrow file
+    whose footer or schema cannot be read (a truncated file).
+    """
     path = Path(path)
+    _require_file_or_folder(path)
     source_format = source_format or detect_format(path)
     if source_format not in FORMATS:
         raise UsageError(f"unknown source format {source_format!r}; expected one of: {', '.join(FORMATS)}")
+    if source_format == "hf_disk":
+        if not (path / "state.json").is_file():
+            raise UsageError(f"{path}: format 'hf_disk' reads a save_to_disk folder holding state.json")
+        for data_file in _hf_data_files(path):
+            _open_readable(data_file, "arrow", lambda file=data_file: _check_arrow(file))
+        return source_format
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; format {source_format!r} reads a file")
+    if source_format == "parquet":
+        _open_readable(path, source_format, lambda: pq.ParquetFile(path).schema_arrow)
+    elif source_format == "arrow":
+        _open_readable(path, source_format, lambda: _check_arrow(path))
+    elif source_format == "csv":
+        _csv_header(path)
+    elif source_format == "json":
+        with open(path, "rb") as handle:
+            if not handle.read(4096).lstrip(UTF8_BOM + b" \t\r\n").startswith(b"["):
+                raise UsageError(f"{path}: a JSON source must be an array of objects (or JSON Lines: format 'jsonl')")
+    return source_format
+
+
+def _open_readable(path: Path, source_format: str, open_it) -> None:
+    try:
+        open_it()
+    except (pa.ArrowException, OSError) as error:
+        raise UsageError(f"cannot read {path} as {source_format}: {_one_line(error)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """A library's error message on one printable line (pyarrow's may span several, or quote a damaged byte)."""
+    return " ".join("".join(char if char.isprintable() else " " for char in str(error)).split())
+
+
+def _check_arrow(path: Path) -> None:
+    """Open an Arrow IPC file (its footer) or walk a stream's messages: memory-mapped, so a truncated
+    stream is found without reading the data."""
+    with pa.memory_map(str(path)) as source:
+        is_file = source.read(6) == ARROW_FILE_MAGIC
+        source.seek(0)
+        if is_file:
+            pa.ipc.open_file(source)
+        else:
+            for _ in pa.ipc.open_stream(source):
+                pass
+
+
+def fingerprint_source(path: str | os.PathLike, source_format: str | None = None) -> SourceInfo:
+    """sha256 of the source's bytes (a folder: every file, by relative path), once ``check_source`` passed."""
+    path = Path(path)
+    source_format = check_source(path, source_format)
     if path.is_dir():
         files = [p for p in path.rglob("*") if p.is_file()]
         return SourceInfo(str(path.absolute()), source_format, sha256_tree(path, files), sum(p.stat().st_size for p in files))
@@ -139,6 +249,7 @@ def stat_key(path: str | os.PathLike) -> str:
 def iter_chunks(path: str | os.PathLike, source_format: str) -> Iterator[Chunk]:
     """Stream the source as chunks of bounded size, in source order."""
     path = Path(path)
+    _require_file_or_folder(path)
     readers = {
         "jsonl": _jsonl_chunks,
         "json": _json_array_chunks,
@@ -149,14 +260,14 @@ def iter_chunks(path: str | os.PathLike, source_format: str) -> Iterator[Chunk]:
     }
     try:
         yield from readers[source_format](path)
-    except (pa.ArrowInvalid, OSError, json.JSONDecodeError) as error:
-        raise UsageError(f"cannot read {path} as {source_format}: {error}") from error
+    except (pa.ArrowException, OSError, ValueError, csv.Error) as error:  # ValueError: invalid JSON or UTF-8
+        raise UsageError(f"cannot read {path} as {source_format}: {_one_line(error)}") from None
 
 
 def _jsonl_chunks(path: Path) -> Iterator[Chunk]:
     line_number = 0
-    carry = b""
     with open(path, "rb") as handle:
+        carry = handle.read(len(UTF8_BOM)).removeprefix(UTF8_BOM)  # a byte-order mark is not part of the first row
         while True:
             block = handle.read(JSONL_CHUNK_BYTES)
             if not block:
@@ -178,7 +289,7 @@ def _json_array_chunks(path: Path, rows_per_chunk: int = 5_000) -> Iterator[Chun
     decoder = json.JSONDecoder()
     index = 0
     rows: list[Any] = []
-    with open(path, "r", encoding="utf-8", errors="surrogateescape") as handle:
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
         buffer = handle.read(JSONL_CHUNK_BYTES).lstrip("\ufeff \t\r\n")
         if not buffer.startswith("["):
             raise UsageError(f"{path}: a JSON source must be an array of objects or JSON Lines")
@@ -193,11 +304,19 @@ def _json_array_chunks(path: Path, rows_per_chunk: int = 5_000) -> Iterator[Chun
                 value, end = decoder.raw_decode(buffer, position)
                 # A number or literal ending exactly at the buffer's end may go on in the next read.
                 complete = end < len(buffer) or at_eof
+                if complete and _may_nest_too_deep(buffer, position, end) and _nesting_depth(value) > MAX_NESTING:
+                    value = _too_deep(index, buffer[position:end])
+            except RecursionError:  # nested too deep for Python's decoder: find the item's end by hand
+                end = _value_end(buffer, position)
+                complete = end is not None
+                value = _too_deep(index, buffer[position:end]) if complete else None
             except json.JSONDecodeError as error:
                 if at_eof:
                     raise UsageError(f"{path}: invalid JSON array near item {index}: {error.msg}") from None
                 complete = False
             if not complete:
+                if at_eof:
+                    raise UsageError(f"{path}: invalid JSON array near item {index}: it ends inside the item")
                 more = handle.read(JSONL_CHUNK_BYTES)
                 at_eof = not more
                 buffer = buffer[position:] + more
@@ -211,21 +330,103 @@ def _json_array_chunks(path: Path, rows_per_chunk: int = 5_000) -> Iterator[Chun
                 rows = []
             if position > JSONL_CHUNK_BYTES:  # drop consumed text so memory stays bounded
                 buffer, position = buffer[position:], 0
+        _require_end_of_array(path, buffer[position + 1 :], handle, index)
     if rows:
         yield Chunk(start_index=index - len(rows), rows=rows)
+
+
+def _require_end_of_array(path: Path, rest: str, handle, items: int) -> None:
+    """Anything but whitespace after the closing ``]`` would be rows silently left unread."""
+    while True:
+        if rest.strip():
+            raise UsageError(f"{path}: text after the JSON array's closing ']' (after item {items - 1}); expected one array")
+        rest = handle.read(JSONL_CHUNK_BYTES)
+        if not rest:
+            return
+
+
+@dataclass(frozen=True)
+class RejectedValue:
+    """A JSON array item rejected while reading; ``raw`` is its text."""
+
+    rejection: RowRejected
+    raw: str
+
+
+def _too_deep(index: int, text: str) -> RejectedValue:
+    return RejectedValue(RowRejected(UNDECODABLE, f"row {index}: nested deeper than {MAX_NESTING} levels"), text)
+
+
+def _may_nest_too_deep(text: str | bytes, start: int = 0, end: int | None = None) -> bool:
+    """A cheap bound: a value cannot nest deeper than its count of opening brackets."""
+    opening = (b"[", b"{") if isinstance(text, bytes) else ("[", "{")
+    return text.count(opening[0], start, end) + text.count(opening[1], start, end) > MAX_NESTING
+
+
+def _nesting_depth(value: Any) -> int:
+    """Levels of lists/objects inside each other (0 for a scalar), walked without recursion; stops
+    counting once past ``MAX_NESTING``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_NESTING:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _value_end(text: str, start: int) -> int | None:
+    """The end of the JSON value opening at ``text[start]`` (a bracket), by matching brackets outside
+    strings; None when the text ends first."""
+    depth, position, in_string = 0, start, False
+    while position < len(text):
+        char = text[position]
+        if in_string:
+            if char == "\\":
+                position += 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return position + 1
+        position += 1
+    return None
+
+
+def _csv_delimiter(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The header's column names; a name given twice is an error (one column's values would be lost)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:  # -sig: Excel writes a BOM
+            header = next(csv.reader(handle, delimiter=_csv_delimiter(path)), None)
+    except csv.Error as error:
+        raise UsageError(f"cannot read {path} as csv: {_one_line(error)}") from None
+    if not header:
+        raise UsageError(f"{path}: CSV has no header row")
+    repeated = [name for position, name in enumerate(header) if name in header[:position]]
+    if repeated:
+        names = ", ".join(repr(name) for name in dict.fromkeys(repeated))
+        raise UsageError(f"{path}: the CSV header names column {names} more than once; every column needs its own name")
+    return header
 
 
 def _csv_chunks(path: Path) -> Iterator[Chunk]:
     # Every column as binary: CSV values are text, and decoding per value lets one row with
     # invalid UTF-8 be quarantined instead of failing the whole block.
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:  # -sig: Excel writes a BOM
-        header = next(csv.reader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), None)
-    if not header:
-        raise UsageError(f"{path}: CSV has no header row")
+    header = _csv_header(path)
     reader = pa_csv.open_csv(
         path,
         read_options=pa_csv.ReadOptions(block_size=JSONL_CHUNK_BYTES),
-        parse_options=pa_csv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",", newlines_in_values=True),
+        parse_options=pa_csv.ParseOptions(delimiter=_csv_delimiter(path), newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
             column_types={name: pa.binary() for name in header},
             strings_can_be_null=False,
@@ -282,8 +483,14 @@ def chunk_rows(chunk: Chunk) -> list[tuple[int, dict | RowRejected, Any]]:
     if chunk.jsonl is not None:
         return _jsonl_rows(chunk)
     if chunk.rows is not None:
-        return [(chunk.start_index + i, _require_object(value), value) for i, value in enumerate(chunk.rows)]
+        return [_array_item(chunk.start_index + i, value) for i, value in enumerate(chunk.rows)]
     return _batch_rows(chunk)
+
+
+def _array_item(index: int, value: Any) -> tuple[int, dict | RowRejected, Any]:
+    if isinstance(value, RejectedValue):
+        return index, value.rejection, value.raw
+    return index, _require_object(value), value
 
 
 def _require_object(value: Any) -> dict | RowRejected:
@@ -303,6 +510,10 @@ def _jsonl_rows(chunk: Chunk) -> list[tuple[int, dict | RowRejected, Any]]:
         except orjson.JSONDecodeError as error:
             raw = line.decode("utf-8", errors="replace")
             rows.append((index, RowRejected(UNDECODABLE, f"line {index}: not valid JSON or UTF-8 ({error})"), raw))
+            continue
+        if _may_nest_too_deep(line) and _nesting_depth(value) > MAX_NESTING:
+            rejection = RowRejected(UNDECODABLE, f"line {index}: nested deeper than {MAX_NESTING} levels")
+            rows.append((index, rejection, line.decode("utf-8", errors="replace")))
             continue
         rows.append((index, _require_object(value), value))
     return rows
@@ -356,8 +567,10 @@ def read_source_rows(path: str | os.PathLike, source_format: str | None = None) 
 
 __all__ = [
     "FORMATS",
+    "MAX_NESTING",
     "Chunk",
     "SourceInfo",
+    "check_source",
     "chunk_rows",
     "detect_format",
     "fingerprint_source",

@@ -11,9 +11,12 @@ column                              meaning
 ``{c}_turns``                       number of messages in conversation column ``c``
 ``{c}_roles``                       role letters in order: S(ystem) U(ser) A(ssistant) ?(other)
 ``{c}_first_role``/``_last_role``   role of the first / last message ("" when there is none)
-``{c}_empty_parts``                 text parts that are null, empty or whitespace only
+``{c}_empty_parts``                 text parts that are null, empty or whitespace only, and messages
+                                    without any part
 ``{c}_max_turn_chars``              characters of the longest message (text parts summed)
 ``{m}_placeholders``/``{m}_count``  media placeholders of type m in all columns / items in the row
+``unbacked_media_placeholders``     media placeholders of a type the dataset carries no media for
+                                    (an ``image`` part in a text-only dataset): nothing can fill them
 (registered media columns)          see ``register_media_columns``
 ``prompt_repeat``                   the prompt (supervised: all but the last message) was seen before
 ``sample_repeat``                   the whole sample (all conversations + label) was seen before
@@ -110,9 +113,12 @@ class FlatConversations:
         return pc.fill_null(pc.utf8_length(self.part_texts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
     def empty_text_parts(self) -> np.ndarray:
+        """(rows,) blank text parts, plus messages without any part (no content at all)."""
         is_text = _mask(pc.equal(self.part_types, "text"))
         blank = (self.part_chars == 0) | _mask(pc.utf8_is_space(self.part_texts))  # is_space: non-empty, all blank
-        return self.per_row(is_text & blank)
+        message_row = np.repeat(np.arange(len(self.turns)), self.turns)
+        no_parts = np.bincount(message_row[np.diff(self.part_offsets) == 0], minlength=len(self.turns))
+        return self.per_row(is_text & blank) + no_parts.astype(np.int64)
 
     def max_turn_chars(self) -> np.ndarray:
         part_chars = self.part_chars
@@ -126,6 +132,11 @@ class FlatConversations:
 
     def media_parts(self, media_type: str) -> np.ndarray:
         return self.per_row(_mask(pc.equal(self.part_types, media_type)))
+
+    def unbacked_media_parts(self, media: tuple[str, ...]) -> np.ndarray:
+        """(rows,) parts that are neither text nor a placeholder of a media type in ``media``."""
+        backed = pa.array(["text", *media], pa.string())
+        return self.per_row(~_mask(pc.is_in(self.part_types, value_set=backed)))
 
     @cached_property
     def message_texts(self) -> pa.Array:
@@ -179,6 +190,7 @@ def derive_batch(batch: pa.RecordBatch, kind: Kind, media: tuple[str, ...] = ())
         columns[f"{name}_last_role"] = flat.edge_role(last=True)
         columns[f"{name}_empty_parts"] = flat.empty_text_parts()
         columns[f"{name}_max_turn_chars"] = flat.max_turn_chars()
+    columns["unbacked_media_placeholders"] = sum(flat.unbacked_media_parts(media) for flat in flats.values())
     for media_type in media:
         columns[f"{media_type}_placeholders"] = sum(flat.media_parts(media_type) for flat in flats.values())
         items = batch.column(MEDIA_COLUMNS[media_type])

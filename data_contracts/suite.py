@@ -36,7 +36,7 @@ from align_core.shards.schema import CONVERSATION_COLUMNS, Kind, parse_kind
 SUITES_DIR = Path(__file__).parent / "suites"
 SEVERITIES = ("error", "warning")
 # Bump when a derived column (data_contracts/derive.py) changes meaning: it is part of every suite version.
-DERIVED_COLUMNS_VERSION = 1
+DERIVED_COLUMNS_VERSION = 2  # 2: unbacked_media_placeholders; messages without parts count as empty
 # Whole-dataset expectations the runner evaluates over the total row count (GX sees one chunk at a time).
 TABLE_EXPECTATIONS = ("expect_table_row_count_to_be_between", "expect_table_row_count_to_equal")
 DOMAIN_KEYS = ("column", "column_A", "column_B", "column_list")

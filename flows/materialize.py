@@ -7,8 +7,8 @@ from typing import Any
 
 from prefect import flow
 
-from align_core.materialize import MaterializeSpec
 from align_core.shards.writer import DEFAULT_ROWS_PER_SHARD
+from flows.pipeline_config import check_materialize
 from tasks.materialize import build_shards, fingerprint
 
 
@@ -31,9 +31,23 @@ def materialize(
 
     With ``validate_contract`` (the default) the shards then pass through their data contract, and an
     error-severity failure fails this flow run. ``contract_overrides`` adjusts the suite's
-    expectations (``{"turns_in_bounds.max_value": 32}``; see data_contracts).
+    expectations (``{"turns_in_bounds.max_value": 32}``; see data_contracts). Bad usage (template, source,
+    suite, overrides, output root) fails the run before any task starts (``check_materialize``).
     """
-    spec = MaterializeSpec.checked(template, kind, template_options, template_module, rows_per_shard)
+    spec = check_materialize(
+        source,
+        template,
+        kind,
+        out,
+        template_options=template_options,
+        template_module=template_module,
+        source_format=source_format,
+        rows_per_shard=rows_per_shard,
+        workers=workers,
+        validate_contract=validate_contract,
+        suite=suite,
+        contract_overrides=contract_overrides,
+    )
     out_root = str(Path(out).absolute())
     source_info = fingerprint(str(Path(source).absolute()), source_format)
     dataset_dir = build_shards(source_info, spec, out_root, workers)

@@ -15,18 +15,39 @@ jobs:
 A job whose ``model`` names another job depends on it and runs after it (``after: [job]`` adds an
 ordering); other jobs run concurrently. ``config`` holds training-config sections (see
 ``align_core.config``); the pipeline fills in the model, the datasets and the output folder. Any
-other key is an error naming it.
+other key is an error naming it. Dataset, model and job names are identifiers (they name folders
+under ``output_dir``).
+
+The checks a run makes before doing any work live here too, without Prefect, so the CLI runs them
+before a server starts and the flows run the same ones (a deployment's run has no CLI before it):
+``check_materialize`` for one dataset, ``check_pipeline`` for a whole pipeline.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from align_core.errors import UsageError
+from align_core.materialize import MaterializeSpec
+from align_core.shards.writer import DEFAULT_ROWS_PER_SHARD
+from align_core.sources import check_source
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Keys of a job's training config that the pipeline sets itself (from the job's other keys).
+PIPELINE_SET_KEYS = {
+    ("train_cfgs", "algorithm"): "algorithm",
+    ("model_cfgs", "model_name_or_path"): "model",
+    ("data_cfgs", "train_datasets"): "train",
+    ("data_cfgs", "eval_datasets"): "eval",
+    ("logger_cfgs", "output_dir"): "the job's name",
+}
 
 
 class _Strict(BaseModel):
@@ -78,6 +99,18 @@ class PipelineConfig(_Strict):
     models: dict[str, ModelEntry] = {}
     datasets: dict[str, DatasetEntry]
     jobs: dict[str, JobEntry] = {}
+
+    @field_validator("models", "datasets", "jobs")
+    @classmethod
+    def _identifiers(cls, entries: dict[str, Any]) -> dict[str, Any]:
+        for name in entries:
+            if not NAME.fullmatch(name) or ".." in name:
+                message = (
+                    f"{name!r} is not a name: letters, digits, '_', '.' and '-', starting with a letter or digit, "
+                    "without '..' (names become folder names under output_dir)"
+                )
+                raise PydanticCustomError("name", "{message}", {"message": message})
+        return entries
 
     @model_validator(mode="after")
     def _references(self) -> PipelineConfig:
@@ -139,3 +172,151 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         if model.path:
             model.path = resolve(model.path)
     return config
+
+
+# Checks before any work: one line (UsageError) naming what is wrong.
+
+
+def check_output_root(path: str | Path, what: str = "output folder") -> None:
+    """``path`` is a folder, or can be made one: its nearest existing ancestor is a writable folder."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists() and not existing.is_symlink():
+        existing = existing.parent
+    if not existing.is_dir():
+        kind = "a file" if existing.is_file() else "not a folder"
+        raise UsageError(f"{what} {path}: {existing} is {kind}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: {existing} is not writable")
+
+
+def check_materialize(
+    source: str | Path,
+    template: str,
+    kind: str,
+    out: str | Path,
+    *,
+    template_options: dict[str, Any] | None = None,
+    template_module: str | None = None,
+    source_format: str | None = None,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    workers: int | None = None,
+    validate_contract: bool = True,
+    suite: str | None = None,
+    contract_overrides: dict[str, Any] | None = None,
+) -> MaterializeSpec:
+    """What the ``materialize`` flow needs, checked before a row is read: the template, its options and
+    kind, the source (``check_source``), the contract's suite and override keys, the output root."""
+    from data_contracts.suite import load_suite
+
+    if workers is not None and workers < 1:
+        raise UsageError(f"workers must be at least 1, got {workers}")
+    spec = MaterializeSpec.checked(template, kind, template_options, template_module, rows_per_shard)
+    check_source(source, source_format)
+    if validate_contract:
+        load_suite(suite, spec.kind, spec.media, contract_overrides)
+    check_output_root(out)
+    return spec
+
+
+def check_pipeline(spec: PipelineConfig) -> None:
+    """Everything ``pipeline run`` would find out later, before any work: the output folder and every
+    path the run writes resolve inside it; each dataset passes ``check_materialize``; each model path is
+    a model folder and each tiny model's arch is known; each job's training config builds with
+    ``build_config`` (placeholder paths), leaves the keys the pipeline sets alone, and its algorithm
+    trains on its datasets' kinds."""
+    output_dir = Path(spec.output_dir)
+    check_output_root(output_dir, "output_dir")
+    check_outputs_inside(spec)
+    for name, entry in spec.datasets.items():
+        _prefixed(
+            f"datasets.{name}",
+            check_materialize,
+            entry.source,
+            entry.template,
+            entry.kind,
+            output_dir / "shards",
+            template_options=entry.options,
+            template_module=entry.template_module,
+            source_format=entry.format,
+            suite=entry.suite,
+        )
+    for name, model in spec.models.items():
+        _check_model(name, model)
+    for name in spec.jobs:
+        _check_job(spec, name)
+
+
+def output_paths(spec: PipelineConfig) -> dict[str, Path]:
+    """Every folder and file a run of ``spec`` writes under ``output_dir``, by what it is for."""
+    root = Path(spec.output_dir)
+    paths = {folder: root / folder for folder in ("shards", "models", "token_cache", "configs", "jobs")}
+    paths.update({f"models.{name}": root / "models" / name for name in spec.models})
+    for name in spec.jobs:
+        paths[f"jobs.{name}"] = root / "jobs" / name
+        paths[f"jobs.{name} config"] = root / "configs" / f"{name}.yaml"
+    return paths
+
+
+def check_outputs_inside(spec: PipelineConfig) -> None:
+    """Each output path resolves inside ``output_dir``: names are identifiers, and a symlink under it that
+    points elsewhere is refused rather than written through."""
+    root = Path(spec.output_dir).resolve()
+    for what, path in output_paths(spec).items():
+        if not path.resolve().is_relative_to(root):
+            raise UsageError(f"{what}: {path} resolves to {path.resolve()}, outside output_dir {root}")
+
+
+def _check_model(name: str, model: ModelEntry) -> None:
+    if model.path and not (Path(model.path) / "config.json").is_file():
+        raise UsageError(f"models.{name}.path: {model.path} has no config.json (alignflow loads local Hugging Face folders only)")
+    if model.tiny:
+        from align_core.models.tiny import ARCHITECTURES
+
+        if model.tiny.arch not in ARCHITECTURES:
+            raise UsageError(f"models.{name}.tiny.arch: unknown {model.tiny.arch!r}; expected one of: {', '.join(ARCHITECTURES)}")
+
+
+def _check_job(spec: PipelineConfig, name: str) -> None:
+    from align_core.config import build_config
+    from align_core.trainers import get_trainer
+
+    job = spec.jobs[name]
+    for (section, key), source in PIPELINE_SET_KEYS.items():
+        if key in job.config.get(section, {}):
+            raise UsageError(f"jobs.{name}.config.{section}.{key}: set by the pipeline (from {source}); remove it")
+    config = _prefixed(f"jobs.{name}", build_config, job_sections(spec, name), source=f"jobs.{name}.config")
+    trainer = get_trainer(config.train_cfgs.algorithm)
+    for dataset in [*job.train, *job.eval]:
+        kind = spec.datasets[dataset].kind
+        if kind not in {k.value for k in trainer.dataset_kinds}:
+            expected = " or ".join(k.value for k in trainer.dataset_kinds)
+            raise UsageError(f"jobs.{name}: dataset {dataset!r} is {kind}; {job.algorithm} trains on {expected} datasets")
+
+
+def job_sections(spec: PipelineConfig, name: str, base_model: str | None = None, dataset_dirs: dict[str, str] | None = None):
+    """Job ``name``'s training-config sections: its ``config`` plus what the pipeline decides. Without
+    ``base_model``/``dataset_dirs`` (not known before the run), placeholder paths stand in."""
+    job = spec.jobs[name]
+    output_dir = Path(spec.output_dir)
+    if base_model is None:
+        base_model = str(output_dir / ("jobs" if job.model in spec.jobs else "models") / job.model / "model")
+    dataset_dirs = dataset_dirs or {dataset: str(output_dir / "shards" / dataset) for dataset in spec.datasets}
+    sections = {section: dict(values) for section, values in job.config.items()}
+    sections.setdefault("train_cfgs", {})["algorithm"] = job.algorithm
+    sections.setdefault("model_cfgs", {})["model_name_or_path"] = base_model
+    data = sections.setdefault("data_cfgs", {})
+    data["train_datasets"] = [dataset_dirs[dataset] for dataset in job.train]
+    data["eval_datasets"] = [dataset_dirs[dataset] for dataset in job.eval]
+    data.setdefault("token_cache_dir", str(output_dir / "token_cache"))
+    sections.setdefault("logger_cfgs", {})["output_dir"] = str(output_dir / "jobs" / name)
+    return sections
+
+
+def _prefixed(where: str, check, *args: Any, **kwargs: Any) -> Any:
+    """``check(*args, **kwargs)``, its usage error prefixed with ``where`` unless it names it already."""
+    try:
+        return check(*args, **kwargs)
+    except UsageError as error:
+        message = str(error)
+        raise UsageError(message if message.startswith(where) else f"{where}: {message}") from None

@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from align_core.errors import BAD_ROLES, WRONG_TYPE, RowRejected
+from align_core.errors import BAD_ROLES, MISSING_FIELD, WRONG_TYPE, RowRejected
 from align_core.shards.schema import CONTENT_PART, MESSAGE, PART_TYPES, ROLES, TEXT_PART
 
 Message = dict[str, Any]
@@ -40,7 +40,8 @@ def normalize_conversation(messages: Any, column: str) -> Conversation:
         raise RowRejected(WRONG_TYPE, f"{column}: expected a list of messages, got {type(messages).__name__}")
     normalized = []
     for index, message in enumerate(messages):
-        if type(message) is dict and message.get("role") in _ROLE_SET:
+        # type() before `in`: an unhashable role (a list) would raise TypeError in the set lookup
+        if type(message) is dict and type(message.get("role")) is str and message["role"] in _ROLE_SET:
             content = message.get("content")
             if type(content) is str:
                 normalized.append({"role": message["role"], "content": [{"type": TEXT_PART, "text": content}]})
@@ -57,12 +58,16 @@ def normalize_conversation(messages: Any, column: str) -> Conversation:
 
 
 def _normalize_message(message: Any, where: str) -> Message:
+    """One reason per way a message can be wrong: missing (missing_field), not the type it must be
+    (wrong_type), or a role string that is not a known role (bad_roles)."""
     if not isinstance(message, dict):
-        raise RowRejected(WRONG_TYPE, f"{where}: expected a message dict, got {type(message).__name__}")
-    role = message.get("role")
+        raise RowRejected(WRONG_TYPE, f"{where}: expected a message {{role, content}}, got {type(message).__name__}")
+    role = _required(message, "role", where)
+    if not isinstance(role, str):
+        raise RowRejected(WRONG_TYPE, f"{where}.role: expected a string, got {type(role).__name__}")
     if role not in ROLES:
-        raise RowRejected(BAD_ROLES, f"{where}.role: {role!r} is not one of {list(ROLES)}")
-    return {"role": role, "content": _normalize_content(message.get("content"), where)}
+        raise RowRejected(BAD_ROLES, f"{where}.role: {_short(role)} is not one of {list(ROLES)}")
+    return {"role": role, "content": _normalize_content(_required(message, "content", where), where)}
 
 
 def _normalize_content(content: Any, where: str) -> list[dict]:
@@ -72,19 +77,35 @@ def _normalize_content(content: Any, where: str) -> list[dict]:
         raise RowRejected(WRONG_TYPE, f"{where}.content: expected a string or a list of parts, got {type(content).__name__}")
     parts = []
     for index, part in enumerate(content):
+        part_where = f"{where}.content[{index}]"
         if isinstance(part, str):
             parts.append({"type": TEXT_PART, "text": part})
             continue
-        if not isinstance(part, dict) or part.get("type") not in PART_TYPES:
-            raise RowRejected(WRONG_TYPE, f"{where}.content[{index}]: expected a part with type in {list(PART_TYPES)}")
-        if part["type"] == TEXT_PART:
-            text = part.get("text")
+        if not isinstance(part, dict):
+            raise RowRejected(WRONG_TYPE, f"{part_where}: expected a part {{type, text}} or a string, got {type(part).__name__}")
+        part_type = _required(part, "type", part_where)
+        if not isinstance(part_type, str) or part_type not in PART_TYPES:
+            raise RowRejected(WRONG_TYPE, f"{part_where}.type: {_short(part_type)} is not one of {list(PART_TYPES)}")
+        if part_type == TEXT_PART:
+            text = _required(part, "text", part_where)
             if not isinstance(text, str):
-                raise RowRejected(WRONG_TYPE, f"{where}.content[{index}].text: expected a string, got {type(text).__name__}")
+                raise RowRejected(WRONG_TYPE, f"{part_where}.text: expected a string, got {type(text).__name__}")
             parts.append({"type": TEXT_PART, "text": text})
         else:
-            parts.append({"type": part["type"], "text": None})
+            parts.append({"type": part_type, "text": None})
     return parts
+
+
+def _required(mapping: dict, key: str, where: str) -> Any:
+    if mapping.get(key) is None:
+        raise RowRejected(MISSING_FIELD, f"{where}.{key} is missing")
+    return mapping[key]
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: its repr, cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def conversation_text(messages: Conversation) -> str:

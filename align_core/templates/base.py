@@ -17,6 +17,8 @@ constructor; they are part of the dataset digest.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any, ClassVar
 
 from align_core.errors import (
@@ -83,21 +85,24 @@ class Template:
         return sample
 
 
-# Field helpers: one clear reason per way a raw field can be wrong.
+# Field helpers: one clear reason per way a raw field can be wrong. ``where`` prefixes the detail
+# when the field is nested (``conversations[2]: field 'value' is missing``).
+
+INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: str.isdigit() also accepts '²', which int() refuses
 
 
-def field(raw: dict, name: str) -> Any:
+def field(raw: dict, name: str, *, where: str = "") -> Any:
     if name not in raw or raw[name] is None:
-        raise RowRejected(MISSING_FIELD, f"field {name!r} is missing")
+        raise RowRejected(MISSING_FIELD, f"{where}field {name!r} is missing")
     return raw[name]
 
 
-def text_field(raw: dict, name: str, *, allow_empty: bool = False) -> str:
-    value = field(raw, name)
+def text_field(raw: dict, name: str, *, allow_empty: bool = False, where: str = "") -> str:
+    value = field(raw, name, where=where)
     if not isinstance(value, str):
-        raise RowRejected(WRONG_TYPE, f"field {name!r} must be a string, got {type(value).__name__}")
+        raise RowRejected(WRONG_TYPE, f"{where}field {name!r} must be a string, got {type(value).__name__}")
     if not allow_empty and not value.strip():
-        raise RowRejected(EMPTY_TEXT, f"field {name!r} is empty")
+        raise RowRejected(EMPTY_TEXT, f"{where}field {name!r} is empty")
     return value
 
 
@@ -120,9 +125,17 @@ def int_field(raw: dict, name: str) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and INTEGER.fullmatch(value.strip()):
         return int(value)
-    raise RowRejected(WRONG_TYPE, f"field {name!r} must be an integer, got {value!r}")
+    raise RowRejected(WRONG_TYPE, f"field {name!r} must be an integer, got {_short(value)}")
+
+
+def number_field(raw: dict, name: str) -> int | float:
+    """A finite number (a NaN or infinity from a Parquet column is no score)."""
+    value = field(raw, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RowRejected(WRONG_TYPE, f"field {name!r} must be a finite number, got {_short(value)}")
+    return value
 
 
 def bool_field(raw: dict, name: str) -> bool:
@@ -132,7 +145,7 @@ def bool_field(raw: dict, name: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise RowRejected(WRONG_TYPE, f"field {name!r} must be a boolean, got {value!r}")
+    raise RowRejected(WRONG_TYPE, f"field {name!r} must be a boolean, got {_short(value)}")
 
 
 def list_field(raw: dict, name: str) -> list:
@@ -144,9 +157,17 @@ def list_field(raw: dict, name: str) -> list:
     return value
 
 
+def _short(value: Any) -> str:
+    """A value for an error message: its repr, cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def require_nonempty_text(messages: Conversation, column: str) -> None:
-    """Reject a conversation with a text part that is empty or only whitespace."""
+    """Reject a conversation with a message without content, or a text part that is empty or only whitespace."""
     for index, message in enumerate(messages):
+        if message.get("content") == []:
+            raise RowRejected(EMPTY_TEXT, f"{column}[{index}] ({message.get('role')}) has no content")
         for part in message["content"] if isinstance(message.get("content"), list) else [message.get("content")]:
             text = part.get("text") if isinstance(part, dict) else part
             kind = part.get("type", "text") if isinstance(part, dict) else "text"

@@ -27,6 +27,7 @@ from align_core.templates.base import (
     field,
     int_field,
     list_field,
+    number_field,
     optional_text_field,
     require_last_role,
     require_nonempty_text,
@@ -280,10 +281,7 @@ class UltraFeedback(ChatTemplate):
         prompt, chosen, rejected = self._split_final_answers(self._list(raw, "chosen"), self._list(raw, "rejected"))
         meta = self._meta(raw)
         for name in ("score_chosen", "score_rejected"):
-            score = field(raw, name)
-            if isinstance(score, bool) or not isinstance(score, (int, float)):
-                raise RowRejected(WRONG_TYPE, f"field {name!r} must be a number, got {score!r}")
-            meta[name] = score
+            meta[name] = number_field(raw, name)
         return prompt, chosen, rejected, meta
 
     def format_supervised_sample(self, raw: dict):
@@ -306,11 +304,14 @@ class ShareGPT(ChatTemplate):
             if not isinstance(turn, dict):
                 kind = type(turn).__name__
                 raise RowRejected(WRONG_TYPE, f"conversations[{index}] must be a {{from, value}} dict, got {kind}")
-            speaker = turn.get("from")
+            where = f"conversations[{index}]: "
+            speaker = field(turn, "from", where=where)
+            if not isinstance(speaker, str):  # before the lookup: an unhashable value would raise TypeError
+                raise RowRejected(WRONG_TYPE, f"{where}field 'from' must be a string, got {type(speaker).__name__}")
             if speaker not in self.ROLES:
                 expected = list(self.ROLES)
-                raise RowRejected(BAD_ROLES, f"conversations[{index}].from is {speaker!r}; expected one of {expected}")
-            messages.append({"role": self.ROLES[speaker], "content": text_field(turn, "value")})
+                raise RowRejected(BAD_ROLES, f"conversations[{index}].from is {speaker[:60]!r}; expected one of {expected}")
+            messages.append({"role": self.ROLES[speaker], "content": text_field(turn, "value", where=where)})
         return self._conversation(messages, "conversations")
 
     def format_supervised_sample(self, raw: dict):

@@ -41,18 +41,30 @@ def materialize_command(
     contract_set: list[str] = typer.Option([], "--contract-set", help="contract override EXPECTATION.SETTING=VALUE (repeatable)"),
 ) -> None:
     """Materialise SOURCE into content-addressed conversation shards; prints the dataset folder last."""
-    from align_core.materialize import MaterializeSpec
-    from align_core.sources import detect_format
     from data_contracts.suite import parse_override_pairs
+    from flows.pipeline_config import check_materialize
 
     # Check everything cheap before a Prefect server starts: bad usage fails in a second, writing nothing.
-    spec = MaterializeSpec.checked(template, kind, parse_options(option), template_module, rows_per_shard)
-    if source_format is None:
-        detect_format(source)
+    overrides = parse_override_pairs(contract_set) if contract_set else None
+    spec = check_materialize(
+        source,
+        template,
+        kind,
+        out,
+        template_options=parse_options(option),
+        template_module=template_module,
+        source_format=source_format,
+        rows_per_shard=rows_per_shard,
+        workers=workers,
+        validate_contract=validate,
+        contract_overrides=overrides,
+    )
 
+    from alignflow.cli import run_flow
     from flows.materialize import materialize
 
-    dataset_dir = materialize(
+    dataset_dir = run_flow(
+        materialize,
         source=str(source),
         template=template,
         kind=kind,
@@ -63,7 +75,7 @@ def materialize_command(
         rows_per_shard=rows_per_shard,
         workers=workers,
         validate_contract=validate,
-        contract_overrides=parse_override_pairs(contract_set) if contract_set else None,
+        contract_overrides=overrides,
     )
     manifest = ShardDataset(dataset_dir).manifest
     typer.echo(f"rows {manifest.rows}, quarantined {manifest.quarantined}, shards {len(manifest.shards)}", err=True)

@@ -23,10 +23,12 @@ pipeline_app = typer.Typer(
 
 @pipeline_app.command("check")
 def check_command(config: Path = typer.Argument(..., help="pipeline YAML")) -> None:
-    """Validate the YAML and print the job order, without running anything."""
-    from flows.pipeline_config import load_pipeline
+    """Check everything `pipeline run` needs (sources, templates, kinds, training configs, output paths)
+    and print the job order, without running anything."""
+    from flows.pipeline_config import check_pipeline, load_pipeline
 
     spec = load_pipeline(config)
+    check_pipeline(spec)
     typer.echo(f"output_dir {spec.output_dir}")
     typer.echo(f"datasets   {', '.join(spec.datasets)}")
     typer.echo(f"models     {', '.join(spec.models) or '-'}")
@@ -41,12 +43,15 @@ def run_command(config: Path = typer.Argument(..., help="pipeline YAML")) -> Non
 
     Prints the summary as JSON, the table of steps (stderr), and the output folder last; a failed run
     prints the table and its error instead, and exits non-zero."""
-    from flows.pipeline_config import load_pipeline
+    from alignflow.cli import failure_logs_off_console
+    from flows.pipeline_config import check_pipeline, load_pipeline
 
-    spec = load_pipeline(config)  # a bad config fails here, before a Prefect server starts
+    spec = load_pipeline(config)
+    check_pipeline(spec)  # a bad config or input fails here, before a Prefect server starts
     from flows.pipeline import pipeline
 
-    state = pipeline(config=str(config.absolute()), return_state=True)
+    with failure_logs_off_console():  # report_run says a failure in one line
+        state = pipeline(config=str(config.absolute()), return_state=True)
     if state.is_completed():
         typer.echo(json.dumps(state.result(), indent=2, default=str))
     report_run(state, spec)
