@@ -36,7 +36,7 @@ from align_core.sources import SourceInfo
 from align_core.trainers.cached_steps import tokenize_specs
 from data_contracts.results import ValidationResult
 from flows.materialize import materialize
-from flows.pipeline_config import JobEntry, PipelineConfig, load_pipeline
+from flows.pipeline_config import JobEntry, PipelineConfig, check_pipeline, load_pipeline
 from tasks.artifacts import publish_markdown
 from tasks.models import build_tiny, check_model_path
 from tasks.reference import reference_steps
@@ -56,6 +56,7 @@ def labelled(**names: str) -> AbstractContextManager:
 def pipeline(config: str) -> dict[str, Any]:
     """Run the pipeline described by the YAML file ``config``; returns every output's location."""
     spec = load_pipeline(config)
+    check_pipeline(spec)  # a deployment's run has no CLI before it: the same checks as `pipeline check`
     output_dir = Path(spec.output_dir)
 
     dataset_dirs = {}
