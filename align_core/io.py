@@ -7,15 +7,18 @@ renamed into place once everything inside, manifest last, is written.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from align_core.errors import IntegrityError
 
@@ -110,8 +113,8 @@ def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
 
 def staging_dir(final: Path) -> Path:
     """A fresh hidden folder beside ``final`` to build it in: unique per call (two threads of one
-    process may build the same thing), with the pid last so a killed run's leftovers can be found."""
-    staging = final.with_name(f".staging-{final.name}-{uuid.uuid4().hex[:8]}-{os.getpid()}")
+    process may build the same thing), named after its owner so a killed run's leftovers can be found."""
+    staging = final.with_name(f".staging-{final.name}-{owner_tag()}")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
@@ -136,12 +139,11 @@ def publish_dir(staging: Path, final: Path) -> bool:
 
 
 def remove_stale_staging(root: Path) -> None:
-    """Remove staging folders left by runs that were killed (their pid no longer exists)."""
+    """Remove staging folders left by runs that were killed (their owner no longer exists)."""
     if not root.is_dir():
         return
     for path in root.glob(".staging-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        if owner_dead(path.name):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -153,3 +155,71 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def owner_tag() -> str:
+    """``<random>-<pid>@<host>``: names a staging folder after the process building it, unique per call."""
+    return f"{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
+
+
+def owner_dead(name: str) -> bool:
+    """Whether the process named at the end of ``name`` (by ``owner_tag``; older names end in the pid)
+    is gone. A process on another host cannot be probed: it counts as alive, so its folder stays."""
+    rest, at, host = name.rpartition("@")
+    if at and host != socket.gethostname():
+        return False
+    pid = (rest if at else name).rsplit("-", 1)[-1]
+    return pid.isdigit() and not pid_alive(int(pid))
+
+
+LOCK_NAME = ".alignflow.lock"
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``<folder>/.alignflow.lock``: one run writes a folder at a time.
+
+    The file names the holder (pid, host, what it is); a second taker fails at once with a
+    ``UsageError`` that says so. The kernel drops the lock when the holding process dies, however
+    it dies, so a run killed with SIGKILL never leaves a stale lock behind.
+    """
+
+    def __init__(self, folder: str | os.PathLike, holder: str):
+        self.path = Path(folder) / LOCK_NAME
+        self.holder = holder  # what holds it, for the other taker's message: "a training run"
+        self._fd: int | None = None
+
+    def acquire(self) -> Self:
+        from align_core.errors import UsageError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # never truncate: the holder's pid is in it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"{self.path.parent} is in use by {self._read_holder()}; wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "holder": self.holder}
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> Self:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def _read_holder(self) -> str:
+        for _ in range(20):  # the holder writes its record just after locking: give it a moment
+            try:
+                record = json.loads(self.path.read_text())
+                return f"{record['holder']} (pid {record['pid']} on {record['host']})"
+            except (OSError, ValueError, KeyError, TypeError):
+                time.sleep(0.05)
+        return "another process (pid unknown)"

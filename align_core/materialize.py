@@ -15,11 +15,16 @@ This module is plain Python; ``tasks/materialize.py`` wraps its steps as Prefect
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import gc
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -193,10 +198,37 @@ def _format_rows_individually(chunk, spec, source_sha256, schema, quarantine) ->
     return FormattedChunk(batch, quarantine)
 
 
-def _init_worker(template_module: str | None) -> None:
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _init_worker(template_module: str | None, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if template_module:
         load_template_module(template_module)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker must not outlive the materialise that started it (killed, it would leave the worker
+    waiting forever, reparented to init). On Linux the kernel SIGKILLs the worker when its parent
+    dies (``PR_SET_PDEATHSIG``; strictly, when the parent's thread that spawned it exits, and the
+    pool is spawned and used from one thread); elsewhere a thread watches the parent's pid."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _formatted_chunks(source: SourceInfo, spec: MaterializeSpec, workers: int):
@@ -208,7 +240,8 @@ def _formatted_chunks(source: SourceInfo, spec: MaterializeSpec, workers: int):
         return
     # spawn, not fork: the parent may run Prefect's threads, and forking a threaded process can deadlock.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(spec.template_module,)) as pool:
+    init = (spec.template_module, os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
         pending: deque[Future] = deque()
         for chunk in chunks:
             pending.append(pool.submit(format_chunk, chunk, spec, source.sha256))

@@ -9,7 +9,9 @@ label it in the Prefect UI and in ``step_rows``, the table of what a run did.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +27,12 @@ from prefect.client.schemas.filters import (
     TaskRunFilterFlowRunId,
 )
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.exceptions import MissingResult
 from prefect.futures import PrefectFuture
 
 from align_core.config import build_config, dump_config
-from align_core.io import atomic_write_text
+from align_core.io import FolderLock, atomic_write_text
 from align_core.markdown import markdown_table
 from align_core.shards.dataset import ShardDataset
 from align_core.sources import SourceInfo
@@ -38,6 +41,7 @@ from data_contracts.results import ValidationResult
 from flows.materialize import materialize
 from flows.pipeline_config import JobEntry, PipelineConfig, check_pipeline, load_pipeline
 from tasks.artifacts import publish_markdown
+from tasks.crashed_runs import start_of_run
 from tasks.models import build_tiny, check_model_path
 from tasks.reference import reference_steps
 from tasks.tokenize import tokenize
@@ -52,7 +56,21 @@ def labelled(**names: str) -> AbstractContextManager:
     return tags(*(f"{kind}:{name}" for kind, name in names.items()))
 
 
+def one_run_per_output_dir(run: Callable[[str], dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
+    """The flow holds its output folder's lock for the whole run: a second run of the same pipeline
+    fails at once, naming this one's pid, instead of deleting its files. Then ``start_of_run``."""
+
+    @functools.wraps(run)
+    def locked(config: str) -> dict[str, Any]:
+        with FolderLock(load_pipeline(config).output_dir, "a pipeline run"):
+            start_of_run(FlowRunContext.get().flow_run)
+            return run(config)
+
+    return locked
+
+
 @flow(name="pipeline")
+@one_run_per_output_dir
 def pipeline(config: str) -> dict[str, Any]:
     """Run the pipeline described by the YAML file ``config``; returns every output's location."""
     spec = load_pipeline(config)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from align_core.io import pid_alive
 from align_core.paths import configure_environment, state_dir
+from tasks.crashed_runs import HEARTBEAT_SECONDS
 
 
 def configure_prefect() -> None:
@@ -30,6 +31,8 @@ def configure_prefect() -> None:
         # A fresh PREFECT_HOME migrates its database on the temporary server's first start: 25-40 s
         # on two busy cores, past Prefect's 20 s default, which failed `make demo` on a new machine.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        # A killed run's heartbeats stop: Prefect's zombie detection crashes it after three missed ones.
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

@@ -45,6 +45,7 @@ from align_core.trainers.rundir import (
     finished_result,
     model_dir,
     run_digest,
+    run_dir_lock,
 )
 
 Metrics = dict[str, torch.Tensor]  # name -> () share of the step's value, summed over micro-batches and ranks
@@ -196,14 +197,15 @@ class Trainer:
         from transformers import set_seed
 
         self.dist = setup_distributed()
-        done = finished_result(self.config)
-        if done is not None:
-            return done
-        resume_step = self.resumed_from_step = self._resume_step()
-        set_seed(self.train_cfgs.seed)
-        run = self._prepare(resume_step)
-        last_metrics = self._run_steps(run)
-        return self._finish(run, last_metrics)
+        with run_dir_lock(self.output_dir, self.dist):  # a second run on this folder fails here, naming this one
+            done = finished_result(self.config)
+            if done is not None:
+                return done
+            resume_step = self.resumed_from_step = self._resume_step()
+            set_seed(self.train_cfgs.seed)
+            run = self._prepare(resume_step)
+            last_metrics = self._run_steps(run)
+            return self._finish(run, last_metrics)
 
     def _prepare(self, resume_step: int | None) -> _RunState:
         """Data, models, checkpoints (restored when resuming) and metrics, in the order ranks must agree on."""

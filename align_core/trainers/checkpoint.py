@@ -3,7 +3,14 @@ optimizer, scheduler) in ``<model name>/``, the data position, and each rank's R
 
 A checkpoint is written by all ranks into a hidden staging folder and renamed to its final name only
 after every rank has finished, so a folder named ``step-*`` is always complete; a run killed while
-saving leaves only a staging folder, which the next run removes. The last ``keep`` checkpoints stay.
+saving leaves only a staging folder, which the next run removes. A staging folder is named after the
+run that writes it (rank 0's pid and host, and a random part), and start-up removes only those
+whose writer is dead. The last ``keep`` checkpoints stay.
+
+Every file a resume reads loads with ``torch.load(weights_only=True)``: RNG files hold only tensors
+and numbers, and DeepSpeed's model and optimizer states only tensors, containers and the few plain
+DeepSpeed classes of ``engine.deepspeed_state_globals`` (``engine.safe_checkpoint_engine`` loads them),
+so a crafted checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -19,10 +26,12 @@ import numpy as np
 import torch
 
 from align_core.errors import UsageError
-from align_core.trainers.engine import DistInfo, Engine
+from align_core.io import owner_dead, owner_tag
+from align_core.trainers.engine import DistInfo, Engine, refusal_reason
 
 _FINAL = re.compile(r"^step-(\d{8})$")
 _STAGING_PREFIX = ".staging-"
+_UNOWNED_STAGING = re.compile(r"^\.staging-(replaced-)?step-\d{8}$")  # written before staging names had an owner
 
 
 def checkpoint_tag(step: int) -> str:
@@ -66,16 +75,20 @@ def load_rng_file(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # refused global, or not a torch file
-        raise UsageError(f"{path}: not a plain RNG state file, refused ({str(error).splitlines()[0]})") from None
+        raise UsageError(f"{path}: not a plain RNG state file, refused ({refusal_reason(error)})") from None
 
 
 class CheckpointManager:
     """Saves and finds checkpoints in ``root`` (``<output_dir>/checkpoints``)."""
 
     def __init__(self, root: Path, keep: int, dist: DistInfo):
+        """Collective: every rank constructs it, and all take rank 0's owner tag for staging names."""
         self.root = Path(root)
         self.keep = keep
         self.dist = dist
+        owner = [owner_tag()]
+        torch.distributed.broadcast_object_list(owner, src=0)
+        self.owner = owner[0]
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
@@ -86,15 +99,18 @@ class CheckpointManager:
         return steps[-1] if steps else None
 
     def remove_incomplete(self) -> None:
-        """Drop staging folders of saves that never finished (all ranks are past any save here)."""
+        """Drop staging folders of saves that never finished: those whose writer is dead (and unowned
+        ones of older versions). A live writer's are kept: it may be another run saving right now."""
         if self.dist.local_rank == 0 and self.root.is_dir():
             for path in self.root.glob(f"{_STAGING_PREFIX}*"):
-                shutil.rmtree(path, ignore_errors=True)
+                if _UNOWNED_STAGING.match(path.name) or owner_dead(path.name):
+                    shutil.rmtree(path, ignore_errors=True)
         torch.distributed.barrier()
 
     def save(self, engines: dict[str, Engine], step: int, client_state: dict[str, Any]) -> Path:
         """Save on every rank; returns the final folder once it is complete on all of them."""
-        staging_tag = f"{_STAGING_PREFIX}{checkpoint_tag(step)}"
+        staging_tag = f"{_STAGING_PREFIX}{checkpoint_tag(step)}-{self.owner}"
+        replaced = self.root / f"{_STAGING_PREFIX}replaced-{checkpoint_tag(step)}-{self.owner}"
         for name, engine in engines.items():
             engine.save_checkpoint(self.root / staging_tag, name, client_state)
         # RNG streams differ per rank (dropout, sampling), so each rank keeps its own.
@@ -105,9 +121,9 @@ class CheckpointManager:
         if self.dist.local_rank == 0 and (self.root / staging_tag).exists():
             try:
                 if final.exists():  # the same step saved again: move the old one aside, never leave a gap
-                    final.rename(self.root / f"{_STAGING_PREFIX}replaced-{checkpoint_tag(step)}")
+                    final.rename(replaced)
                 (self.root / staging_tag).rename(final)
-                shutil.rmtree(self.root / f"{_STAGING_PREFIX}replaced-{checkpoint_tag(step)}", ignore_errors=True)
+                shutil.rmtree(replaced, ignore_errors=True)
             except FileNotFoundError:
                 pass
             for old in self.steps()[: -self.keep]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import shutil
 import socket
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from align_core.config import TrainCfgs
+from align_core.errors import UsageError
 from align_core.io import publish_dir, staging_dir
 
 
@@ -100,6 +102,41 @@ def zero3_model_loading(ds_config: dict[str, Any]) -> Iterator[None]:
     del keep_alive
 
 
+def deepspeed_state_globals() -> list[type]:
+    """The classes besides tensors and containers that DeepSpeed's model and optimizer state files hold
+    (measured on 0.19.8, ZeRO 0-3, fp32/bf16/fp16). Plain data: unpickling one sets attributes, runs no code."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaleProfile, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, LossScaleProfile, ZeroStageEnum, fragment_address]
+
+
+def safe_checkpoint_engine(ds_config: Any) -> Any:
+    """DeepSpeed's torch checkpoint engine, but loading every state file with ``weights_only=True``.
+
+    DeepSpeed itself loads with ``weights_only=False`` (a pickle may run any code), and has no setting
+    for it: a crafted ``*_model_states.pt`` or ``*_optim_states.pt`` is refused here instead.
+    """
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class SafeCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location: Any = None) -> Any:
+            try:
+                with torch.serialization.safe_globals(deepspeed_state_globals()):
+                    return torch.load(path, map_location=map_location, weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # refused global, or not a torch file
+                raise UsageError(f"{path}: not a plain DeepSpeed state file, refused ({refusal_reason(error)})") from None
+
+    return SafeCheckpointEngine(ds_config)
+
+
+def refusal_reason(error: Exception) -> str:
+    """The line of a failed ``torch.load`` that says why: the refused global, else its first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return next((line for line in lines if "GLOBAL" in line), lines[0])
+
+
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices only: biases and norm scales (1-D) are not regularised."""
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -144,6 +181,7 @@ class Engine:
         self.ds_engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler_for, config=ds_config
         )
+        self.ds_engine.checkpoint_engine = safe_checkpoint_engine(self.ds_engine._config)
         self.zero_stage = train_cfgs.zero_stage
 
     @property

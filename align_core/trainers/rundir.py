@@ -1,6 +1,8 @@
-"""The bookkeeping of a run's output folder: what identifies a run, whether it is finished or resumable.
+"""The bookkeeping of a run's output folder: who writes it, what identifies a run, whether it is finished
+or resumable.
 
-    <output_dir>/run_config.yaml     the settings the checkpoints were made with
+    <output_dir>/.alignflow.lock     held by rank 0 for the whole run: one run writes the folder at a time
+                 run_config.yaml     the settings the checkpoints were made with
                  checkpoints/step-N  DeepSpeed state + data position + RNG (see checkpoint.py)
                  metrics.jsonl, loss_curve.png, tensorboard/
                  model/              the final export of the policy in Hugging Face format
@@ -10,13 +12,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from align_core.config import TrainConfig, dump_config, load_config
-from align_core.io import atomic_write_text
+from align_core.errors import UsageError
+from align_core.io import FolderLock, atomic_write_text
 from align_core.trainers.checkpoint import complete_checkpoint_steps
+
+if TYPE_CHECKING:
+    from align_core.trainers.engine import DistInfo
 
 RUN_CONFIG_NAME = "run_config.yaml"
 RESULT_NAME = "train_result.json"
@@ -41,6 +49,28 @@ RESUME_SAFE_KEYS = (
 def model_dir(output_dir: str | Path, name: str = POLICY) -> Path:
     """Where a trained model of the run is exported: ``model/`` for the policy, ``model-<name>/`` else."""
     return Path(output_dir) / (MODEL_DIR_NAME if name == POLICY else f"{MODEL_DIR_NAME}-{name}")
+
+
+@contextlib.contextmanager
+def run_dir_lock(output_dir: str | Path, dist: DistInfo) -> Iterator[None]:
+    """Rank 0 holds ``output_dir``'s lock for the run; every rank raises the same ``UsageError`` when
+    another run (a second ``alignflow train``, a pipeline job) holds it. Collective: all ranks call it."""
+    import torch
+
+    lock, refusal = None, [None]
+    if dist.is_main:
+        try:
+            lock = FolderLock(output_dir, "a training run").acquire()
+        except UsageError as error:
+            refusal[0] = str(error)
+    torch.distributed.broadcast_object_list(refusal, src=0)
+    if refusal[0] is not None:
+        raise UsageError(refusal[0])
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def run_digest(config: TrainConfig) -> str:

@@ -16,6 +16,7 @@ from align_core.errors import UsageError
 from alignflow.commands.data import print_table  # the table layout `shards ls` uses
 from alignflow.commands.deploy import PROJECT_FLOWS, load_flow
 from alignflow.server import use_recorded_server
+from tasks.crashed_runs import CRASH_AFTER_SECONDS, crash_if_gone
 
 runs_app = typer.Typer(help="List and retry Prefect flow runs.", no_args_is_help=True)
 
@@ -132,9 +133,11 @@ def retry_run(
 
     with prefect_client() as client:
         flow_run = read_flow_run(client, run_id)
+        if crash_if_gone(client, flow_run):  # killed: Running in Prefect, its process gone
+            typer.echo(f"run {flow_run.id} was Running, but its process ({flow_run.infrastructure_pid}) is gone: marked Crashed", err=True)
+            flow_run = client.read_flow_run(flow_run.id)
         if flow_run.state is None or flow_run.state.type.value not in TERMINAL_STATES:
-            current = flow_run.state.name if flow_run.state else "no state"
-            raise UsageError(f"flow run {flow_run.id} is {current}; only a finished run ({', '.join(s.lower() for s in TERMINAL_STATES)}) can be retried")
+            raise UsageError(_not_finished(flow_run))
         flow_name = client.read_flow(flow_run.flow_id).name
         flow = _flow_to_run_here(entrypoint, flow_run, flow_name)
         client.set_flow_run_state(flow_run.id, Scheduled(message="Retried by alignflow runs retry"), force=True)
@@ -148,6 +151,17 @@ def retry_run(
     typer.echo(f"state: {final.state.name if final.state else 'unknown'}")
     if not (final.state and final.state.is_completed()):
         raise typer.Exit(1)
+
+
+def _not_finished(flow_run) -> str:
+    current = flow_run.state.name if flow_run.state else "no state"
+    finished = ", ".join(s.lower() for s in TERMINAL_STATES)
+    where = f" in process {flow_run.infrastructure_pid}" if flow_run.infrastructure_pid else ""
+    return (
+        f"flow run {flow_run.id} is {current}{where}; only a finished run ({finished}) can be retried "
+        f"(a killed run is marked Crashed here once its recorded process is gone from this host, or by Prefect "
+        f"after {CRASH_AFTER_SECONDS} s without heartbeats while a server runs)"
+    )
 
 
 def _flow_to_run_here(entrypoint: str | None, flow_run, flow_name: str):
