@@ -5,7 +5,9 @@ A checkpoint is written by all ranks into a hidden staging folder and renamed to
 after every rank has finished, so a folder named ``step-*`` is always complete; a run killed while
 saving leaves only a staging folder, which the next run removes. A staging folder is named after the
 run that writes it (rank 0's pid and host, and a random part), and start-up removes only those
-whose writer is dead. The last ``keep`` checkpoints stay.
+whose writer is dead. The last ``keep`` checkpoints stay. ``checkpoint_digests.json`` records the
+sha256 of every file (the ranks hash a share each); a resume verifies them all before loading any,
+so a damaged or swapped file stops the run with the file named.
 
 Every file a resume reads loads with ``torch.load(weights_only=True)``: RNG files hold only tensors
 and numbers, and DeepSpeed's model and optimizer states only tensors, containers and the few plain
@@ -15,6 +17,7 @@ so a crafted checkpoint cannot run code.
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import re
@@ -25,12 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from align_core.errors import UsageError
-from align_core.io import owner_dead, owner_tag
+from align_core.errors import IntegrityError, UsageError
+from align_core.io import atomic_write_json, owner_dead, owner_tag, require_sha256, sha256_file
 from align_core.trainers.engine import DistInfo, Engine, refusal_reason
 
 _FINAL = re.compile(r"^step-(\d{8})$")
 _STAGING_PREFIX = ".staging-"
+DIGESTS_NAME = "checkpoint_digests.json"  # sha256 of every file, verified before a resume reads any
 _UNOWNED_STAGING = re.compile(r"^\.staging-(replaced-)?step-\d{8}$")  # written before staging names had an owner
 
 
@@ -116,6 +120,7 @@ class CheckpointManager:
         # RNG streams differ per rank (dropout, sampling), so each rank keeps its own.
         torch.save(rng_state(), self.root / staging_tag / f"rng_state_rank{self.dist.rank}.pt")
         torch.distributed.barrier()
+        self._record_digests(self.root / staging_tag)
         final = self.root / checkpoint_tag(step)
         # One rank per node renames: on a shared filesystem the first wins and the others find nothing.
         if self.dist.local_rank == 0 and (self.root / staging_tag).exists():
@@ -131,9 +136,43 @@ class CheckpointManager:
         torch.distributed.barrier()
         return final
 
+    def _record_digests(self, folder: Path) -> None:
+        """Write ``DIGESTS_NAME``: the sha256 of every file of the checkpoint. The ranks hash a share
+        each (a checkpoint can be large), and each node's first rank writes the merged table."""
+        files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+        mine = {name: sha256_file(folder / name) for name in files[self.dist.rank :: self.dist.world_size]}
+        shares: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(shares, mine)
+        if self.dist.local_rank == 0:
+            atomic_write_json(folder / DIGESTS_NAME, {"files": {k: v for share in shares for k, v in sorted(share.items())}})
+        torch.distributed.barrier()
+
+    def _verify_digests(self, folder: Path) -> None:
+        """Every rank checks a share of the files before any is loaded; a mismatch stops all ranks, naming the file."""
+        problem = None
+        try:
+            recorded = json.loads((folder / DIGESTS_NAME).read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            recorded, problem = {}, f"{folder / DIGESTS_NAME}: missing or unreadable; the checkpoint cannot be verified"
+        names = sorted(recorded)
+        for name in names[self.dist.rank :: self.dist.world_size]:
+            if problem is not None:
+                break
+            try:
+                require_sha256(folder / name, recorded[name], "the checkpoint is damaged; delete it to resume from an earlier one")
+            except IntegrityError as error:
+                problem = str(error)
+        problems: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(problems, problem)
+        found = next((problem for problem in problems if problem), None)
+        if found:
+            raise IntegrityError(found)
+
     def load(self, engines: dict[str, Engine], step: int) -> dict[str, Any]:
-        """Restore every model, optimiser and scheduler and this rank's RNG; returns the saved client state."""
+        """Verify every file's digest, then restore every model, optimiser and scheduler and this rank's RNG;
+        returns the saved client state."""
         folder = self.root / checkpoint_tag(step)
+        self._verify_digests(folder)
         missing = [name for name in engines if not (folder / name).is_dir()]
         if missing:
             raise UsageError(f"{folder}: no state for model {', '.join(missing)}; saved by another algorithm or version")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import torch
 from test_engine import make_engine, token_batches, train_micro_batches  # tests/ is on the path, as for train_data
 
 from align_core.errors import UsageError
-from align_core.trainers.checkpoint import CheckpointManager, checkpoint_tag
+from align_core.io import sha256_file
+from align_core.trainers.checkpoint import DIGESTS_NAME, CheckpointManager, checkpoint_tag
 from align_core.trainers.engine import setup_distributed
 
 
@@ -44,6 +46,11 @@ def test_a_pickle_planted_in_a_deepspeed_state_file_is_refused_on_resume(tmp_pat
     state = torch.load(path, weights_only=False)  # our own file, just written: trusted
     state["planted"] = Payload(tmp_path / "pwned")
     torch.save(state, path)
+    # the attacker also rewrites the digests, so the load itself is what must refuse the file
+    digests = path.parents[1] / DIGESTS_NAME
+    recorded = json.loads(digests.read_text())
+    recorded["files"][f"policy/{state_file}"] = sha256_file(path)
+    digests.write_text(json.dumps(recorded))
 
     with pytest.raises(UsageError) as refused:
         manager.load({"policy": make_engine(stage)}, step)
@@ -70,3 +77,18 @@ def test_every_file_a_resume_reads_is_loaded_with_weights_only(tmp_path, stage, 
     assert "rng_state_rank0.pt" in names and any(name.endswith("model_states.pt") for name in names)
     assert stage == 0 or any(name.endswith("optim_states.pt") for name in names)
     assert [name for name, weights_only in loads if weights_only is not True] == []
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_file_is_found_by_its_digest_before_anything_loads(tmp_path):
+    from align_core.errors import IntegrityError
+
+    manager, step = saved_checkpoint(tmp_path / "checkpoints", 1)
+    path = tmp_path / "checkpoints" / checkpoint_tag(step) / "policy" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    resumed = make_engine(1)
+    with pytest.raises(IntegrityError, match=r"optim_states.pt: sha256 mismatch .* the checkpoint is damaged"):
+        manager.load({"policy": resumed}, step)
+    assert resumed.global_step == 0  # nothing was loaded
