@@ -28,6 +28,12 @@ UNSPLITTABLE_TRANSCRIPT = "unsplittable_transcript"
 BAD_ROLES = "bad_roles"
 UNDECODABLE = "undecodable"
 TEMPLATE_EXCEPTION = "template_exception"
+# Media (align_core.media): a path escaping --media-root, a file that is not there, bytes the modality's
+# decoder (PIL, soundfile, PyAV) refuses, or placeholders that do not match the media items one to one.
+MEDIA_OUTSIDE_ROOT = "media_outside_root"
+MEDIA_MISSING = "media_missing"
+MEDIA_UNDECODABLE = "media_undecodable"
+MEDIA_COUNT_MISMATCH = "media_count_mismatch"
 
 REASONS = (
     MISSING_FIELD,
@@ -39,6 +45,10 @@ REASONS = (
     BAD_ROLES,
     UNDECODABLE,
     TEMPLATE_EXCEPTION,
+    MEDIA_OUTSIDE_ROOT,
+    MEDIA_MISSING,
+    MEDIA_UNDECODABLE,
+    MEDIA_COUNT_MISMATCH,
 )
 
 

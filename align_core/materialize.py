@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,9 @@ import pyarrow as pa
 import align_core
 from align_core.errors import TEMPLATE_EXCEPTION, UNDECODABLE, RowRejected, UsageError
 from align_core.io import publish_dir, remove_stale_staging, sha256_json, staging_dir
+from align_core.media import MEDIA_CODE_VERSION, MediaBlob, media_root_digest, resolve_sample_media
 from align_core.shards.manifest import MANIFEST_NAME, Manifest, read_manifest
+from align_core.shards.media_store import MediaStoreWriter
 from align_core.shards.schema import SCHEMA_VERSION, Kind, parse_kind, shard_schema
 from align_core.shards.writer import DEFAULT_ROWS_PER_SHARD, QuarantineWriter, SampleBatch, ShardWriter, sample_id
 from align_core.sources import Chunk, SourceInfo, chunk_rows, fingerprint_source, iter_chunks
@@ -58,6 +60,7 @@ class MaterializeSpec:
     template_module: str | None = None
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
     media: tuple[str, ...] = ()
+    media_root: str | None = None  # relative media paths resolve here; its files' digests enter the dataset digest
 
     @classmethod
     def checked(
@@ -67,14 +70,17 @@ class MaterializeSpec:
         template_options: dict[str, Any] | None = None,
         template_module: str | None = None,
         rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+        media_root: str | os.PathLike | None = None,
     ) -> MaterializeSpec:
         """A spec whose template, options and kind are known to work: bad usage fails here,
         before any source is hashed or any server started."""
         if rows_per_shard < 1:
             raise UsageError("rows_per_shard must be at least 1")
-        spec = cls(template, parse_kind(kind), dict(template_options or {}), template_module, rows_per_shard)
-        spec.load_template()
-        return spec
+        if media_root is not None and not Path(media_root).is_dir():
+            raise UsageError(f"media root {media_root} is not a folder")
+        root = str(Path(media_root).absolute()) if media_root is not None else None
+        spec = cls(template, parse_kind(kind), dict(template_options or {}), template_module, rows_per_shard, media_root=root)
+        return replace(spec, media=spec.load_template().media_types())
 
     def load_template(self) -> Template:
         if self.template_module:
@@ -105,8 +111,18 @@ def dataset_digest(source: SourceInfo, spec: MaterializeSpec, template: Template
             "rows_per_shard": spec.rows_per_shard,
             "media": list(spec.media),
             "schema_version": SCHEMA_VERSION,
+            # only for media datasets, so text datasets keep their digests
+            **(_media_digest_fields(spec) if spec.media else {}),
         }
     )[:32]
+
+
+def _media_digest_fields(spec: MaterializeSpec) -> dict[str, str]:
+    """What decides a media dataset's bytes beyond the source: the media code and the media root's files."""
+    fields = {"media_code_version": MEDIA_CODE_VERSION}
+    if spec.media_root:
+        fields["media_root_sha256"] = media_root_digest(spec.media_root)
+    return fields
 
 
 def find_existing(out_root: str | os.PathLike, digest: str) -> Manifest | None:
@@ -136,6 +152,7 @@ def _template_for(spec: MaterializeSpec) -> Template:
 class FormattedChunk:
     batch: pa.RecordBatch | None
     quarantine: list[tuple[int, str, str, Any]]  # (source_index, reason, detail, raw)
+    media: dict[str, MediaBlob] = field(default_factory=dict)  # sha256 -> blob, first use first
 
 
 def format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str) -> FormattedChunk:
@@ -156,12 +173,13 @@ def _format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str) -> Fo
     schema = shard_schema(spec.kind, spec.media)
     samples = SampleBatch(spec.kind, spec.media)
     quarantine = []
+    media: dict[str, MediaBlob] = {}
     for index, row, raw in chunk_rows(chunk):
         if isinstance(row, RowRejected):
             quarantine.append((index, row.reason, row.detail, raw))
             continue
         try:
-            sample = template.format(spec.kind, row)
+            sample = _format_sample(template, spec, row, media)
         except RowRejected as rejected:
             quarantine.append((index, rejected.reason, rejected.detail, raw))
             continue
@@ -174,28 +192,41 @@ def _format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str) -> Fo
     if not len(samples):
         return FormattedChunk(None, quarantine)
     try:
-        return FormattedChunk(samples.to_record_batch(schema), quarantine)
+        return FormattedChunk(samples.to_record_batch(schema), quarantine, media)
     except (pa.ArrowException, UnicodeError):
         return _format_rows_individually(chunk, spec, source_sha256, schema, quarantine)
+
+
+def _format_sample(template: Template, spec: MaterializeSpec, row: dict, media: dict[str, MediaBlob]) -> dict[str, Any]:
+    """One row as a sample; its media read, checked and referenced by sha256 (the bytes go to ``media``).
+    A row's media enter ``media`` only once the whole row is good, so a rejected row stores nothing."""
+    sample = template.format(spec.kind, row)
+    if spec.media:
+        row_media: dict[str, MediaBlob] = {}
+        sample = resolve_sample_media(sample, spec.media, spec.media_root, row_media)
+        for sha256, blob in row_media.items():
+            media.setdefault(sha256, blob)
+    return sample
 
 
 def _format_rows_individually(chunk, spec, source_sha256, schema, quarantine) -> FormattedChunk:
     """Slow path when some text cannot be stored as UTF-8 (e.g. lone surrogates in JSON escapes)."""
     template = _template_for(spec)
     rejected_indices = {item[0] for item in quarantine}
-    good = []
+    good, media = [], {}
     for index, row, raw in chunk_rows(chunk):
         if index in rejected_indices:
             continue
-        single = SampleBatch(spec.kind, spec.media)
-        single.add(sample_id(source_sha256, index), index, template.format(spec.kind, row))
+        single, row_media = SampleBatch(spec.kind, spec.media), {}
+        single.add(sample_id(source_sha256, index), index, _format_sample(template, spec, row, row_media))
         try:
             good.append(single.to_record_batch(schema))
+            media.update((sha, blob) for sha, blob in row_media.items() if sha not in media)
         except (pa.ArrowException, UnicodeError) as error:
             quarantine.append((index, UNDECODABLE, f"row {index}: text is not valid UTF-8 ({error})", raw))
     quarantine.sort(key=lambda item: item[0])
     batch = pa.Table.from_batches(good, schema=schema).combine_chunks().to_batches()[0] if good else None
-    return FormattedChunk(batch, quarantine)
+    return FormattedChunk(batch, quarantine, media)
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -260,14 +291,18 @@ def default_workers(source: SourceInfo) -> int:
 def _write_shards(source: SourceInfo, spec: MaterializeSpec, staging: Path, workers: int, on_progress):
     shards = ShardWriter(staging, spec.kind, source.sha256, spec.media, spec.rows_per_shard)
     quarantine = QuarantineWriter(staging)
+    media_store = MediaStoreWriter(staging) if spec.media else None
     for formatted in _formatted_chunks(source, spec, workers):
         if formatted.batch is not None:
             shards.write_batch(formatted.batch)
+        if media_store is not None:
+            media_store.add(formatted.media.values())
         for item in formatted.quarantine:
             quarantine.add(*item)
         if on_progress:
             on_progress(shards.rows, quarantine.count)
-    return shards.close(), quarantine.close(), dict(quarantine.reasons.most_common())
+    media_entry = media_store.close() if media_store is not None else None
+    return shards.close(), quarantine.close(), dict(quarantine.reasons.most_common()), media_entry
 
 
 def build_dataset(
@@ -289,7 +324,7 @@ def build_dataset(
     remove_stale_staging(out_root)
     staging = staging_dir(final)
     try:
-        shard_entries, quarantine_entry, reasons = _write_shards(source, spec, staging, workers or default_workers(source), on_progress)
+        shard_entries, quarantine_entry, reasons, media_entry = _write_shards(source, spec, staging, workers or default_workers(source), on_progress)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
         raise
@@ -307,6 +342,7 @@ def build_dataset(
         quarantine=quarantine_entry,
         quarantine_reasons=reasons,
         media=list(spec.media),
+        media_store=media_entry,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         alignflow_version=align_core.__version__,
     )
@@ -326,8 +362,9 @@ def materialize_dataset(
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     source_format: str | None = None,
     workers: int | None = None,
+    media_root: str | os.PathLike | None = None,
 ) -> Path:
     """One call, no Prefect: fingerprint, format and publish; returns the dataset folder."""
-    spec = MaterializeSpec.checked(template, kind, template_options, template_module, rows_per_shard)
+    spec = MaterializeSpec.checked(template, kind, template_options, template_module, rows_per_shard, media_root)
     source_info = fingerprint_source(source, source_format)
     return build_dataset(source_info, spec, out_root, workers).path

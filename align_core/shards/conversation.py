@@ -1,7 +1,9 @@
 """Conversations in Python and their columnar Arrow form.
 
 In Python a conversation is a list of messages ``{"role": str, "content": [part, ...]}`` with parts
-``{"type": "text", "text": str}`` or ``{"type": "image"|"audio"|"video", "text": None}``.
+``{"type": "text", "text": str}`` or ``{"type": "image"|"audio"|"video", "text": None}``; a media part
+given with its value (``{"type": "image", "image": value}``) keeps it under ``media`` until the
+materialiser stores it (the Arrow column holds only type and text).
 Templates may write ``content`` as a plain string; ``normalize_conversation`` turns it into parts.
 
 ``ConversationColumn`` appends conversations straight into flat child arrays and assembles the
@@ -91,6 +93,8 @@ def _normalize_content(content: Any, where: str) -> list[dict]:
             if not isinstance(text, str):
                 raise RowRejected(WRONG_TYPE, f"{part_where}.text: expected a string, got {type(text).__name__}")
             parts.append({"type": TEXT_PART, "text": text})
+        elif part.get(part_type) is not None:  # Hugging Face style {"type": "image", "image": value}: keep the value
+            parts.append({"type": part_type, "text": None, "media": part[part_type]})
         else:
             parts.append({"type": part_type, "text": None})
     return parts

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from align_core.errors import UsageError
 from align_core.io import digest_mismatch, require_sha256, sha256_file
 from align_core.shards.manifest import FileEntry, Manifest, read_manifest
-from align_core.shards.schema import Kind
+from align_core.shards.media_store import MediaStore
+from align_core.shards.schema import MEDIA_COLUMNS, Kind
 
 DAMAGED = "the dataset is damaged, rematerialise it"
 
@@ -25,6 +27,7 @@ class ShardDataset:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.manifest: Manifest = read_manifest(self.path)
+        self._media_store: MediaStore | None = None
 
     @property
     def kind(self) -> Kind:
@@ -83,11 +86,31 @@ class ShardDataset:
         with pa.memory_map(str(path)) as source:
             return pa.ipc.open_file(source).read_all()
 
+    def media_store(self) -> MediaStore:
+        """The dataset's media store (``media.arrow``), checked against its manifest sha256 first."""
+        entry = self.manifest.media_store
+        if entry is None:
+            raise UsageError(f"{self.path}: this dataset carries no media")
+        if self._media_store is None:
+            require_sha256(self.path / entry.path, entry.sha256, DAMAGED)
+            self._media_store = MediaStore(self.path / entry.path)
+        return self._media_store
+
+    def row_media(self, row: dict) -> dict[str, list[bytes]]:
+        """A row's media bytes per column (``{"images": [png bytes, ...]}``), in placeholder order,
+        each checked against its sha256. ``row`` is a shard row as a dict (``batch.to_pylist()``)."""
+        store = self.media_store()
+        return {
+            column: [store.get(item["sha256"]) for item in row.get(column) or []]
+            for column in (MEDIA_COLUMNS[media_type] for media_type in self.manifest.media)
+        }
+
     def verify(self) -> list[str]:
         """Recompute every file digest and row count; a list of mismatches (empty when intact)."""
+        media_store = [self.manifest.media_store] if self.manifest.media_store else []
         problems = [
             problem
-            for entry in [*self.manifest.shards, self.manifest.quarantine]
+            for entry in [*self.manifest.shards, self.manifest.quarantine, *media_store]
             if (problem := arrow_file_problem(self.path, entry))
         ]
         if sum(entry.rows for entry in self.manifest.shards) != self.manifest.rows:

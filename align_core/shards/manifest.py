@@ -41,6 +41,7 @@ class Manifest:
     quarantine: FileEntry
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     media: list[str] = field(default_factory=list)
+    media_store: FileEntry | None = None  # media.arrow, when the dataset carries media
     created: str = ""
     alignflow_version: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -54,6 +55,8 @@ class Manifest:
         data = dict(data)
         data["shards"] = [FileEntry(**entry) for entry in data["shards"]]
         data["quarantine"] = FileEntry(**data["quarantine"])
+        if data.get("media_store"):
+            data["media_store"] = FileEntry(**data["media_store"])
         known = set(cls.__dataclass_fields__)
         return cls(**{key: value for key, value in data.items() if key in known})
 

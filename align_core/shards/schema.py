@@ -3,7 +3,8 @@
 One Arrow row per sample. A conversation is
 ``list<struct<role: string, content: list<struct<type: string, text: string>>>>``; a content part of
 type ``image``/``audio``/``video`` is a placeholder for the next item of the row's matching media
-column (``images``/``audios``/``videos``), each a ``list<struct<bytes, path, sha256>>``.
+column (``images``/``audios``/``videos``), each a ``list<struct<sha256, path>>`` referencing the
+dataset's media store (``media.arrow``: each distinct item's bytes once).
 
 Kinds follow TRL's dataset taxonomy:
 
@@ -38,8 +39,19 @@ CONTENT_PART = pa.struct([("type", pa.string()), ("text", pa.string())])
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.list_(CONTENT_PART))])
 CONVERSATION = pa.list_(MESSAGE)
 
-# A media item: raw encoded bytes (PNG/WAV/MP4...), where it came from, and its content digest.
-MEDIA_ITEM = pa.struct([("bytes", pa.binary()), ("path", pa.string()), ("sha256", pa.string())])
+# A media item of a row: a reference by content digest into the dataset's media store (``media.arrow``,
+# which holds each distinct item's bytes once), and the path it was read from (null for inline bytes).
+MEDIA_ITEM = pa.struct([("sha256", pa.string()), ("path", pa.string())])
+# The media store: one row per distinct item, in order of first use. ``bytes`` are the encoded file
+# (PNG/JPEG, WAV/FLAC, MP4/WebM container) as read; ``sampling_rate`` (Hz) is set for audio only.
+MEDIA_STORE_SCHEMA = pa.schema(
+    [
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("type", pa.string(), nullable=False),
+        pa.field("bytes", pa.binary(), nullable=False),
+        pa.field("sampling_rate", pa.int32()),
+    ]
+)
 MEDIA_COLUMNS = {"image": "images", "audio": "audios", "video": "videos"}
 
 

@@ -25,13 +25,14 @@ from align_core.errors import (
     BAD_ROLES,
     EMPTY_TEXT,
     IDENTICAL_PAIR,
+    MEDIA_COUNT_MISMATCH,
     MISSING_FIELD,
     WRONG_TYPE,
     RowRejected,
     UsageError,
 )
 from align_core.shards.conversation import Conversation, conversation_text, normalize_conversation
-from align_core.shards.schema import CONVERSATION_COLUMNS, Kind, parse_kind
+from align_core.shards.schema import CONVERSATION_COLUMNS, TEXT_PART, Kind, parse_kind
 
 FORMAT_METHODS = {
     Kind.SUPERVISED: "format_supervised_sample",
@@ -47,6 +48,11 @@ class Template:
     name: ClassVar[str] = ""
     code_version: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
+    media: ClassVar[tuple[str, ...]] = ()  # the media types its samples carry: image, audio, video
+
+    def media_types(self) -> tuple[str, ...]:
+        """The media columns of the datasets this template (with its options) builds."""
+        return self.media
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -73,6 +79,10 @@ class Template:
                 f"it supports: {', '.join(k.value for k in self.supported_kinds())}"
             )
         *values, meta = method(raw)
+        return self.sample(kind, values, meta)
+
+    def sample(self, kind: Kind, values: list, meta: dict | None) -> dict[str, Any]:
+        """The sample of ``kind`` from a format method's conversations (+ desirable flag) and meta."""
         columns = CONVERSATION_COLUMNS[kind]
         sample: dict[str, Any] = {
             column: normalize_conversation(value, column) for column, value in zip(columns, values)
@@ -81,8 +91,45 @@ class Template:
             sample["label"] = bool(values[-1])
         if kind is Kind.PREFERENCE and conversation_text(sample["chosen"]) == conversation_text(sample["rejected"]):
             raise RowRejected(IDENTICAL_PAIR, "chosen and rejected are identical")
+        if self.media_types():
+            collect_media(sample, columns)
         sample["meta"] = json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str) if meta else None
         return sample
+
+
+def collect_media(sample: dict[str, Any], columns: tuple[str, ...]) -> None:
+    """Move the values of a sample's media parts, in column then placeholder order, into
+    ``sample["media"]`` (type -> values), and count each type's placeholders (``_<type>_placeholders``)."""
+    values: dict[str, list] = {}
+    for column in columns:
+        for message in sample[column]:
+            for part in message["content"]:
+                if part["type"] != TEXT_PART:
+                    sample[f"_{part['type']}_placeholders"] = sample.get(f"_{part['type']}_placeholders", 0) + 1
+                    if "media" in part:
+                        values.setdefault(part["type"], []).append(part.pop("media"))
+    sample["media"] = values
+
+
+def attach_media(conversation: Conversation, media_type: str, values: list, where: str) -> Conversation:
+    """Give the ``media_type`` placeholders of ``conversation`` the row's separate list of media
+    values (TRL / Hugging Face rows: ``{"type": "image"}`` parts and an ``images`` column), in order."""
+    remaining = list(values)
+    attached, placeholders = [], 0
+    for message in conversation:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == media_type:
+                    placeholders += 1
+                    part = {**part, media_type: remaining.pop(0) if remaining else None}
+                parts.append(part)
+            message = {**message, "content": parts}
+        attached.append(message)
+    if placeholders != len(values):
+        raise RowRejected(MEDIA_COUNT_MISMATCH, f"{where}: {placeholders} {media_type} placeholder(s) but {len(values)} item(s)")
+    return attached
 
 
 # Field helpers: one clear reason per way a raw field can be wrong. ``where`` prefixes the detail

@@ -21,8 +21,10 @@ from align_core.errors import (
     UsageError,
 )
 from align_core.shards.conversation import Conversation, conversation_text, normalize_conversation, text_message
+from align_core.shards.schema import MEDIA_COLUMNS
 from align_core.templates.base import (
     Template,
+    attach_media,
     bool_field,
     field,
     int_field,
@@ -327,21 +329,42 @@ class Messages(ChatTemplate):
 
     Preference rows follow TRL: ``chosen``/``rejected`` message lists, either whole conversations
     sharing an implicit prompt, or the continuations of an explicit ``prompt`` message list.
+
+    Option ``media`` (``image``, ``image,audio`` ...) makes the dataset carry those media: parts
+    ``{"type": "image", "image": value}`` carry their own item, or bare ``{"type": "image"}`` parts of
+    ``messages``/``prompt`` take the row's ``images``/``audios``/``videos`` list in order (TRL's vision rows).
     """
 
+    options = {"media": ""}
+
+    def media_types(self) -> tuple[str, ...]:
+        wanted = {name.strip() for name in str(self.settings["media"] or "").split(",") if name.strip()}
+        unknown = sorted(wanted - set(MEDIA_COLUMNS))
+        if unknown:
+            raise UsageError(f"template {self.name!r}: option media names {unknown}; expected some of {list(MEDIA_COLUMNS)}")
+        return tuple(media_type for media_type in MEDIA_COLUMNS if media_type in wanted)
+
+    def _messages(self, raw: dict, name: str) -> list:
+        """The message list ``name``, its bare media placeholders given the row's media lists."""
+        messages = list_field(raw, name)
+        for media_type in self.media_types():
+            if raw.get(MEDIA_COLUMNS[media_type]) is not None:
+                messages = attach_media(messages, media_type, list_field(raw, MEDIA_COLUMNS[media_type]), name)
+        return messages
+
     def format_supervised_sample(self, raw: dict):
-        return self._supervised(self._conversation(list_field(raw, "messages"), "messages"), "messages"), None
+        return self._supervised(self._conversation(self._messages(raw, "messages"), "messages"), "messages"), None
 
     def format_prompt_only_sample(self, raw: dict):
         name = "messages" if raw.get("messages") is not None else "prompt"
-        return self._until_last_user(self._conversation(list_field(raw, name), name), name), None
+        return self._until_last_user(self._conversation(self._messages(raw, name), name), name), None
 
     def format_preference_sample(self, raw: dict):
         chosen, rejected = list_field(raw, "chosen"), list_field(raw, "rejected")
         if raw.get("prompt") is None:
             whole = self._conversation(chosen, "chosen"), self._conversation(rejected, "rejected")
             return *self._split_final_answers(*whole), None
-        prompt = list_field(raw, "prompt")
+        prompt = self._messages(raw, "prompt")
         # Checked as whole conversations so turn order holds across the prompt/continuation boundary.
         whole_chosen = self._supervised(self._conversation(prompt + chosen, "prompt+chosen"), "chosen")
         whole_rejected = self._supervised(self._conversation(prompt + rejected, "prompt+rejected"), "rejected")
@@ -350,7 +373,7 @@ class Messages(ChatTemplate):
 
     def format_unpaired_preference_sample(self, raw: dict):
         """TRL's unpaired preference rows (KTO): ``prompt`` and ``completion`` message lists, ``label`` bool."""
-        prompt, completion = list_field(raw, "prompt"), list_field(raw, "completion")
+        prompt, completion = self._messages(raw, "prompt"), list_field(raw, "completion")
         whole = self._supervised(self._conversation(prompt + completion, "prompt+completion"), "completion")
         require_last_role(whole[: len(prompt)], "user", "prompt")
         return whole[: len(prompt)], whole[len(prompt) :], bool_field(raw, "label"), None
