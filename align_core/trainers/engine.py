@@ -51,8 +51,12 @@ def setup_distributed() -> DistInfo:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
+    backend = get_accelerator().communication_backend_name()
+    if not torch.distributed.is_initialized() and int(os.environ["WORLD_SIZE"]) == 1:
+        # one rank needs no rendezvous: an in-process store, not a TCPStore (whose start-up asks DNS
+        # for the name of 127.0.0.1), so a single-rank run sends nothing off the machine
+        torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend=backend)  # adopts an existing group
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     get_accelerator().set_device(local_rank)
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
