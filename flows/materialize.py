@@ -26,12 +26,14 @@ def materialize(
     validate_contract: bool = True,
     suite: str | None = None,
     contract_overrides: dict[str, Any] | None = None,
+    media_root: str | None = None,
 ) -> str:
     """Materialise ``source`` with ``template`` into ``out/<digest>/``; returns that folder.
 
     With ``validate_contract`` (the default) the shards then pass through their data contract, and an
     error-severity failure fails this flow run. ``contract_overrides`` adjusts the suite's
-    expectations (``{"turns_in_bounds.max_value": 32}``; see data_contracts). Bad usage (template, source,
+    expectations (``{"turns_in_bounds.max_value": 32}``; see data_contracts). Media paths in rows resolve
+    under ``media_root``, whose files' digests enter the dataset digest. Bad usage (template, source,
     suite, overrides, output root) fails the run before any task starts (``check_materialize``).
     """
     spec = check_materialize(
@@ -47,6 +49,7 @@ def materialize(
         validate_contract=validate_contract,
         suite=suite,
         contract_overrides=contract_overrides,
+        media_root=media_root,
     )
     out_root = str(Path(out).absolute())
     source_info = fingerprint(str(Path(source).absolute()), source_format)

@@ -204,14 +204,15 @@ def check_materialize(
     validate_contract: bool = True,
     suite: str | None = None,
     contract_overrides: dict[str, Any] | None = None,
+    media_root: str | Path | None = None,
 ) -> MaterializeSpec:
     """What the ``materialize`` flow needs, checked before a row is read: the template, its options and
-    kind, the source (``check_source``), the contract's suite and override keys, the output root."""
+    kind, the media root, the source (``check_source``), the contract's suite and override keys, the output root."""
     from data_contracts.suite import load_suite
 
     if workers is not None and workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}")
-    spec = MaterializeSpec.checked(template, kind, template_options, template_module, rows_per_shard)
+    spec = MaterializeSpec.checked(template, kind, template_options, template_module, rows_per_shard, media_root)
     check_source(source, source_format)
     if validate_contract:
         load_suite(suite, spec.kind, spec.media, contract_overrides)

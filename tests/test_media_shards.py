@@ -220,3 +220,21 @@ def test_a_damaged_media_store_is_refused_by_name(tmp_path, media_root):
 def test_a_media_root_that_is_not_a_folder_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="media root"):
         materialize(tmp_path, [pair_row("image", "x.png")], "AA_TI2T", "supervised", tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_cli_materialize_reads_media_under_media_root_and_validates(tmp_path, media_root):
+    from typer.testing import CliRunner
+
+    from alignflow.cli import app
+
+    rows = [{"question": "What colour?", "image": "images/red.png", "chosen": "red", "rejected": "blue"},
+            {"question": "What colour?", "image": "../escape.png", "chosen": "red", "rejected": "blue"}]
+    source = write_jsonl(tmp_path / "rlaif.jsonl", rows)
+    args = ["materialize", str(source), "-t", "RLAIF-V", "-k", "preference", "-o", str(tmp_path / "out"), "--media-root", str(media_root)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    dataset = ShardDataset(result.stdout.strip().splitlines()[-1])
+    assert dataset.manifest.rows == 1 and dataset.manifest.quarantine_reasons == {MEDIA_OUTSIDE_ROOT: 1}
+    assert dataset.row_media(rows_of(dataset)[0]) == {"images": [png_bytes((255, 0, 0))]}

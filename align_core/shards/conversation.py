@@ -93,8 +93,8 @@ def _normalize_content(content: Any, where: str) -> list[dict]:
             if not isinstance(text, str):
                 raise RowRejected(WRONG_TYPE, f"{part_where}.text: expected a string, got {type(text).__name__}")
             parts.append({"type": TEXT_PART, "text": text})
-        elif part.get(part_type) is not None:  # Hugging Face style {"type": "image", "image": value}: keep the value
-            parts.append({"type": part_type, "text": None, "media": part[part_type]})
+        elif (value := part.get(part_type, part.get("media"))) is not None:  # {"type": "image", "image": value}
+            parts.append({"type": part_type, "text": None, "media": value})  # (or already normalised)
         else:
             parts.append({"type": part_type, "text": None})
     return parts

@@ -39,6 +39,7 @@ def materialize_command(
     workers: int | None = typer.Option(None, help="formatting processes (default: by source size)"),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="run the data contract (default on)"),
     contract_set: list[str] = typer.Option([], "--contract-set", help="contract override EXPECTATION.SETTING=VALUE (repeatable)"),
+    media_root: Path | None = typer.Option(None, "--media-root", help="folder that media paths in the rows are relative to"),
 ) -> None:
     """Materialise SOURCE into content-addressed conversation shards; prints the dataset folder last."""
     from data_contracts.suite import parse_override_pairs
@@ -58,6 +59,7 @@ def materialize_command(
         workers=workers,
         validate_contract=validate,
         contract_overrides=overrides,
+        media_root=media_root,
     )
 
     from alignflow.cli import run_flow
@@ -76,6 +78,7 @@ def materialize_command(
         workers=workers,
         validate_contract=validate,
         contract_overrides=overrides,
+        media_root=str(media_root) if media_root is not None else None,
     )
     manifest = ShardDataset(dataset_dir).manifest
     typer.echo(f"rows {manifest.rows}, quarantined {manifest.quarantined}, shards {len(manifest.shards)}", err=True)
