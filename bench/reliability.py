@@ -66,6 +66,7 @@ def kill_totals(workdir: Path, seed: int, materialize_kills: int, train_kills: i
     trials = materialize_trials(Path(source), workdir / "materialize", seed, materialize_kills)
     model = build_tiny_model(workdir / "model", vocab_size=384, hidden_size=64, num_layers=2, num_heads=4,
                              max_position_embeddings=256)
+    (workdir / "sft").mkdir(parents=True, exist_ok=True)
     data = materialize_validated(supervised_rows(48), "supervised", workdir / "sft", "sft")
     settings = {"train_cfgs": {"max_steps": 6, "save_interval": 2, "gradient_accumulation_steps": 2, "zero_stage": 1}}
 
@@ -88,6 +89,7 @@ def tamper_totals(workdir: Path) -> Counter:
 
     from align_core.models.tiny import build_tiny_model
 
+    workdir.mkdir(parents=True, exist_ok=True)
     model = build_tiny_model(workdir / "model", vocab_size=384, hidden_size=64, num_layers=2, num_heads=4,
                              max_position_embeddings=256)
     dataset = materialize_validated(preference_rows(24), "preference", workdir, "prefs")

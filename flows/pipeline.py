@@ -39,7 +39,7 @@ from align_core.sources import SourceInfo
 from align_core.trainers.cached_steps import tokenize_specs
 from data_contracts.results import ValidationResult
 from flows.materialize import materialize
-from flows.pipeline_config import JobEntry, PipelineConfig, check_pipeline, load_pipeline
+from flows.pipeline_config import JobEntry, PipelineConfig, check_pipeline, job_sections, load_pipeline
 from tasks.artifacts import publish_markdown
 from tasks.crashed_runs import start_of_run
 from tasks.models import build_tiny, check_model_path
@@ -134,17 +134,9 @@ def submit_job(spec: PipelineConfig, name: str, base_model: str, dataset_dirs: d
 
 def write_job_config(spec: PipelineConfig, name: str, job: JobEntry, base_model: str, dataset_dirs: dict[str, str]):
     """The job's full training config (its ``config`` sections + what the pipeline decides), written as YAML."""
-    output_dir = Path(spec.output_dir)
-    sections = {section: dict(values) for section, values in job.config.items()}
-    sections.setdefault("train_cfgs", {})["algorithm"] = job.algorithm
-    sections.setdefault("model_cfgs", {})["model_name_or_path"] = base_model
-    data = sections.setdefault("data_cfgs", {})
-    data["train_datasets"] = [dataset_dirs[dataset] for dataset in job.train]
-    data["eval_datasets"] = [dataset_dirs[dataset] for dataset in job.eval]
-    data.setdefault("token_cache_dir", str(output_dir / "token_cache"))
-    sections.setdefault("logger_cfgs", {})["output_dir"] = str(output_dir / "jobs" / name)
+    sections = job_sections(spec, name, base_model, dataset_dirs)  # the sections check_pipeline built ahead
     train_config = build_config(sections, source=f"jobs.{name}.config")
-    config_path = output_dir / "configs" / f"{name}.yaml"
+    config_path = Path(spec.output_dir) / "configs" / f"{name}.yaml"
     atomic_write_text(config_path, dump_config(train_config))
     return config_path, train_config
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from align_core.errors import UsageError
+from align_core.templates.registry import known_templates
 from flows.pipeline_config import check_pipeline, load_pipeline
 
 BASE: dict[str, Any] = {
@@ -129,7 +130,7 @@ CHECKS = [
     ("a missing source", set_value("datasets", "alpaca", "source", value="data/nope.jsonl"),
      "datasets.alpaca: source '{folder}/data/nope.jsonl' does not exist"),
     ("an unknown template", set_value("datasets", "alpaca", "template", value="Alpacca"),
-     "datasets.alpaca: unknown template 'Alpacca'; known templates: AA_T2T, Alpaca, GSM8K, HH-RLHF, Messages, PKUSafeRLHF, ShareGPT, UltraFeedback"),
+     "datasets.alpaca: unknown template 'Alpacca'; known templates: " + ", ".join(known_templates())),
     ("a kind the template cannot produce", set_value("datasets", "alpaca", "kind", value="preference"),
      "datasets.alpaca: template 'Alpaca' cannot produce 'preference' samples; it supports: supervised, prompt_only"),
     ("an unknown template option", set_value("datasets", "alpaca", "options", value={"colour": "blue"}),
