@@ -108,11 +108,22 @@ def _is_pil_image(value: Any) -> bool:
 def load_media(media_type: str, value: Any, media_root: str | os.PathLike | None, where: str) -> tuple[MediaBlob, str | None]:
     """Read, decode-check and digest one media item; ``RowRejected`` with its reason when it cannot be used."""
     data, path = media_bytes(value, media_root, where)
-    try:
-        sampling_rate = DECODE_CHECKS[media_type](data)
-    except Exception as error:  # noqa: BLE001  (each decoder raises its own family of errors)
-        raise RowRejected(MEDIA_UNDECODABLE, f"{where}: not a decodable {media_type} ({type(error).__name__}: {error})") from None
-    return MediaBlob(media_type, hashlib.sha256(data).hexdigest(), data, sampling_rate), path
+    sha256 = hashlib.sha256(data).hexdigest()
+    key = (media_type, sha256)
+    if key not in _decoded:  # an item many rows share is decoded once per process
+        try:
+            sampling_rate = DECODE_CHECKS[media_type](data)
+        except Exception as error:  # noqa: BLE001  (each decoder raises its own family of errors)
+            raise RowRejected(MEDIA_UNDECODABLE, f"{where}: not a decodable {media_type} ({type(error).__name__}: {error})") from None
+        if len(_decoded) >= _DECODED_LIMIT:
+            _decoded.clear()
+        _decoded[key] = sampling_rate
+    return MediaBlob(media_type, sha256, data, _decoded[key]), path
+
+
+# (media type, sha256) -> sampling rate of items that decoded; bounded, it only saves repeated work.
+_decoded: dict[tuple[str, str], int | None] = {}
+_DECODED_LIMIT = 1 << 16
 
 
 def _check_image(data: bytes) -> None:
