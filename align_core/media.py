@@ -53,7 +53,11 @@ def media_root_digest(media_root: str | os.PathLike) -> str:
     root = Path(media_root)
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + sha256_file_once(path).encode() + b"\0")
+        try:
+            content = sha256_file_once(path)
+        except OSError as error:  # an unreadable file fails only the rows that use it (media_missing)
+            content = f"unreadable: {error.strerror}"
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + content.encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -64,12 +68,22 @@ def resolve_media_path(path_text: str, media_root: str | os.PathLike | None, whe
     if os.path.isabs(path_text):
         raise RowRejected(MEDIA_OUTSIDE_ROOT, f"{where}: {path_text!r} is absolute; media paths are relative to the media root")
     root = Path(media_root).resolve()
-    full = (root / path_text).resolve()  # follows symlinks, so a link pointing out is caught here
-    if not full.is_relative_to(root):
-        raise RowRejected(MEDIA_OUTSIDE_ROOT, f"{where}: {path_text!r} resolves outside the media root")
-    if not full.is_file():
-        raise RowRejected(MEDIA_MISSING, f"{where}: {path_text!r} is not a file under the media root")
-    return full
+    try:
+        full = (root / path_text).resolve()  # follows symlinks, so a link pointing out is caught here
+        if not full.is_relative_to(root):
+            raise RowRejected(MEDIA_OUTSIDE_ROOT, f"{where}: {path_text!r} resolves outside the media root")
+        if full.is_file():
+            return full
+    except (OSError, ValueError, RuntimeError) as error:  # a NUL byte, a name too long, a symlink loop
+        raise RowRejected(MEDIA_MISSING, f"{where}: {path_text[:200]!r} cannot be opened ({error})") from None
+    raise RowRejected(MEDIA_MISSING, f"{where}: {path_text!r} is not a file under the media root")
+
+
+def _read(path: Path, where: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:  # unreadable (permissions) or gone since it was resolved
+        raise RowRejected(MEDIA_MISSING, f"{where}: {path.name!r} cannot be read ({error.strerror})") from None
 
 
 def media_bytes(value: Any, media_root: str | os.PathLike | None, where: str) -> tuple[bytes, str | None]:
@@ -89,7 +103,7 @@ def media_bytes(value: Any, media_root: str | os.PathLike | None, where: str) ->
                 return base64.b64decode(payload, validate=True), None
             except (binascii.Error, ValueError) as error:
                 raise RowRejected(MEDIA_UNDECODABLE, f"{where}: invalid base64 data URI ({error})") from None
-        return resolve_media_path(value, media_root, where).read_bytes(), value
+        return _read(resolve_media_path(value, media_root, where), where), value
     if _is_pil_image(value):
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")

@@ -109,6 +109,27 @@ def test_media_given_as_bytes_base64_and_image_struct_from_parquet_are_the_same_
     assert from_base64.row_media(rows_of(from_base64)[0]) == {"images": [red]}
 
 
+def test_media_given_as_raw_bytes_from_an_arrow_source(tmp_path):
+    table = pa.table({"question": ["q"], "image": pa.array([png_bytes()], pa.binary()), "chosen": ["y"], "rejected": ["n"]})
+    with pa.ipc.new_file(tmp_path / "rows.arrow", table.schema) as writer:
+        writer.write_table(table)
+    dataset = ShardDataset(materialize_dataset(tmp_path / "rows.arrow", "RLAIF-V", "preference", tmp_path / "out"))
+    (row,) = rows_of(dataset)
+    assert row["images"][0]["path"] is None and dataset.row_media(row) == {"images": [png_bytes()]}
+
+
+@pytest.mark.parametrize("path", ["a\x00b.png", "x" * 5000 + ".png", "loop.png", "unreadable.png"])
+def test_paths_that_cannot_be_opened_are_media_missing(tmp_path, media_root, path):
+    if path == "unreadable.png" and os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    os.symlink("loop.png", media_root / "loop.png")
+    (media_root / "unreadable.png").write_bytes(png_bytes())
+    (media_root / "unreadable.png").chmod(0)
+    dataset = materialize(tmp_path, [pair_row("image", path), pair_row("image", "images/red.png")], "AA_TI2T", "preference", media_root)
+    assert dataset.read_quarantine().column("reason").to_pylist() == [MEDIA_MISSING]
+    assert [row["source_index"] for row in rows_of(dataset)] == [1]
+
+
 def test_image_struct_from_a_save_to_disk_folder(tmp_path):
     datasets = pytest.importorskip("datasets")
     features = datasets.Features({"question": datasets.Value("string"), "image": datasets.Image(),

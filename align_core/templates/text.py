@@ -338,11 +338,13 @@ class Messages(ChatTemplate):
     options = {"media": ""}
 
     def media_types(self) -> tuple[str, ...]:
-        wanted = {name.strip() for name in str(self.settings["media"] or "").split(",") if name.strip()}
-        unknown = sorted(wanted - set(MEDIA_COLUMNS))
-        if unknown:
-            raise UsageError(f"template {self.name!r}: option media names {unknown}; expected some of {list(MEDIA_COLUMNS)}")
-        return tuple(media_type for media_type in MEDIA_COLUMNS if media_type in wanted)
+        if "_media_types" not in self.__dict__:  # asked per row: parse the option once
+            wanted = {name.strip() for name in str(self.settings["media"] or "").split(",") if name.strip()}
+            unknown = sorted(wanted - set(MEDIA_COLUMNS))
+            if unknown:
+                raise UsageError(f"template {self.name!r}: option media names {unknown}; expected some of {list(MEDIA_COLUMNS)}")
+            self._media_types = tuple(media_type for media_type in MEDIA_COLUMNS if media_type in wanted)
+        return self._media_types
 
     def _messages(self, raw: dict, name: str) -> list:
         """The message list ``name``, its bare media placeholders given the row's media lists."""
