@@ -259,3 +259,5 @@ def test_cli_materialize_reads_media_under_media_root_and_validates(tmp_path, me
     dataset = ShardDataset(result.stdout.strip().splitlines()[-1])
     assert dataset.manifest.rows == 1 and dataset.manifest.quarantine_reasons == {MEDIA_OUTSIDE_ROOT: 1}
     assert dataset.row_media(rows_of(dataset)[0]) == {"images": [png_bytes((255, 0, 0))]}
+    verify = CliRunner().invoke(app, ["shards", "verify", str(dataset.path)])
+    assert verify.exit_code == 0 and "ok: 3 file(s), 1 rows" in verify.output  # shard, quarantine, media.arrow

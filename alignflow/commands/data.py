@@ -175,7 +175,7 @@ def shards_verify(dataset_dir: Path = typer.Argument(..., help="a dataset folder
     problems = dataset.verify()
     for problem in problems:
         typer.echo(f"MISMATCH {problem}")
-    files = len(dataset.manifest.shards) + 1
+    files = len(dataset.manifest.shards) + 1 + (dataset.manifest.media_store is not None)
     if problems:
         typer.echo(f"verify failed: {len(problems)} problem(s) in {dataset.path}")
         raise typer.Exit(1)
