@@ -38,6 +38,9 @@ from align_core.io import sha256_file, sha256_tree
 FORMATS = ("jsonl", "json", "csv", "parquet", "arrow", "hf_disk")
 JSONL_CHUNK_BYTES = 4 << 20
 ARROW_CHUNK_ROWS = 20_000
+# ... and at most about this many bytes: 20k rows of images (~100 KB each) would be 2 GB per chunk, times
+# the chunks in flight. Text rows stay under it (6.5 KB a row), so their chunking is as before.
+ARROW_CHUNK_BYTES = 128 << 20
 ARROW_FILE_MAGIC = b"ARROW1"
 UTF8_BOM = b"\xef\xbb\xbf"
 MAX_NESTING = 100  # lists/objects inside each other; real rows nest < 10 deep
@@ -439,9 +442,19 @@ def _csv_chunks(path: Path) -> Iterator[Chunk]:
         index += batch.num_rows
 
 
+def _rows_per_chunk(rows: int, nbytes: int) -> int:
+    """Rows per chunk: ``ARROW_CHUNK_ROWS``, fewer when rows are large (media) so a chunk stays near ``ARROW_CHUNK_BYTES``."""
+    if rows <= 0 or nbytes <= ARROW_CHUNK_BYTES * rows / ARROW_CHUNK_ROWS:
+        return ARROW_CHUNK_ROWS
+    return max(1, int(ARROW_CHUNK_BYTES * rows / nbytes))
+
+
 def _parquet_chunks(path: Path) -> Iterator[Chunk]:
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=ARROW_CHUNK_ROWS):
+    parquet = pq.ParquetFile(path)
+    metadata = parquet.metadata
+    uncompressed = sum(metadata.row_group(number).total_byte_size for number in range(metadata.num_row_groups))
+    for batch in parquet.iter_batches(batch_size=_rows_per_chunk(metadata.num_rows, uncompressed)):
         yield Chunk(start_index=index, batch=batch)
         index += batch.num_rows
 
@@ -461,8 +474,9 @@ def _arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
 def _arrow_chunks(path: Path, start: int = 0) -> Iterator[Chunk]:
     index = start
     for batch in _arrow_batches(path):
-        for offset in range(0, batch.num_rows, ARROW_CHUNK_ROWS):
-            piece = batch.slice(offset, ARROW_CHUNK_ROWS)
+        rows_per_chunk = _rows_per_chunk(batch.num_rows, batch.nbytes)  # memory-mapped: slices copy nothing
+        for offset in range(0, batch.num_rows, rows_per_chunk):
+            piece = batch.slice(offset, rows_per_chunk)
             yield Chunk(start_index=index, batch=piece)
             index += piece.num_rows
 

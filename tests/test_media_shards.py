@@ -261,3 +261,18 @@ def test_cli_materialize_reads_media_under_media_root_and_validates(tmp_path, me
     assert dataset.row_media(rows_of(dataset)[0]) == {"images": [png_bytes((255, 0, 0))]}
     verify = CliRunner().invoke(app, ["shards", "verify", str(dataset.path)])
     assert verify.exit_code == 0 and "ok: 3 file(s), 1 rows" in verify.output  # shard, quarantine, media.arrow
+
+
+def test_a_parquet_source_of_large_media_rows_is_read_in_chunks_of_bounded_bytes(tmp_path, monkeypatch):
+    from align_core import sources
+
+    monkeypatch.setattr(sources, "ARROW_CHUNK_BYTES", 64 << 10)
+    images = [png_bytes((i, 0, 0), size=64) + bytes(16 << 10) for i in range(12)]  # ~17 KB rows (PNG + padding)
+    table = pa.table({"question": [f"q{i}" for i in range(12)], "image": pa.array(images, pa.binary()),
+                      "chosen": ["y"] * 12, "rejected": ["n"] * 12})
+    pq.write_table(table, tmp_path / "big.parquet")
+    chunks = list(sources.iter_chunks(tmp_path / "big.parquet", "parquet"))
+    assert [chunk.start_index for chunk in chunks] == list(range(0, 12, 3))
+    dataset = ShardDataset(materialize_dataset(tmp_path / "big.parquet", "RLAIF-V", "preference", tmp_path / "out"))
+    assert [row["source_index"] for row in rows_of(dataset)] == list(range(12))
+    assert len(dataset.media_store()) == 12
