@@ -104,6 +104,7 @@ def test_media_given_as_bytes_base64_and_image_struct_from_parquet_are_the_same_
     dataset = ShardDataset(materialize_dataset(tmp_path / "rlaif.parquet", "RLAIF-V", "preference", tmp_path / "out"))
     assert [row["images"][0]["path"] for row in rows_of(dataset)] == ["red.png", None]
     assert dataset.read_quarantine().column("reason").to_pylist() == [MEDIA_MISSING]
+    assert json.loads(dataset.read_quarantine().column("raw")[0].as_py())["image"] == {"bytes": None, "path": None}
     rows = [{"question": "q", "image": data_uri, "chosen": "yes", "rejected": "no"}]
     from_base64 = materialize(tmp_path, rows, "RLAIF-V", "preference", None)
     assert from_base64.row_media(rows_of(from_base64)[0]) == {"images": [red]}
@@ -276,3 +277,13 @@ def test_a_parquet_source_of_large_media_rows_is_read_in_chunks_of_bounded_bytes
     dataset = ShardDataset(materialize_dataset(tmp_path / "big.parquet", "RLAIF-V", "preference", tmp_path / "out"))
     assert [row["source_index"] for row in rows_of(dataset)] == list(range(12))
     assert len(dataset.media_store()) == 12
+
+
+def test_a_quarantined_row_keeps_its_media_bytes_by_size_and_digest_not_by_repr(tmp_path):
+    garbage = b"\x00not an image" * 100
+    table = pa.table({"question": ["q"], "image": pa.array([garbage], pa.binary()), "chosen": ["y"], "rejected": ["n"]})
+    pq.write_table(table, tmp_path / "bad.parquet")
+    dataset = ShardDataset(materialize_dataset(tmp_path / "bad.parquet", "RLAIF-V", "preference", tmp_path / "out"))
+    (row,) = dataset.read_quarantine().to_pylist()
+    assert row["reason"] == MEDIA_UNDECODABLE
+    assert json.loads(row["raw"])["image"] == f"<{len(garbage)} bytes, sha256 {hashlib.sha256(garbage).hexdigest()}>"

@@ -6,6 +6,7 @@ twice (Parquet embeds the pyarrow version, so its digests would move with upgrad
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -162,10 +163,17 @@ def _utf8_safe(text: str) -> str:
     return text if _is_utf8(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _json_default(value: Any) -> str:
+    """Non-JSON values of a raw row: bytes (an image, a clip) by size and digest, not a repr 4x their size."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()}>"
+    return repr(value)
+
+
 def _raw_json(raw: Any) -> str:
-    text = json.dumps(raw, ensure_ascii=False, default=repr)
+    text = json.dumps(raw, ensure_ascii=False, default=_json_default)
     # ASCII escapes keep a row with lone surrogates valid JSON that still decodes to the same row.
-    return text if _is_utf8(text) else json.dumps(raw, ensure_ascii=True, default=repr)
+    return text if _is_utf8(text) else json.dumps(raw, ensure_ascii=True, default=_json_default)
 
 
 class QuarantineWriter:
