@@ -187,3 +187,31 @@ def test_a_base_formatter_gets_pil_images_and_a_changed_image_is_stored_as_png(t
     import io
 
     assert Image.open(io.BytesIO(stored)).mode == "RGBA"
+
+
+@register_template("TestAlignAnythingTA2T")
+class AlignAnythingTA2T(BaseFormatter):
+    def format_preference_sample(self, raw_sample: dict):
+        better_id = int(raw_sample["overall_response"])
+        worse_id = 2 if better_id == 1 else 1
+
+        def conversation(response_id: int) -> list:
+            return [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": raw_sample["prompt"]}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": raw_sample[f"response_{response_id}"]}]}]
+
+        meta = {"audio_path": raw_sample["audio_path"], "chosen_response_id": better_id}
+        return conversation(better_id), conversation(worse_id), meta
+
+
+def test_an_audio_base_formatter_infers_its_media_and_matches_the_native_template(tmp_path):
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "low.wav").write_bytes(wav_bytes(220.0))
+    (tmp_path / "media" / "high.wav").write_bytes(wav_bytes(880.0))
+    rows = [{"prompt": "High or low?", "audio_path": f"{pitch}.wav", "response_1": "High.", "response_2": "Low.",
+             "overall_response": 1 if pitch == "high" else 2} for pitch in ("low", "high", "low")]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert get_template("TestAlignAnythingTA2T").media_types() == ("audio",)
+    native, custom = (Path(materialize_dataset(tmp_path / "rows.jsonl", name, "preference", tmp_path / name,
+                                               media_root=tmp_path / "media")) for name in ("AA_TA2T", "TestAlignAnythingTA2T"))
+    assert ShardDataset(custom).manifest.media_store.rows == 2
+    assert dataset_files(custom) == dataset_files(native)

@@ -160,12 +160,14 @@ class BaseFormatter(ChatTemplate):
     options = {"media": ""}
 
     def media_types(self) -> tuple[str, ...]:
-        if self.settings["media"]:
-            wanted = {name.strip() for name in str(self.settings["media"]).split(",")}
-        else:
-            source = _class_source(type(self))
-            wanted = {kind for key, kind in META_MEDIA_KEYS.items() if f"'{key}'" in source or f'"{key}"' in source}
-        return tuple(media_type for media_type in MEDIA_PART_TYPES if media_type in wanted) or ("image",)
+        if "_media_types" not in self.__dict__:  # asked per row: read the option or the source once
+            if self.settings["media"]:
+                wanted = {name.strip() for name in str(self.settings["media"]).split(",")}
+            else:
+                source = _class_source(type(self))
+                wanted = {kind for key, kind in META_MEDIA_KEYS.items() if f"'{key}'" in source or f'"{key}"' in source}
+            self._media_types = tuple(media_type for media_type in MEDIA_PART_TYPES if media_type in wanted) or ("image",)
+        return self._media_types
 
     def format(self, kind: Kind | str, raw: dict) -> dict[str, Any]:
         kind = parse_kind(kind)
