@@ -89,6 +89,7 @@ def pipeline(config: str) -> dict[str, Any]:
                 template_module=entry.template_module,
                 source_format=entry.format,
                 suite=entry.suite,
+                media_root=entry.media_root,
             )
     model_dirs = {}
     for name, entry in spec.models.items():

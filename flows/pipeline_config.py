@@ -82,6 +82,7 @@ class DatasetEntry(_Strict):
     template_module: str | None = None
     format: str | None = None
     suite: str | None = None
+    media_root: str | None = Field(None, description="the folder media paths in the source are relative to")
 
 
 class JobEntry(_Strict):
@@ -168,6 +169,8 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         dataset.source = resolve(dataset.source)
         if dataset.template_module and dataset.template_module.endswith(".py"):
             dataset.template_module = resolve(dataset.template_module)
+        if dataset.media_root:
+            dataset.media_root = resolve(dataset.media_root)
     for model in config.models.values():
         if model.path:
             model.path = resolve(model.path)
@@ -241,6 +244,7 @@ def check_pipeline(spec: PipelineConfig) -> None:
             template_module=entry.template_module,
             source_format=entry.format,
             suite=entry.suite,
+            media_root=entry.media_root,
         )
     for name, model in spec.models.items():
         _check_model(name, model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from align_core.sources import SourceInfo
 from data_contracts.results import ValidationResult
 from flows.pipeline import StepRow, StepRun, format_seconds, format_step_table, shorten_output, step_rows
@@ -114,3 +116,21 @@ def test_the_table_aligns_its_columns_under_a_header():
         "tiny-model[tiny]  Cached      0.0s  models/tiny",
         "train-model[sft]  Completed  3m05s  jobs/sft/final",
     ]
+
+
+def test_a_dataset_entry_takes_a_media_root_relative_to_the_yaml_and_checks_it(tmp_path):
+    import yaml
+
+    from align_core.errors import UsageError
+    from flows.pipeline_config import check_pipeline, load_pipeline
+
+    (tmp_path / "data.jsonl").write_text('{"instruction": "Say hi.", "output": "Hi."}\n')
+    config = tmp_path / "pipeline.yaml"
+    entry = {"source": "data.jsonl", "template": "Alpaca", "kind": "supervised", "media_root": "media"}
+    config.write_text(yaml.safe_dump({"output_dir": "out", "datasets": {"alpaca": entry}}))
+    spec = load_pipeline(config)
+    assert spec.datasets["alpaca"].media_root == str(tmp_path / "media")
+    with pytest.raises(UsageError, match=f"datasets.alpaca: media root {tmp_path / 'media'} is not a folder"):
+        check_pipeline(spec)
+    (tmp_path / "media").mkdir()
+    check_pipeline(spec)
