@@ -138,21 +138,21 @@ def test_registered_media_columns_can_be_checked_by_a_suite(tmp_path, monkeypatc
     monkeypatch.setattr(derive, "MEDIA_COLUMN_DERIVERS", {})  # registrations are process-wide
 
     @derive.register_media_columns("image")
-    def largest_image_bytes(items: pa.Array) -> dict[str, np.ndarray]:
-        sizes = pc.binary_length(pc.list_flatten(items).field("bytes")).to_numpy(zero_copy_only=False)
+    def longest_image_path(items: pa.Array) -> dict[str, np.ndarray]:
+        sizes = pc.utf8_length(pc.list_flatten(items).field("path")).to_numpy(zero_copy_only=False)
         rows = pc.list_parent_indices(items).to_numpy()
         largest = np.zeros(len(items), np.int64)
         np.maximum.at(largest, rows, sizes)
-        return {"image_max_bytes": largest}
+        return {"image_max_path_length": largest}
 
     suite = tmp_path / "images.yaml"
     suite.write_text(
         "name: images\nkind: preference\nversion: 1\ninclude: [common]\nexpectations:\n"
-        "  - name: image_size\n    type: expect_column_values_to_be_between\n    column: image_max_bytes\n"
+        "  - name: image_size\n    type: expect_column_values_to_be_between\n    column: image_max_path_length\n"
         "    kwargs: {min_value: 1, max_value: 12}\n"
     )
-    samples = clean_samples(Kind.PREFERENCE, media=("image",))  # "fake png N": 10-11 bytes
-    samples[33]["images"] = [image_item(10**9)]  # "fake png 1000000000": 19 bytes
+    samples = clean_samples(Kind.PREFERENCE, media=("image",))  # "img-N.png": 9-10 characters
+    samples[33]["images"] = [image_item(10**9)]  # "img-1000000000.png": 18 characters
 
     result = validate_dataset(write_dataset(tmp_path, Kind.PREFERENCE, samples, media=("image",)), suite=str(suite))
 

@@ -136,7 +136,7 @@ def test_an_algorithm_with_its_own_step_and_several_models_trains_and_resumes_ex
     crashed = launch(interrupted, "train_cfgs.debug_stop_after_steps=3")
     assert crashed.returncode == 17, crashed.stdout[-3000:] + crashed.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints" / "step-00000002").iterdir()) == [
-        "critic", "policy", "rng_state_rank0.pt"
+        "checkpoint_digests.json", "critic", "policy", "rng_state_rank0.pt"
     ]
     resumed = launch(interrupted)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

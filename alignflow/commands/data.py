@@ -46,40 +46,20 @@ def materialize_command(
     from flows.pipeline_config import check_materialize
 
     # Check everything cheap before a Prefect server starts: bad usage fails in a second, writing nothing.
-    overrides = parse_override_pairs(contract_set) if contract_set else None
-    spec = check_materialize(
-        source,
-        template,
-        kind,
-        out,
-        template_options=parse_options(option),
-        template_module=template_module,
-        source_format=source_format,
-        rows_per_shard=rows_per_shard,
-        workers=workers,
-        validate_contract=validate,
-        contract_overrides=overrides,
-        media_root=media_root,
-    )
+    # the flow's parameters, checked here with the function the flow itself starts with
+    arguments = {
+        "source": str(source), "template": template, "kind": kind, "out": str(out),
+        "template_options": parse_options(option), "template_module": template_module, "source_format": source_format,
+        "rows_per_shard": rows_per_shard, "workers": workers, "validate_contract": validate,
+        "contract_overrides": parse_override_pairs(contract_set) if contract_set else None,
+        "media_root": str(media_root) if media_root is not None else None,
+    }
+    arguments["template_options"] = check_materialize(**arguments).template_options
 
     from alignflow.cli import run_flow
     from flows.materialize import materialize
 
-    dataset_dir = run_flow(
-        materialize,
-        source=str(source),
-        template=template,
-        kind=kind,
-        out=str(out),
-        template_options=spec.template_options,
-        template_module=template_module,
-        source_format=source_format,
-        rows_per_shard=rows_per_shard,
-        workers=workers,
-        validate_contract=validate,
-        contract_overrides=overrides,
-        media_root=str(media_root) if media_root is not None else None,
-    )
+    dataset_dir = run_flow(materialize, **arguments)
     manifest = ShardDataset(dataset_dir).manifest
     typer.echo(f"rows {manifest.rows}, quarantined {manifest.quarantined}, shards {len(manifest.shards)}", err=True)
     typer.echo(dataset_dir)

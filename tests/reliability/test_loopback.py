@@ -183,10 +183,13 @@ def off_machine_traffic(trace: str) -> tuple[list[str], list[str]]:
             address, port = strings[0].decode(), int(PORT.search(args)[1])
             if port == 53:
                 dns_sockets.add(key)
-            elif not _is_loopback(address):
-                leaving.append(line)
+            else:
+                dns_sockets.discard(key)  # the fd number was closed and reused for another socket
+                if not _is_loopback(address):
+                    leaving.append(line)
             continue
-        if key in dns_sockets and match["call"] == "sendto" and strings:
+        to_dns = key in dns_sockets and not family or (family and PORT.search(args) and int(PORT.search(args)[1]) == 53)
+        if to_dns and match["call"] == "sendto" and strings:
             question = _dns_question(strings[0])
             questions.append(f"{question[0]} {question[1]}" if question else "(unreadable)")
         elif key in dns_sockets or (family and not _is_loopback(strings[-1].decode())):
