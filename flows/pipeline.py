@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from prefect import flow, tags
+from prefect import flow, get_run_logger, tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -37,6 +37,7 @@ from align_core.markdown import markdown_table
 from align_core.shards.dataset import ShardDataset
 from align_core.sources import SourceInfo
 from align_core.trainers.cached_steps import tokenize_specs
+from align_core.trainers.rundir import set_aside_other_run
 from data_contracts.results import ValidationResult
 from flows.materialize import materialize
 from flows.pipeline_config import JobEntry, PipelineConfig, check_pipeline, job_sections, load_pipeline
@@ -120,6 +121,9 @@ def submit_job(spec: PipelineConfig, name: str, base_model: str, dataset_dirs: d
     log-probs] -> train. Returns the training's future."""
     job = spec.jobs[name]
     config_path, train_config = write_job_config(spec, name, job, base_model, dataset_dirs)
+    superseded = set_aside_other_run(train_config)  # the job's inputs changed since its last run
+    if superseded is not None:
+        get_run_logger().warning("job %s: its inputs changed; the previous run was moved to %s", name, superseded)
     datasets: dict[str, str] = {}  # folder -> the job's name for it: a folder named twice is tokenised once
     for dataset in [*job.train, *job.eval]:
         datasets.setdefault(dataset_dirs[dataset], dataset)

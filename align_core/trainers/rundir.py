@@ -98,16 +98,47 @@ def check_previous_run(config: TrainConfig) -> int | str | None:
     latest = steps[-1] if steps else None
     saved_config = output_dir / RUN_CONFIG_NAME
     if latest is not None and saved_config.is_file():
-        previous = load_config(saved_config)
-        if previous.digest(ignore=RESUME_SAFE_KEYS) != run_digest(config):
-            changed = _changed_keys(previous.to_dict(), config.to_dict())
+        previous = _previous_config(saved_config)
+        if isinstance(previous, str) or previous.digest(ignore=RESUME_SAFE_KEYS) != run_digest(config):
+            changed = previous if isinstance(previous, str) else ", ".join(_changed_keys(previous.to_dict(), config.to_dict()))
             return (
                 f"{output_dir} holds checkpoints of a run with other settings "
-                f"({', '.join(changed)}); resume it unchanged or choose a new logger_cfgs.output_dir"
+                f"({changed}); resume it unchanged or choose a new logger_cfgs.output_dir"
             )
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved_config, dump_config(config))
     return latest
+
+
+def _previous_config(saved_config: Path) -> TrainConfig | str:
+    """The recorded config, or why it no longer loads (written by another alignflow version)."""
+    try:
+        return load_config(saved_config)
+    except UsageError as error:
+        return f"its {RUN_CONFIG_NAME} no longer loads: {error}"
+
+
+def set_aside_other_run(config: TrainConfig) -> Path | None:
+    """Move a run of other settings out of ``config``'s output_dir, whole, to ``<name>.superseded-N``;
+    where it went, or None when the folder holds no run or this same one (which then resumes or is done).
+
+    For the pipeline, whose job folders follow its YAML: a changed input means a new run, and the old
+    one is kept aside rather than refused (``alignflow train`` refuses instead) or overwritten. A run
+    still training there holds the folder's lock, and this refuses to move it.
+    """
+    output_dir = Path(config.logger_cfgs.output_dir)
+    saved_config = output_dir / RUN_CONFIG_NAME
+    if not saved_config.is_file():
+        return None
+    previous = _previous_config(saved_config)
+    if not isinstance(previous, str) and previous.digest(ignore=RESUME_SAFE_KEYS) == run_digest(config):
+        return None
+    number = 1
+    while (aside := output_dir.with_name(f"{output_dir.name}.superseded-{number}")).exists():
+        number += 1
+    with FolderLock(output_dir, "a pipeline setting a superseded run aside"):
+        output_dir.rename(aside)
+    return aside
 
 
 def _changed_keys(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
