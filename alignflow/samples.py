@@ -64,7 +64,7 @@ from align_core.errors import (
     WRONG_TYPE,
     UsageError,
 )
-from align_core.io import atomic_write_bytes, atomic_write_text
+from align_core.io import atomic_write_bytes
 
 VOCABULARY_PATH = Path(__file__).parent / "sample_data" / "vocabulary.yaml"
 MIN_ROWS = 10
@@ -377,8 +377,15 @@ def gsm8k_row(rng: random.Random) -> tuple[str, dict]:
 # Writers: JSON Lines as the hubs serve them; Parquet with the binarized UltraFeedback schema.
 
 
+def write_unless_same(path: Path, data: bytes) -> None:
+    """Write atomically, unless the file already holds these bytes: an unchanged file keeps its mtime,
+    so a rerun (a second ``make demo``) finds its source fingerprints cached."""
+    if not (path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data):
+        atomic_write_bytes(path, data)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_unless_same(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode())
 
 
 MESSAGE_LIST = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))
@@ -398,7 +405,7 @@ ULTRAFEEDBACK_SCHEMA = pa.schema(
 def write_ultrafeedback_parquet(path: Path, rows: list[dict]) -> None:
     buffer = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=ULTRAFEEDBACK_SCHEMA), buffer)
-    atomic_write_bytes(path, buffer.getvalue().to_pybytes())
+    write_unless_same(path, buffer.getvalue().to_pybytes())
 
 
 # Planted bad rows: ``(reason the template quarantines it with, spoil(good row) -> bad row)``.

@@ -277,3 +277,17 @@ def test_cli_refuses_fewer_rows_than_the_planted_ones_need(tmp_path):
     result = CliRunner().invoke(app, ["samples", str(tmp_path / "x"), "--rows", "3"])
     assert result.exit_code == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_writing_the_same_samples_again_leaves_the_files_untouched(tmp_path):
+    import os
+
+    from alignflow.samples import write_samples
+
+    paths = write_samples(tmp_path, rows=20, seed=0)
+    for path in paths.values():
+        os.utime(path, ns=(1, 1))  # an old mtime, which a rewrite would replace
+    write_samples(tmp_path, rows=20, seed=0)
+    assert {path.stat().st_mtime_ns for path in paths.values()} == {1}
+    write_samples(tmp_path, rows=21, seed=0)  # other content is written
+    assert all(path.stat().st_mtime_ns != 1 for path in paths.values())
