@@ -104,10 +104,10 @@ def test_materialise_workers_die_within_seconds_when_their_parent_is_killed(tmp_
 # ----- Prefect runs of killed processes -----------------------------------------------------------
 
 
-def small_pipeline(folder: Path) -> Path:
+def small_pipeline(folder: Path, rows: int = 3000) -> Path:
     from alignflow.samples import write_samples
 
-    write_samples(folder / "data", rows=3000, seed=0)  # materialising and validating it takes a few seconds
+    write_samples(folder / "data", rows=rows, seed=0)  # materialising and validating 3000 takes a few seconds
     config = folder / "pipeline.yaml"
     config.write_text(yaml.safe_dump({
         "output_dir": "out",
@@ -215,7 +215,8 @@ def test_prefects_heartbeat_automation_crashes_a_killed_run_on_its_own(tmp_path)
     try:
         # a run killed before its first heartbeat reaches the server starts no countdown: only the
         # recorded process (the other tests) catches that one
-        killed = start_and_kill_pipeline(small_pipeline(tmp_path), after_heartbeat=True)
+        # long enough (~10x the rows) that the run is still alive when its first heartbeat lands, on a busy machine too
+        killed = start_and_kill_pipeline(small_pipeline(tmp_path, rows=30000), after_heartbeat=True)
         deadline = time.monotonic() + 90
         while flow_run_state(killed.id) == "Running" and time.monotonic() < deadline:
             time.sleep(2)
