@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from test_bad_input import run_cli  # one in-process CLI runner for the reliability tests
 
 from align_core.errors import UsageError
 from align_core.templates.registry import known_templates
@@ -149,17 +149,6 @@ CHECKS = [
     ("an output_dir that is a file", set_value("output_dir", value="data/alpaca.jsonl"),
      "output_dir {folder}/data/alpaca.jsonl: {folder}/data/alpaca.jsonl is a file"),
 ]
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """``alignflow ARGS`` through its real entry point in this process: (exit code, stdout, stderr)."""
-    from alignflow.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["alignflow", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("what, change, error", CHECKS, ids=[case[0] for case in CHECKS])
