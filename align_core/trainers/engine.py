@@ -9,6 +9,7 @@ on one node or many.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pickle
 import shutil
@@ -52,6 +53,7 @@ def setup_distributed() -> DistInfo:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     backend = get_accelerator().communication_backend_name()
+    load_comm_op()
     if not torch.distributed.is_initialized() and int(os.environ["WORLD_SIZE"]) == 1:
         # one rank needs no rendezvous: an in-process store, not a TCPStore (whose start-up asks DNS
         # for the name of 127.0.0.1), so a single-rank run sends nothing off the machine
@@ -60,6 +62,31 @@ def setup_distributed() -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     get_accelerator().set_device(local_rank)
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
+
+
+def load_comm_op() -> None:
+    """Load the op DeepSpeed's comm backend JIT-builds at every process-group start (the CPU
+    accelerator's shared-memory all-reduce), so that a run killed while loading it cannot hang the
+    next ones.
+
+    torch builds, or re-checks, a JIT extension while holding a "baton": a plain ``lock`` file in the
+    build folder that only the holder deletes. A process killed holding it (SIGKILL, the OOM killer)
+    leaves it behind, and every later load waits for it forever. Here the load runs under a kernel
+    lock (``flock``, dropped when its holder dies, however it dies), so a baton found while holding
+    it is a dead process's and is removed. DeepSpeed's own call then finds the op already loaded.
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils.cpp_extension import _get_build_directory
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return  # DeepSpeed's backend skips it too (an accelerator without it, or no compiler)
+    build_dir = Path(_get_build_directory(builder.name, verbose=False))
+    with open(build_dir.parent / f".{builder.name}.load-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for a live loader (another rank), never for a dead one
+        (build_dir / "lock").unlink(missing_ok=True)
+        builder.load()
 
 
 def resolve_dtype(precision: str) -> torch.dtype:

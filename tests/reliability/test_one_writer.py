@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -124,6 +125,24 @@ def test_every_rank_of_a_two_rank_run_stops_when_its_folder_is_in_use(tmp_path, 
     trained = launch(config, nproc=2)  # the holder is gone: both ranks train
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert [record["step"] for record in read_jsonl(tmp_path / "out" / "metrics.jsonl")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_jit_build_lock_left_by_a_killed_run_does_not_hang_the_next_one(tmp_path, tiny_model, sft_data):
+    from align_core.launch import launch_command, launch_env
+    from align_core.trainers.engine import load_comm_op
+
+    load_comm_op()  # built once in the shared folder (a minute on a fresh machine) and copied: no second build
+    op = tmp_path / "torch_extensions" / "deepspeed_shm_comm"
+    if not (Path(os.environ["TORCH_EXTENSIONS_DIR"]) / op.name).is_dir():
+        pytest.skip("DeepSpeed's accelerator here JIT-builds no comm op")
+    shutil.copytree(os.environ["TORCH_EXTENSIONS_DIR"], op.parent)
+    (op / "lock").touch()  # torch's build baton, as a loader killed with SIGKILL leaves it: only its holder deletes it
+    config = write_config(tmp_path / "run.yaml", tiny_model, [sft_data], tmp_path / "out", {"train_cfgs": {"max_steps": 1}})
+    env = {**launch_env(1), "TORCH_EXTENSIONS_DIR": str(op.parent)}
+    run = subprocess.run(launch_command(config, []), check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]  # before: waited for the baton forever
+    assert not (op / "lock").exists()
 
 
 # ----- pipelines -----------------------------------------------------------------------------------
