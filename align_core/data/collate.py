@@ -10,6 +10,9 @@ unpaired_preference              as supervised, + ``values["desirable"]`` (b,) b
 prompt_only                      ``input_ids``, ``attention_mask`` (b, L), left padded for generate()
 ===============================  ==========================================================
 
+A cache with media adds the model's media inputs (``pixel_values``, ``input_features``, ...), computed
+here by its processor from each sequence's media refs (``align_core.data.media_inputs``).
+
 Padding: ``pad_token_id`` in ``input_ids``, 0 in ``attention_mask``, -100 in ``labels``.
 ``pad_to_multiple_of`` rounds L up (GPU-friendly shapes; fewer distinct shapes to compile).
 """
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from align_core.data.batch import Batch
+from align_core.data.media_inputs import MediaProcessor, MediaRef
 from align_core.data.schema import SEQUENCE_PREFIXES, has_labels
 from align_core.data.truncation import IGNORE_INDEX
 from align_core.shards.schema import Kind
@@ -63,6 +67,7 @@ class Collator:
     kind: Kind
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    media: MediaProcessor | None = None  # for a cache whose sequences name media items
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> Batch:
         side = "left" if self.kind is Kind.PROMPT_ONLY else "right"
@@ -78,10 +83,15 @@ class Collator:
         values = {}
         if self.kind is Kind.UNPAIRED_PREFERENCE:
             values["desirable"] = torch.tensor([bool(row["desirable"]) for row in rows])
+        model_inputs = {}
+        if self.media is not None:
+            refs = [[MediaRef.parse(str(key)) for key in row[f"{prefix}media"]] for prefix in prefixes for row in rows]
+            model_inputs = self.media.model_inputs(refs)
         return Batch(
             input_ids=pad_sequences(input_ids, self.pad_token_id, side, self.pad_to_multiple_of),
             attention_mask=pad_sequences(ones, 0, side, self.pad_to_multiple_of),
             labels=labels,
             sequences_per_row=len(prefixes),
+            model_inputs=model_inputs,
             values=values,
         )

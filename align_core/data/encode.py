@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from align_core.chat import AssistantSpan, ChatTemplateError, ModelFormatter
+from align_core.data.media_inputs import MediaProcessor, MediaRef, surviving_media
 from align_core.data.schema import TokenizedRow
 from align_core.data.truncation import IGNORE_INDEX, EncodedSequence, PromptCuts, Truncation, fit_row
 from align_core.errors import UsageError
@@ -42,6 +43,7 @@ class Render:
     conversation: list[dict]
     label_from: int | None
     protect_from: int
+    media: tuple[MediaRef, ...] = ()  # the media items of its placeholders, in order
 
 
 def _last_assistant_index(messages: list[dict]) -> int:
@@ -49,16 +51,24 @@ def _last_assistant_index(messages: list[dict]) -> int:
     return indices[-1] if indices else len(messages)
 
 
-def row_renders(kind: Kind, row: dict, assistant_turns: str = "all") -> list[Render]:
-    """The conversations a shard row of ``kind`` is rendered as (chosen before rejected)."""
+def row_renders(
+    kind: Kind, row: dict, assistant_turns: str = "all", media: dict[str, list[MediaRef]] | None = None
+) -> list[Render]:
+    """The conversations a shard row of ``kind`` is rendered as (chosen before rejected); ``media``:
+    each conversation column's media refs (``MediaProcessor.prepare_row``)."""
+    media = media or {}
+
+    def refs(*columns: str) -> tuple[MediaRef, ...]:
+        return tuple(ref for column in columns for ref in media.get(column, ()))
+
     if kind is Kind.SUPERVISED:
         last = _last_assistant_index(row["messages"])
-        return [Render(row["messages"], 0 if assistant_turns == "all" else last, last)]
+        return [Render(row["messages"], 0 if assistant_turns == "all" else last, last, refs("messages"))]
     if kind is Kind.PROMPT_ONLY:
-        return [Render(row["prompt"], None, len(row["prompt"]))]
+        return [Render(row["prompt"], None, len(row["prompt"]), refs("prompt"))]
     prompt = row["prompt"]
     continuations = ("chosen", "rejected") if kind is Kind.PREFERENCE else ("completion",)
-    return [Render(prompt + row[column], len(prompt), len(prompt)) for column in continuations]
+    return [Render(prompt + row[column], len(prompt), len(prompt), refs("prompt", column)) for column in continuations]
 
 
 def token_range(starts: list[int], ends: list[int], span: AssistantSpan) -> range:
@@ -93,6 +103,7 @@ class ConversationEncoder:
         max_length: int,
         truncation: Truncation = Truncation.DROP,
         assistant_turns: str = "all",
+        media: MediaProcessor | None = None,
     ):
         if assistant_turns not in ASSISTANT_TURNS:
             raise UsageError(f"assistant_turns must be one of {list(ASSISTANT_TURNS)}, got {assistant_turns!r}")
@@ -105,6 +116,7 @@ class ConversationEncoder:
         self.max_length = max_length
         self.truncation = truncation
         self.assistant_turns = assistant_turns
+        self.media = media  # expands media placeholders after labelling; None: a text-only model
 
     def encode(self, renders: list[Render], row_ids: list[str]) -> list[EncodedSequence]:
         """Token ids and labels for each render (``row_ids`` name the row of each, for errors)."""
@@ -130,6 +142,8 @@ class ConversationEncoder:
             sequence = self._sequence(render, row_spans, input_ids, starts, ends)
             if row_id in to_cut:
                 sequence = replace(sequence, cuts=self._prompt_cuts(render, text, row_spans, starts, ends))
+            if self.media is not None:
+                sequence = self.media.expand(sequence, render.media, row_id)
             sequences.append(sequence)
         return sequences
 
@@ -138,6 +152,8 @@ class ConversationEncoder:
         (a repeated id merely costs a needless search)."""
         if self.truncation is not Truncation.TRUNCATE_PROMPT_LEFT:
             return set()
+        if self.media is not None:  # media placeholders grow when expanded: find the cut points of every row
+            return set(row_ids)
         return {row_id for row_id, ids in zip(row_ids, input_ids) if len(ids) > self.max_length}
 
     @staticmethod
@@ -178,19 +194,28 @@ class ConversationEncoder:
         """Tokenise shard rows (dicts of their columns), fit them to ``max_length``; counts go to ``outcomes``."""
         renders, owners = [], []
         for position, row in enumerate(rows):
-            for render in row_renders(kind, row, self.assistant_turns):
+            media = None
+            if self.media is not None:
+                row, media = self.media.prepare_row(kind, row)
+            for render in row_renders(kind, row, self.assistant_turns, media):
                 renders.append(render)
                 owners.append(position)
         sequences = self.encode(renders, [rows[position]["id"] for position in owners])
         per_row: list[list[EncodedSequence]] = [[] for _ in rows]
-        for position, sequence in zip(owners, sequences):
+        per_row_media: list[list[tuple[MediaRef, ...]]] = [[] for _ in rows]
+        for position, sequence, render in zip(owners, sequences, renders):
             per_row[position].append(sequence)
+            per_row_media[position].append(render.media)
         tokenized = []
-        for row, row_sequences in zip(rows, per_row):
+        for row, row_sequences, row_media in zip(rows, per_row, per_row_media):
             fitted, outcome = fit_row(
                 row_sequences, self.max_length, self.truncation, self.tokenizer.bos_token_id, row["id"]
             )
             outcomes[outcome] += 1
-            if fitted is not None:
-                tokenized.append(TokenizedRow(row["id"], fitted, row.get("label")))
+            if fitted is None:
+                continue
+            media = None
+            if self.media is not None:  # truncation may have cut the first messages, and their media with them
+                media = [surviving_media(refs, sequence.input_ids, self.media) for refs, sequence in zip(row_media, fitted)]
+            tokenized.append(TokenizedRow(row["id"], fitted, row.get("label"), media))
         return tokenized

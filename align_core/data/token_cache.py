@@ -30,10 +30,12 @@ from pydantic import BaseModel, ConfigDict
 import align_core
 import align_core.chat as chat_module
 import align_core.data.encode as encode_module
+import align_core.data.media_inputs as media_module
 import align_core.data.schema as schema_module
 import align_core.data.truncation as truncation_module
 from align_core.chat import ModelFormatter
 from align_core.data.encode import ConversationEncoder
+from align_core.data.media_inputs import MediaProcessor, MediaSource
 from align_core.data.schema import SEQUENCE_PREFIXES, has_labels, token_record_batch, token_schema
 from align_core.data.truncation import IGNORE_INDEX, OUTCOMES, parse_truncation
 from align_core.errors import UsageError
@@ -46,7 +48,7 @@ from align_core.io import (
     sha256_tree,
     staging_dir,
 )
-from align_core.models.registry import require_local_dir
+from align_core.models.registry import load_processor, require_local_dir
 from align_core.paths import state_dir
 from align_core.shards.dataset import ShardDataset, arrow_file_problem
 from align_core.shards.manifest import FileEntry
@@ -87,12 +89,30 @@ def tokenizer_files_digest(tokenizer_path: str | Path) -> str:
 def _code_version() -> str:
     """Digest of the modules whose code decides the tokens, so changing them invalidates old caches."""
     digest = hashlib.sha256()
-    for module in (encode_module, schema_module, truncation_module, chat_module):
+    for module in (encode_module, schema_module, truncation_module, chat_module, media_module):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
 
 CODE_VERSION = _code_version()
+
+
+def formatting_for(
+    dataset: ShardDataset, tokenizer_path: str | Path, trust_remote_code: bool = False
+) -> tuple[ModelFormatter, MediaProcessor | None]:
+    """The chat formatting for ``tokenizer_path``, and for a dataset with media the model's processor
+    over the dataset's media store (a model without a processor cannot take them: a clear error)."""
+    processor = None
+    if dataset.manifest.media:
+        processor = load_processor(tokenizer_path, trust_remote_code)
+        if processor is None:
+            raise UsageError(
+                f"{dataset.path} carries {', '.join(dataset.manifest.media)} media, but {tokenizer_path} has no "
+                "processor (processor_config.json): a text-only model cannot take them"
+            )
+    formatter = ModelFormatter.from_pretrained(tokenizer_path, trust_remote_code, processor=processor)
+    media = MediaProcessor(processor, MediaSource([dataset.path])) if processor is not None else None
+    return formatter, media
 
 
 def cache_key_inputs(
@@ -102,8 +122,11 @@ def cache_key_inputs(
     max_length: int,
     truncation_policy: str,
     assistant_turns: str,
+    media: MediaProcessor | None = None,
 ) -> dict[str, Any]:
+    media_inputs = {"media": media.fingerprint()} if media is not None else {}
     return {
+        **media_inputs,
         "format": CACHE_FORMAT_VERSION,
         "code_version": CODE_VERSION,
         "kind": dataset.kind.value,
@@ -126,8 +149,9 @@ def token_cache_key(
     trust_remote_code: bool = False,
 ) -> str:
     """The cache key ``tokenize_dataset`` would use, without tokenising anything."""
-    formatter = ModelFormatter.from_pretrained(tokenizer_path, trust_remote_code)
-    inputs = cache_key_inputs(ShardDataset(dataset_dir), formatter, tokenizer_path, max_length, truncation, assistant_turns)
+    dataset = ShardDataset(dataset_dir)
+    formatter, media = formatting_for(dataset, tokenizer_path, trust_remote_code)
+    inputs = cache_key_inputs(dataset, formatter, tokenizer_path, max_length, truncation, assistant_turns, media)
     return sha256_json(inputs)
 
 
@@ -262,9 +286,9 @@ def tokenize_dataset(
     dataset = ShardDataset(dataset_dir)
     dataset.require_intact()  # also on a hit: the shard digests are the key, so they must be the bytes
     policy = parse_truncation(truncation)
-    formatter = ModelFormatter.from_pretrained(tokenizer_path, trust_remote_code)
-    encoder = ConversationEncoder(formatter, max_length, policy, assistant_turns)
-    key_inputs = cache_key_inputs(dataset, formatter, tokenizer_path, max_length, policy.value, assistant_turns)
+    formatter, media = formatting_for(dataset, tokenizer_path, trust_remote_code)
+    encoder = ConversationEncoder(formatter, max_length, policy, assistant_turns, media)
+    key_inputs = cache_key_inputs(dataset, formatter, tokenizer_path, max_length, policy.value, assistant_turns, media)
     cache_key = sha256_json(key_inputs)
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     final = root / cache_key
@@ -274,13 +298,14 @@ def tokenize_dataset(
     remove_stale_staging(root)
     staging = staging_dir(final)
     kind = dataset.kind
-    sink = _ShardSink(staging, token_schema(kind), rows_per_shard)
+    has_media = media is not None
+    sink = _ShardSink(staging, token_schema(kind, has_media), rows_per_shard)
     outcomes: Counter[str] = Counter({outcome: 0 for outcome in OUTCOMES})
     tokens = labelled = 0
     for record_batch in dataset.iter_batches():
         for start in range(0, record_batch.num_rows, batch_rows):
             rows = record_batch.slice(start, batch_rows).to_pylist()
-            tokenized = token_record_batch(kind, encoder.encode_rows(kind, rows, outcomes))
+            tokenized = token_record_batch(kind, encoder.encode_rows(kind, rows, outcomes), has_media)
             batch_tokens, batch_labelled = _token_counts(kind, tokenized)
             tokens, labelled = tokens + batch_tokens, labelled + batch_labelled
             sink.write(tokenized)
@@ -293,6 +318,7 @@ def tokenize_dataset(
         "key_inputs": key_inputs,
         "kind": kind.value,
         "dataset": {"path": str(Path(dataset_dir).resolve()), "digest": dataset.digest, "rows": dataset.num_rows},
+        "media": has_media,  # sequences name their media items, read from the dataset's media store
         "tokenizer_path": str(Path(tokenizer_path).resolve()),
         "chat_format_source": formatter.source,
         "pad_token_id": tokenizer.pad_token_id,

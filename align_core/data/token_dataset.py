@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 from torch.utils.data import Dataset
 
+from align_core.data.media_inputs import MediaProcessor, MediaSource
 from align_core.data.schema import TOKEN_LIST
 from align_core.data.token_cache import DAMAGED, read_token_manifest
 from align_core.io import require_sha256
@@ -87,8 +88,21 @@ class TokenDataset(Dataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"], verify=False)
 
-    def collator(self, pad_to_multiple_of: int | None = None):
-        """The collator for this dataset's kind and pad token."""
+    def collator(self, pad_to_multiple_of: int | None = None, media: MediaProcessor | None = None):
+        """The collator for this dataset's kind and pad token; with media, the model's processor over
+        ``media`` (default: this cache's own dataset's media store)."""
         from align_core.data.collate import Collator
 
-        return Collator(self.kind, self.pad_token_id, pad_to_multiple_of)
+        return Collator(self.kind, self.pad_token_id, pad_to_multiple_of, media or media_processor_for([self]))
+
+
+def media_processor_for(parts: list[TokenDataset], trust_remote_code: bool = False) -> MediaProcessor | None:
+    """The processor of the model the caches were tokenised for, over the media stores of all their
+    datasets; None when none of them has media."""
+    with_media = [part for part in parts if part.manifest.get("media")]
+    if not with_media:
+        return None
+    from align_core.models.registry import load_processor
+
+    processor = load_processor(with_media[0].manifest["tokenizer_path"], trust_remote_code)
+    return MediaProcessor(processor, MediaSource([part.manifest["dataset"]["path"] for part in with_media]))

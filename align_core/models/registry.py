@@ -8,8 +8,9 @@ formatting function, which ``ModelFormatter`` then prefers over any chat templat
 
 Public API::
 
-    register_model(model_type, *, causal_lm=None, chat_formatter=None)
-    causal_lm_class(config, trust_remote_code=False) -> type
+    register_model(model_type, *, causal_lm=None, chat_formatter=None, processor=None)
+    causal_lm_class(config, trust_remote_code=False) -> type        # text out: a causal LM or a media LM
+    load_processor(path, trust_remote_code=False) -> processor | None  # None: a text-only model
     score_model_class(config, trust_remote_code=False) -> type      # "<Arch>ForScore"
     chat_formatter_for(config) -> Callable[[list[dict], bool], str] | None
     load_config(path, trust_remote_code=False) -> PretrainedConfig
@@ -27,9 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel
+import transformers
+from transformers import AutoConfig, AutoProcessor, AutoTokenizer, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+    MODEL_MAPPING,
+)
 
 from align_core.errors import UsageError
 from align_core.models.score import is_score_config, score_model_class_for
@@ -42,6 +48,8 @@ ChatFormatter = Callable[[list[dict], bool], str]
 class ModelEntry:
     causal_lm: type[PreTrainedModel] | None = None  # None: transformers' AutoModelForCausalLM mapping
     chat_formatter: ChatFormatter | None = None  # a model family's own template method
+    # (folder) -> processor, for a family transformers has no processor for (align-anything's Accustomed*)
+    processor: Callable[[Path], Any] | None = None
 
 
 _ENTRIES: dict[str, ModelEntry] = {}
@@ -52,6 +60,7 @@ def register_model(
     *,
     causal_lm: type[PreTrainedModel] | None = None,
     chat_formatter: ChatFormatter | None = None,
+    processor: Callable[[Path], Any] | None = None,
 ) -> None:
     """Override or extend what ``model_type`` loads as; fields left None keep their default."""
     entry = _ENTRIES.setdefault(model_type, ModelEntry())
@@ -59,6 +68,8 @@ def register_model(
         entry.causal_lm = causal_lm
     if chat_formatter is not None:
         entry.chat_formatter = chat_formatter
+    if processor is not None:
+        entry.processor = processor
 
 
 def chat_formatter_for(config: PretrainedConfig | None) -> ChatFormatter | None:
@@ -106,13 +117,19 @@ def causal_lm_class(config: PretrainedConfig, trust_remote_code: bool = False) -
     remote = _remote_class(config, "AutoModelForCausalLM", trust_remote_code)
     if remote is not None:
         return remote
-    try:
-        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-    except KeyError:
-        raise UsageError(
-            f"model_type {config.model_type!r} has no causal LM class in transformers; "
-            "register one with align_core.models.register_model"
-        ) from None
+    for mapping in (MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING):
+        if type(config) in mapping:
+            return mapping[type(config)]
+    # A text-out media model transformers maps under no auto class of ours (Qwen2-Audio): the class its
+    # config names, when transformers has it and it generates text.
+    for name in getattr(config, "architectures", None) or []:
+        klass = getattr(transformers, name, None)
+        if isinstance(klass, type) and issubclass(klass, GenerationMixin):
+            return klass
+    raise UsageError(
+        f"model_type {config.model_type!r} has no causal LM class in transformers; "
+        "register one with align_core.models.register_model"
+    )
 
 
 def score_model_class(config: PretrainedConfig, trust_remote_code: bool = False) -> type[PreTrainedModel]:
@@ -137,6 +154,25 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
             raise UsageError(f"{folder}: the tokenizer has neither a pad nor an EOS token to pad batches with")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def load_processor(path: str | Path, trust_remote_code: bool = False) -> Any | None:
+    """The processor saved with a media model (tokenizer + image processor / feature extractor), the one its
+    family registered, or None for a text-only model folder."""
+    folder = require_local_dir(path)
+    config = load_config(folder, trust_remote_code) if (folder / "config.json").is_file() else None
+    entry = _ENTRIES.get(config.model_type) if config is not None else None
+    if entry is not None and entry.processor is not None:
+        return entry.processor(folder)
+    if not any((folder / name).is_file() for name in PROCESSOR_FILES):
+        return None
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
+    if not hasattr(processor, "tokenizer"):  # a bare image processor or feature extractor: not a text model's
+        return None
+    return processor
 
 
 def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False, **from_pretrained_kwargs: Any):

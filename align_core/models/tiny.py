@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,34 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
-ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2")
+def media_chat_template(placeholders: dict[str, str]) -> str:
+    """``CHAT_TEMPLATE`` for a media family: a message's content may be typed parts, text kept as is and
+    a media part rendered as the family's placeholder (which its processor then expands into one token
+    per patch or audio frame), parts joined by newlines like ``ModelFormatter`` joins them."""
+    media = "".join(
+        f"{{%- elif part['type'] == '{media_type}' -%}}{{%- set ns.text = ns.text + '{placeholder}' -%}}"
+        for media_type, placeholder in placeholders.items()
+    )
+    content = (
+        "{%- if message['content'] is string -%}{%- set ns.text = message['content'] -%}"
+        "{%- else -%}{%- set ns.text = '' -%}"
+        "{%- for part in message['content'] -%}"
+        "{%- if not loop.first -%}{%- set ns.text = ns.text + '\\n' -%}{%- endif -%}"
+        "{%- if part['type'] == 'text' -%}{%- set ns.text = ns.text + part['text'] -%}"
+        f"{media}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- endif -%}"
+    )
+    return (
+        CHAT_TEMPLATE.replace("{%- for message in messages -%}", "{%- set ns = namespace(text='') -%}{%- for message in messages -%}" + content)
+        .replace("message['content'] + '<|im_end|>'", "ns.text + '<|im_end|>'")
+    )
+
+
+TEXT_ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2")
+MEDIA_ARCHITECTURES = ("llava", "qwen2_audio")  # image -> text, audio -> text
+ARCHITECTURES = TEXT_ARCHITECTURES + MEDIA_ARCHITECTURES
 # Config field names that differ from the Llama names used in build_tiny_model's arguments.
 _RENAMED_FIELDS: dict[str, dict[str, str]] = {"gpt2": {"intermediate_size": "n_inner", "num_key_value_heads": ""}}
 
@@ -142,9 +171,14 @@ def build_tiny_model(
     out_dir = Path(out_dir)
     if arch not in ARCHITECTURES:
         raise UsageError(f"unknown tiny-model arch {arch!r}; expected one of: {', '.join(ARCHITECTURES)}")
-    tokenizer = as_auto_tokenizer_loads_it(build_tiny_tokenizer(vocab_size), arch)
+    family = MEDIA_FAMILIES.get(arch)
+    tokenizer = build_tiny_tokenizer(vocab_size)
+    if family is not None:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(family.special_tokens)})
+        tokenizer.chat_template = media_chat_template(family.placeholders)
+    tokenizer = as_auto_tokenizer_loads_it(tokenizer, arch)
     config = tiny_config(
-        arch,
+        family.text_arch if family else arch,
         tokenizer,
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
@@ -153,16 +187,87 @@ def build_tiny_model(
         intermediate_size=intermediate_size or 2 * hidden_size,
         max_position_embeddings=max_position_embeddings,
     )
+    processor = None
+    if family is not None:
+        config, processor = family.build(tokenizer, config)
     # A private RNG stream: the weights depend on ``seed`` only, and the caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
+        model = family.model_class()(config) if family else AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     staging = staging_dir(out_dir)
     model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    (processor or tokenizer).save_pretrained(staging)  # a processor saves its tokenizer too
     publish_files(staging, out_dir)
     return out_dir
+
+
+# ----- media families: a text model of the same sizes, a tiny encoder, and the family's processor -------
+
+# Encoder sizes: as small as the architectures allow while still a real encoder (two layers).
+IMAGE_SIZE, PATCH_SIZE = 32, 8  # 16 patches: each image becomes 16 tokens
+AUDIO_SECONDS, MEL_BINS = 2, 32  # features padded to 2 s (200 frames) -> at most 50 audio tokens
+
+
+def _llava(tokenizer, text_config):
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaProcessor
+
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=32,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text_config, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2, vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    # The PIL image processor: transformers' torchvision-backed ones do not load beside the CPU torch wheel.
+    images = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = LlavaProcessor(
+        image_processor=images, tokenizer=tokenizer, patch_size=PATCH_SIZE, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=tokenizer.chat_template,  # CLIP's class token, dropped by "default"
+    )
+    return config, processor
+
+
+def _qwen2_audio(tokenizer, text_config):
+    from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig, Qwen2AudioProcessor, WhisperFeatureExtractor
+
+    encoder = Qwen2AudioEncoderConfig(
+        num_mel_bins=MEL_BINS, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
+        max_source_positions=AUDIO_SECONDS * 50,  # 100 mel frames per second, halved by the encoder's stride-2 conv
+    )
+    config = Qwen2AudioConfig(
+        audio_config=encoder, text_config=text_config, audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    )
+    features = WhisperFeatureExtractor(feature_size=MEL_BINS, sampling_rate=16000, chunk_length=AUDIO_SECONDS)
+    processor = Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+    return config, processor
+
+
+@dataclass(frozen=True)
+class MediaFamily:
+    text_arch: str  # the language model inside
+    placeholders: dict[str, str]  # content part type -> what the chat template renders for it
+    special_tokens: tuple[str, ...]
+    build: Callable[[Any, Any], tuple[Any, Any]]  # (tokenizer, text config) -> (model config, processor)
+    model_class_name: str
+
+    def model_class(self) -> type:
+        import transformers
+
+        return getattr(transformers, self.model_class_name)
+
+
+MEDIA_FAMILIES = {
+    "llava": MediaFamily("llama", {"image": "<image>"}, ("<image>",), _llava, "LlavaForConditionalGeneration"),
+    "qwen2_audio": MediaFamily(
+        "qwen2",
+        {"audio": "<|audio_bos|><|AUDIO|><|audio_eos|>"},
+        ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"),
+        _qwen2_audio,
+        "Qwen2AudioForConditionalGeneration",
+    ),
+}
 
 
 def publish_files(staging: Path, out_dir: Path) -> None:

@@ -83,6 +83,9 @@ class MediaStore:
     def __len__(self) -> int:
         return len(self._row)
 
+    def __contains__(self, sha256: object) -> bool:
+        return sha256 in self._row
+
     def __iter__(self):
         """The stored items' sha256s, in order of first use."""
         return iter(self._row)

@@ -135,7 +135,7 @@ class Trainer:
         Each folder is tokenised into the token cache (a hit when already there): one rank per node
         first, the others after it, so they read the cache rather than race to build it.
         """
-        from align_core.data.token_dataset import TokenDataset
+        from align_core.data.token_dataset import TokenDataset, media_processor_for
         from align_core.trainers.cached_steps import tokenize_specs
 
         data_cfgs = self.config.data_cfgs
@@ -154,7 +154,8 @@ class Trainer:
                     f"truncation={data_cfgs.truncation} (see {part.path / 'manifest.json'} for the counts)"
                 )
         rows = parts[0] if len(parts) == 1 else ConcatDataset(parts)
-        return rows, [int(n) for part in parts for n in part.lengths], parts[0].collator()
+        media = media_processor_for(parts, self.config.model_cfgs.trust_remote_code)
+        return rows, [int(n) for part in parts for n in part.lengths], parts[0].collator(media=media)
 
     def compute_loss(self, batch: Batch, totals: StepTotals) -> tuple[torch.Tensor, Metrics]:
         """The micro-batch's share of the step loss (its sum over the step's count), and metric shares."""
@@ -185,10 +186,13 @@ class Trainer:
         return {name: column.float().mean().item() for name, column in values.items()}
 
     def tokenizer_for_export(self) -> Any:
-        """Saved beside each exported model, so the folder loads as a whole with from_pretrained."""
-        from align_core.models.registry import load_tokenizer
+        """Saved beside each exported model, so the folder loads as a whole with from_pretrained: a media
+        model's processor (which saves its tokenizer too), else the tokenizer."""
+        from align_core.models.registry import load_processor, load_tokenizer
 
-        return load_tokenizer(self.config.model_cfgs.model_name_or_path, self.config.model_cfgs.trust_remote_code)
+        model_cfgs = self.config.model_cfgs
+        processor = load_processor(model_cfgs.model_name_or_path, model_cfgs.trust_remote_code)
+        return processor or load_tokenizer(model_cfgs.model_name_or_path, model_cfgs.trust_remote_code)
 
     # ----- the loop --------------------------------------------------------------------------------
 

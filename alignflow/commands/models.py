@@ -9,7 +9,7 @@ import typer
 
 def tiny_model_command(
     out: Path = typer.Option(..., "--out", "-o", help="folder to write config, weights and tokenizer into"),
-    arch: str = typer.Option("llama", "--arch", help="llama | qwen2 | mistral | gpt2"),
+    arch: str = typer.Option("llama", "--arch", help="llama | qwen2 | mistral | gpt2 (text), llava (image), qwen2_audio (audio)"),
     seed: int = typer.Option(0, "--seed", help="weights depend on this only: same seed, same bytes"),
     vocab_size: int = typer.Option(2048, help="BPE vocabulary target"),
     hidden_size: int = typer.Option(256),
