@@ -87,6 +87,14 @@ class ModelCfgs(_Section):
         None, description="algorithms with a reference model (dpo, ipo, kto); None: model_name_or_path"
     )
     trust_remote_code: bool = False
+    # parts of a media model to leave untrained (align_core.models.freeze), for every trained model of the run
+    freeze_vision_tower: bool = False
+    freeze_audio_tower: bool = False
+    freeze_mm_proj: bool = False
+    freeze_language_model: bool = False
+
+    def freeze_switches(self) -> list[str]:
+        return [name for name in type(self).model_fields if name.startswith("freeze_") and getattr(self, name)]
 
 
 class LoggerCfgs(_Section):

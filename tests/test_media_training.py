@@ -235,3 +235,56 @@ def test_a_media_run_killed_mid_way_resumes_to_the_same_losses_and_weights(tmp_p
     assert [[record[key] for key in keys] for record in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")] == expected
     before, after = weights(tmp_path / "whole" / "model"), weights(tmp_path / "resumed" / "model")
     assert before.keys() == after.keys() and all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_a_video_reaches_an_image_model_as_evenly_sampled_frames(tmp_path, media_models):
+    from media_files import video_bytes
+
+    from align_core.data.media_inputs import VIDEO_FRAMES
+    from align_core.data.token_cache import tokenize_dataset
+    from align_core.data.token_dataset import TokenDataset
+    from align_core.materialize import materialize_dataset
+
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "dot.mp4").write_bytes(video_bytes(frames=10))
+    row = {"prompt": "Which way does the dot move?", "video_path": "dot.mp4", "response_1": "Right.", "response_2": "Left.",
+           "overall_response": 1}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    dataset = materialize_dataset(tmp_path / "rows.jsonl", "AA_TV2T", "preference", tmp_path / "datasets", media_root=tmp_path / "media")
+    cache = TokenDataset(tokenize_dataset(dataset, media_models["image"], 256, cache_root=tmp_path))
+    refs = list(cache[0]["chosen_media"])
+    assert [ref.rsplit(":", 1)[1] for ref in refs] == [str(frame) for frame in range(VIDEO_FRAMES)]
+    assert all(ref.startswith("image:") for ref in refs)
+    image_token = cache.collator().media.placeholder_ids["image"]
+    assert [int(t) for t in cache[0]["chosen_input_ids"]].count(image_token) == VIDEO_FRAMES * 16
+    pixels = cache.collator()([cache[0]]).model_inputs["pixel_values"]
+    assert pixels.value.shape == (2 * VIDEO_FRAMES, 3, 32, 32) and pixels.counts.tolist() == [VIDEO_FRAMES] * 2
+    # the dot moves left to right: its brightest column moves right from the first frame to the last
+    columns = [int(frame.mean(dim=(0, 1)).argmax()) for frame in pixels.value[:VIDEO_FRAMES]]
+    assert columns == sorted(columns) and columns[0] < columns[-1]
+
+
+@pytest.mark.slow
+def test_freeze_switches_leave_the_vision_tower_and_projector_untrained(tmp_path, media_models, media_datasets):
+    settings = {"train_cfgs": {"max_steps": 4, "save_interval": 100}, "data_cfgs": {"max_length": 256},
+                "model_cfgs": {"freeze_vision_tower": True, "freeze_mm_proj": True}}
+    config = write_config(tmp_path / "run.yaml", media_models["image"], [media_datasets["image", "supervised"]], tmp_path / "out", settings)
+    run_in_process(config)
+    before, after = weights(media_models["image"]), weights(tmp_path / "out" / "model")
+    assert before.keys() == after.keys()
+    frozen = [key for key in before if "vision_tower" in key or "multi_modal_projector" in key]
+    trained = [key for key in before if "language_model" in key]
+    assert len(frozen) > 10 and all(torch.equal(before[key], after[key]) for key in frozen)
+    assert any(not torch.equal(before[key], after[key]) for key in trained)
+
+
+def test_a_freeze_switch_for_a_part_the_model_lacks_is_a_configuration_error(media_models):
+    from align_core.models.freeze import freeze_parts
+    from align_core.models.registry import load_causal_lm
+
+    model = load_causal_lm(media_models["image"])
+    with pytest.raises(UsageError, match="model_cfgs.freeze_audio_tower: a llava model has no audio_tower module"):
+        freeze_parts(model, ["freeze_audio_tower"])
+    vision = sum(p.numel() for p in model.model.vision_tower.parameters())
+    assert freeze_parts(model, ["freeze_vision_tower"]) == vision
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())

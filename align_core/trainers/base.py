@@ -32,6 +32,7 @@ from align_core.data.batch import Batch
 from align_core.data.sampler import LengthGroupedSampler
 from align_core.errors import UsageError
 from align_core.io import atomic_write_json
+from align_core.models.freeze import freeze_parts
 from align_core.shards.dataset import ShardDataset
 from align_core.shards.schema import Kind
 from align_core.trainers.checkpoint import CheckpointManager
@@ -377,6 +378,7 @@ class Trainer:
             with zero3_model_loading(ds_config):
                 model = role.load()
             if role.trained:
+                freeze_parts(model, self.config.model_cfgs.freeze_switches())
                 if self.train_cfgs.gradient_checkpointing:
                     model.gradient_checkpointing_enable()
                 self.engines[role.name] = Engine(model, self.train_cfgs, ds_config, total_steps * self.updates_per_step)
