@@ -288,3 +288,26 @@ def test_a_freeze_switch_for_a_part_the_model_lacks_is_a_configuration_error(med
     vision = sum(p.numel() for p in model.model.vision_tower.parameters())
     assert freeze_parts(model, ["freeze_vision_tower"]) == vision
     assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+
+
+@pytest.mark.slow
+def test_a_family_without_a_transformers_processor_registers_its_own_and_trains(tmp_path, media_models, media_datasets):
+    from accustomed_model import accustomed_model
+
+    from align_core.data.token_cache import tokenize_dataset
+    from align_core.data.token_dataset import TokenDataset
+    from align_core.models.registry import load_causal_lm
+
+    model = accustomed_model(media_models["image"], tmp_path / "accustomed")
+    assert not (model / "processor_config.json").exists() and not (model / "chat_template.jinja").exists()
+    cache = TokenDataset(tokenize_dataset(media_datasets["image", "supervised"], model, 256, cache_root=tmp_path / "cache"))
+    row = cache[0]
+    text = cache.collator().media.processor.tokenizer.decode([int(t) for t in row["input_ids"]])
+    assert text.startswith("USER: " + "<image>" * 16 + "\nWhat colour is the picture?\nASSISTANT: It is ")  # its own format
+    settings = {"train_cfgs": {"max_steps": 6, "save_interval": 100}, "data_cfgs": {"max_length": 256}}
+    config = write_config(tmp_path / "run.yaml", model, [media_datasets["image", "supervised"]], tmp_path / "out", settings)
+    run_in_process(config)
+    records = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    assert records[-1]["loss"] < records[0]["loss"]
+    reloaded, saved = load_causal_lm(model).state_dict(), weights(media_models["image"])  # the family's class loads it whole
+    assert torch.equal(reloaded["lm_head.weight"], saved[next(key for key in saved if key.endswith("lm_head.weight"))])
