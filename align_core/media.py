@@ -12,6 +12,7 @@ A media value may be
 Bytes are kept as they are (the original PNG/JPEG/WAV/MP4), never re-encoded, so a dataset's media
 have the sha256 of the files they came from. Each item must decode with its modality's reader
 (PIL, soundfile, PyAV) or the row is ``media_undecodable``; audio records its sampling rate.
+``probe_media`` measures a stored item (sizes, durations, rates, frames) for the data contracts.
 """
 
 from __future__ import annotations
@@ -163,6 +164,75 @@ def _check_video(data: bytes) -> None:
 
 
 DECODE_CHECKS = {"image": _check_image, "audio": _check_audio, "video": _check_video}
+
+
+@dataclass(frozen=True, slots=True)
+class MediaProbe:
+    """What one media item measures; ``error`` says why it does not decode (then nothing else is set)."""
+
+    width: int | None = None  # image, video: px
+    height: int | None = None
+    seconds: float | None = None  # audio, video: duration
+    sampling_rate: int | None = None  # audio: Hz
+    frames: int | None = None  # video
+    error: str | None = None
+
+    @property
+    def decodable(self) -> bool:
+        return self.error is None
+
+
+def probe_media(media_type: str, data: bytes) -> MediaProbe:
+    """Measure one media item (``MediaBlob.data``) of ``media_type`` as cheaply as its format allows.
+
+    Decodable means what it means at materialisation: an image's pixels load, audio opens with
+    soundfile, a video's first frame decodes. Bad bytes give a probe with ``error``, never an exception.
+    """
+    probe = PROBES[media_type]  # an unknown media type is a caller's bug: raise
+    try:
+        return probe(data)
+    except Exception as error:  # noqa: BLE001  (each decoder raises its own family of errors)
+        return MediaProbe(error=f"{type(error).__name__}: {error}")
+
+
+def _probe_image(data: bytes) -> MediaProbe:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size  # from the header
+        image.load()
+    return MediaProbe(width=width, height=height)
+
+
+def _probe_audio(data: bytes) -> MediaProbe:
+    import soundfile
+
+    info = soundfile.info(io.BytesIO(data))  # the header; frames are clamped to the data a cut file holds
+    return MediaProbe(seconds=info.frames / info.samplerate, sampling_rate=int(info.samplerate))
+
+
+def _probe_video(data: bytes) -> MediaProbe:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        frames = container.decode(video=0)
+        first = next(frames, None)
+        if first is None:
+            raise ValueError("no frame decodes")
+        count = stream.frames or (1 + sum(1 for _ in frames))  # WebM records no frame count: decode to count
+        if stream.duration and stream.time_base:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration:
+            seconds = container.duration / av.time_base
+        else:
+            seconds = count / float(stream.average_rate) if stream.average_rate else None
+        return MediaProbe(width=first.width, height=first.height, seconds=seconds, frames=count)
+
+
+PROBES = {"image": _probe_image, "audio": _probe_audio, "video": _probe_video}
 
 
 def resolve_sample_media(

@@ -17,6 +17,7 @@ column                              meaning
 ``{m}_placeholders``/``{m}_count``  media placeholders of type m in all columns / items in the row
 ``unbacked_media_placeholders``     media placeholders of a type the dataset carries no media for
                                     (an ``image`` part in a text-only dataset): nothing can fill them
+(media measurements)                ``image_min_side``, ``audio_max_seconds``, ...: see ``data_contracts.media_checks``
 (registered media columns)          see ``register_media_columns``
 ``prompt_repeat``                   the prompt (supervised: all but the last message) was seen before
 ``sample_repeat``                   the whole sample (all conversations + label) was seen before
@@ -42,10 +43,11 @@ import pyarrow.compute as pc
 import xxhash
 
 from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind, shard_schema
+from data_contracts.media_checks import MediaProber, media_columns
 
-# Extra per-row columns for a media type, e.g. decodability or image sizes: the multimodal work
-# registers a function of the row's media items (``list<MEDIA_ITEM>``, (rows,)) returning
-# ``{column: (rows,) values}``, and checks them in ``suites/<media>.yaml``.
+# Extra per-row columns for a media type beyond the built-in measurements (decodable, sizes, durations:
+# ``data_contracts.media_checks``): register a function of the row's media items (``list<MEDIA_ITEM>``,
+# (rows,)) returning ``{column: (rows,) values}``, and check them in a suite.
 MediaColumns = Callable[[pa.Array], dict[str, np.ndarray]]
 MEDIA_COLUMN_DERIVERS: dict[str, list[MediaColumns]] = {}
 
@@ -178,8 +180,11 @@ class DerivedBatch:
     hashes: dict[str, np.ndarray]  # "id", "prompt", "sample" -> (rows,) uint64
 
 
-def derive_batch(batch: pa.RecordBatch, kind: Kind, media: tuple[str, ...] = ()) -> DerivedBatch:
-    """Everything that depends on this batch alone: safe to run for many batches in parallel threads."""
+def derive_batch(
+    batch: pa.RecordBatch, kind: Kind, media: tuple[str, ...] = (), prober: MediaProber | None = None
+) -> DerivedBatch:
+    """Everything that depends on this batch alone: safe to run for many batches in parallel threads.
+    ``prober`` measures the dataset's stored media (without one, the measurement columns are null)."""
     columns: dict[str, pa.Array | np.ndarray] = {"id": batch.column("id"), "source_index": batch.column("source_index")}
     flats = {name: FlatConversations.from_column(batch.column(name)) for name in CONVERSATION_COLUMNS[kind]}
     texts = {name: flat.texts() for name, flat in flats.items()}
@@ -195,6 +200,7 @@ def derive_batch(batch: pa.RecordBatch, kind: Kind, media: tuple[str, ...] = ())
         columns[f"{media_type}_placeholders"] = sum(flat.media_parts(media_type) for flat in flats.values())
         items = batch.column(MEDIA_COLUMNS[media_type])
         columns[f"{media_type}_count"] = pc.fill_null(pc.list_value_length(items), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        columns.update(media_columns(items, media_type, prober))
         for derive_media_columns in MEDIA_COLUMN_DERIVERS.get(media_type, []):
             columns.update(derive_media_columns(items))
     text_hashes = {name: _hash(text) for name, text in texts.items()}

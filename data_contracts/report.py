@@ -6,6 +6,8 @@ reads the same offline as online; GX's own Data Docs fetch their CSS from a CDN.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from align_core.markdown import markdown_report, markdown_table
 from data_contracts.results import ExpectationResult, ValidationResult
 
 TEMPLATE = "report.html.jinja"
+THUMBNAIL_PX = 96  # the longer side of a failing image's thumbnail
 
 
 @dataclass
@@ -97,10 +100,37 @@ def render_markdown(result: ValidationResult) -> str:
     return markdown_report(f"Data contract {verdict(result)}", bullets, [table])
 
 
-def render_html(result: ValidationResult) -> str:
+@dataclass
+class Thumbnail:
+    """A failing image as the page shows it: a PNG data URI, or None for an image that does not decode."""
+
+    sample_id: str
+    uri: str | None
+
+
+def thumbnail(sample_id: str, data: bytes) -> Thumbnail:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))  # JPEG: decode at a reduced scale
+            image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            buffer = io.BytesIO()
+            image.convert("RGBA").save(buffer, format="PNG")
+    except Exception:  # noqa: BLE001  (what fails to decode is shown as such, never breaks the report)
+        return Thumbnail(sample_id, None)
+    return Thumbnail(sample_id, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
+
+
+def render_html(result: ValidationResult, images: dict[str, list[tuple[str, bytes]]] | None = None) -> str:
+    """The page; ``images`` (expectation name -> (sample id, image bytes) of failing samples) are shown
+    as small inline thumbnails beside the expectation."""
+    thumbnails = {name: [thumbnail(*image) for image in shown] for name, shown in (images or {}).items()}
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent),
         autoescape=True,  # ids and descriptions come from data: never let them become markup
         undefined=jinja2.StrictUndefined,
     )
-    return environment.get_template(TEMPLATE).render(result=result, rows=rows(result), verdict=verdict(result))
+    return environment.get_template(TEMPLATE).render(
+        result=result, rows=rows(result), verdict=verdict(result), thumbnails=thumbnails
+    )

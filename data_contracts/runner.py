@@ -28,6 +28,7 @@ from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind
 from data_contracts.checks import GXChecks
 from data_contracts.derive import DerivedBatch, RowDeriver, derive_batch, derived_columns
 from data_contracts.gate import check_validation
+from data_contracts.media_checks import MediaProber, failing_images
 from data_contracts.report import render_html
 from data_contracts.results import ValidationResult, read_validation
 from data_contracts.suite import Suite, load_suite
@@ -58,8 +59,10 @@ def validate_dataset(
     media = tuple(dataset.manifest.media)
     resolved = load_suite(suite, dataset.kind, media, overrides)
     checks = GXChecks(resolved, derived_columns(dataset.kind, media))
+    # Each distinct stored item is probed once, when a batch first references it.
+    prober = MediaProber(dataset.media_store()) if dataset.manifest.media_store else None
     rows = 0
-    for frame in _chunks(_derived_frames(dataset, workers or default_workers()), chunk_rows):
+    for frame in _chunks(_derived_frames(dataset, workers or default_workers(), prober), chunk_rows):
         checks.validate(frame)
         rows += len(frame)
     results = checks.results(rows)
@@ -78,7 +81,7 @@ def validate_dataset(
         seconds=round(time.perf_counter() - started, 3),
         alignflow_version=align_core.__version__,
     )
-    atomic_write_text(result.report_path, render_html(result))
+    atomic_write_text(result.report_path, render_html(result, failing_images(dataset, results)))
     atomic_write_json(result.validation_path, result.to_dict())  # last: the record the gate reads
     return result
 
@@ -105,7 +108,7 @@ def default_workers() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
-def _derived_frames(dataset: ShardDataset, workers: int) -> Iterator[pd.DataFrame]:
+def _derived_frames(dataset: ShardDataset, workers: int, prober: MediaProber | None) -> Iterator[pd.DataFrame]:
     """Derived frames in dataset order. Threads read and flatten batches (Arrow's decompression and
     kernels release the GIL); the repeat columns are then marked in order, on this thread."""
     kind, media = dataset.kind, tuple(dataset.manifest.media)
@@ -114,7 +117,7 @@ def _derived_frames(dataset: ShardDataset, workers: int) -> Iterator[pd.DataFram
 
     def read_and_derive(path: Path, index: int) -> DerivedBatch:
         with pa.memory_map(str(path)) as source:  # an uncompressed batch points into the map: derive inside
-            return derive_batch(pa.ipc.open_file(source).get_batch(index).select(columns), kind, media)
+            return derive_batch(pa.ipc.open_file(source).get_batch(index).select(columns), kind, media, prober)
 
     with ThreadPoolExecutor(workers) as pool:
         pending: deque[Future] = deque()
