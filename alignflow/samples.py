@@ -36,20 +36,32 @@ stays the ``safer_response_id``: template option ``preference="safer"`` gives th
 ``rows`` counts every row of a file, the planted ones included (at evenly spread positions,
 ``planted_positions``). The good rows are clean: roles alternate, no empty turns, no repeated prompt.
 Same seed, vocabulary and pyarrow version -> byte-identical files.
+
+``write_media_samples(out_dir, rows=300, seed=0) -> {name: WrittenMediaSet(source, template, kind,
+media_root)}`` writes ``MEDIA_SAMPLE_SETS`` the same way, in align-anything's image/audio/video-to-text
+schemas: PNGs of two or three coloured shapes ("What colour is the square?", preference and supervised),
+WAV tones ("Is this tone high or low?") and MP4 clips of a moving dot ("Which way does the dot move?").
+The media files lie under ``out_dir/media/<source file stem>/`` and rows name them relative to
+``out_dir/media`` (``media_root=`` / ``--media-root``). Both answers of a pair are said the same way and
+come from the same answer set in random order, so only the media tell which is right. Each set plants a
+missing file (``media_missing``) and a file cut short (``media_undecodable``).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
@@ -59,6 +71,8 @@ from align_core.errors import (
     EMPTY_TEXT,
     IDENTICAL_PAIR,
     INVALID_PREFERENCE,
+    MEDIA_MISSING,
+    MEDIA_UNDECODABLE,
     MISSING_FIELD,
     UNSPLITTABLE_TRANSCRIPT,
     WRONG_TYPE,
@@ -508,11 +522,296 @@ def sample_rows(sample_set: SampleSet, rows: int = 300, seed: int = 0) -> list[d
     return good
 
 
-def write_samples(out_dir: str | Path, rows: int = 300, seed: int = 0) -> dict[str, Path]:
-    """Write every sample dataset into ``out_dir``; ``{name: path}`` in ``SAMPLE_SETS`` order."""
+def write_sets(out_dir: str | Path, sample_sets: dict[str, SampleSet], rows: int, seed: int) -> dict[str, Path]:
+    """Write each of ``sample_sets`` into ``out_dir``; ``{name: path}`` in their order."""
     out_dir = Path(out_dir)
     paths = {}
-    for name, sample_set in SAMPLE_SETS.items():
+    for name, sample_set in sample_sets.items():
         paths[name] = out_dir / sample_set.filename
         sample_set.write(paths[name], sample_rows(sample_set, rows, seed))
     return paths
+
+
+def write_samples(out_dir: str | Path, rows: int = 300, seed: int = 0) -> dict[str, Path]:
+    """Write every text sample dataset into ``out_dir``; ``{name: path}`` in ``SAMPLE_SETS`` order."""
+    return write_sets(out_dir, SAMPLE_SETS, rows, seed)
+
+
+# Media samples: align-anything's image/audio/video-to-text schemas. Each generator draws a media item and
+# a question about it; both answers of a pair come from one answer set and one phrasing, in random order.
+
+MEDIA_ROOT_NAME = "media"  # beside the source files; rows name their media relative to it
+
+
+@dataclass(frozen=True)
+class MediaFile:
+    """A row's media item until its file is written: the encoded bytes, or None for a planted missing file."""
+
+    data: bytes | None
+    suffix: str  # ".png", ".wav", ".mp4"
+
+
+@dataclass(frozen=True)
+class MediaQuestion:
+    """A drawn media item, a question only the media answer, the correct answer and a wrong one said alike."""
+
+    key: str  # what the media show and what is asked: unique per row
+    media: MediaFile
+    question: str
+    correct: str
+    wrong: str
+
+
+def phrased_answers(
+    rng: random.Random, phrasings: tuple[str, ...], correct: str, wrong: str, **values: str
+) -> tuple[str, str]:
+    """``(correct, wrong)`` in one phrasing drawn from ``phrasings``: their texts differ only in the answer."""
+    phrasing = rng.choice(phrasings)
+    return phrasing.format(answer=correct, **values), phrasing.format(answer=wrong, **values)
+
+
+# Images: two or three shapes of distinct colours in distinct quadrants of a plain background.
+
+IMAGE_SIZE = 64  # pixels, square
+SHAPE_COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (245, 130, 30),
+}
+BACKGROUNDS = ((255, 255, 255), (235, 235, 235), (250, 245, 225))
+# Filled without anti-aliasing, so every pixel of a shape has exactly its colour.
+SHAPE_DRAWERS: dict[str, Callable[[Any, tuple[int, int, int, int], tuple[int, int, int]], None]] = {
+    "square": lambda draw, box, fill: draw.rectangle(box, fill=fill),
+    "circle": lambda draw, box, fill: draw.ellipse(box, fill=fill),
+    "triangle": lambda draw, box, fill: draw.polygon(
+        [((box[0] + box[2]) / 2, box[1]), (box[0], box[3]), box[2:]], fill=fill
+    ),
+}
+COLOUR_QUESTIONS = (
+    "What colour is the {shape}?",
+    "What is the colour of the {shape}?",
+    "Which colour is the {shape} in this picture?",
+    "Look at the image. What colour is the {shape}?",
+)
+COLOUR_ANSWERS = ("The {shape} is {answer}.", "It is {answer}.", "{answer}", "The colour of the {shape} is {answer}.")
+
+
+def png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def shape_colours(rng: random.Random) -> MediaQuestion:
+    """Shapes on a background; asks the colour of one, the wrong answer is another shape's colour."""
+    from PIL import Image, ImageDraw
+
+    shapes = rng.sample(sorted(SHAPE_DRAWERS), rng.randint(2, 3))
+    colours = rng.sample(sorted(SHAPE_COLOURS), len(shapes))
+    background = rng.choice(BACKGROUNDS)
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
+    draw, half, layout = ImageDraw.Draw(image), IMAGE_SIZE // 2, []
+    for shape, colour, quadrant in zip(shapes, colours, rng.sample(range(4), len(shapes))):
+        side = rng.randint(14, 24)
+        left = quadrant % 2 * half + rng.randint(2, half - side - 2)
+        top = quadrant // 2 * half + rng.randint(2, half - side - 2)
+        SHAPE_DRAWERS[shape](draw, (left, top, left + side - 1, top + side - 1), SHAPE_COLOURS[colour])
+        layout.append(f"{colour} {shape} {side}px at {left},{top}")
+    asked = rng.randrange(len(shapes))
+    wrong = rng.choice([colour for index, colour in enumerate(colours) if index != asked])
+    question = rng.choice(COLOUR_QUESTIONS).format(shape=shapes[asked])
+    answers = phrased_answers(rng, COLOUR_ANSWERS, colours[asked], wrong, shape=shapes[asked])
+    key = f"{', '.join(layout)} on {background}: {question}"
+    return MediaQuestion(key, MediaFile(png_bytes(image), ".png"), question, *answers)
+
+
+# Audio: a sine tone, high or low, with a slow swell (tremolo) and a little hiss.
+
+SAMPLING_RATE = 16_000  # Hz, mono
+PITCHES = {"high": (1500.0, 2500.0), "low": (150.0, 300.0)}  # Hz range of each answer
+PITCH_QUESTIONS = (
+    "Is this tone high or low?",
+    "Is the pitch of this tone high or low?",
+    "Listen to the sound. Is it a high or a low tone?",
+    "Does this tone sound high or low?",
+)
+PITCH_ANSWERS = ("The tone is {answer}.", "It is {answer}.", "{answer}", "It is a {answer} tone.")
+
+
+def wav_bytes(signal: np.ndarray) -> bytes:
+    """``signal``: (samples,) floats in [-1, 1] at ``SAMPLING_RATE``; 16-bit PCM WAV."""
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, signal, SAMPLING_RATE, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def tone_pitch(rng: random.Random) -> MediaQuestion:
+    pitch = rng.choice(sorted(PITCHES))
+    frequency, seconds = rng.uniform(*PITCHES[pitch]), rng.uniform(0.8, 1.2)
+    t = np.arange(round(seconds * SAMPLING_RATE)) / SAMPLING_RATE
+    swell = 1 + rng.uniform(0.0, 0.3) * np.sin(2 * np.pi * rng.uniform(1.0, 4.0) * t)
+    tone = rng.uniform(0.2, 0.5) * swell * np.sin(2 * np.pi * frequency * t + rng.uniform(0.0, 2 * np.pi))
+    hiss = np.random.default_rng(rng.getrandbits(64)).normal(0.0, rng.uniform(0.005, 0.02), t.size)
+    question = rng.choice(PITCH_QUESTIONS)
+    answers = phrased_answers(rng, PITCH_ANSWERS, pitch, "low" if pitch == "high" else "high")
+    key = f"{frequency:.3f} Hz for {seconds:.3f} s: {question}"
+    return MediaQuestion(key, MediaFile(wav_bytes(tone + hiss), ".wav"), question, *answers)
+
+
+# Video: a coloured dot crossing a dark frame along one axis.
+
+CLIP_SIZE, CLIP_FRAMES, CLIP_FPS, DOT_SIZE = 32, 8, 4, 4  # pixels, frames, frames per second, pixels
+# direction -> (opposite, axis the dot moves along (0: x, 1: y), sign along it)
+MOTIONS = {"left": ("right", 0, -1), "right": ("left", 0, 1), "up": ("down", 1, -1), "down": ("up", 1, 1)}
+MOTION_QUESTIONS = (
+    "Which way does the dot move?",
+    "In which direction does the dot move?",
+    "Watch the clip. Which way is the dot moving?",
+)
+MOTION_ANSWERS = ("The dot moves {answer}.", "It moves {answer}.", "{answer}", "It goes {answer}.")
+
+
+def mp4_bytes(frames: list[np.ndarray]) -> bytes:
+    """``frames``: (height, width, 3) uint8 RGB each; MPEG-4 Part 2 in MP4 at ``CLIP_FPS``, one encoder
+    thread: the same frames give the same bytes."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=CLIP_FPS)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt, stream.time_base, stream.codec_context.thread_count = "yuv420p", Fraction(1, CLIP_FPS), 1
+        for index, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def dot_motion(rng: random.Random) -> MediaQuestion:
+    direction = rng.choice(sorted(MOTIONS))
+    opposite, axis, sign = MOTIONS[direction]
+    travel = rng.randint(14, CLIP_SIZE - DOT_SIZE - 4)  # pixels over the clip
+    start = rng.randint(2, CLIP_SIZE - DOT_SIZE - 2 - travel)
+    across = rng.randint(2, CLIP_SIZE - DOT_SIZE - 2)
+    colour = SHAPE_COLOURS[rng.choice(sorted(SHAPE_COLOURS))]
+    frames = []
+    for index in range(CLIP_FRAMES):
+        along = start + travel * index // (CLIP_FRAMES - 1)
+        if sign < 0:
+            along = CLIP_SIZE - DOT_SIZE - along
+        x, y = (along, across) if axis == 0 else (across, along)
+        pixels = np.zeros((CLIP_SIZE, CLIP_SIZE, 3), np.uint8)
+        pixels[y : y + DOT_SIZE, x : x + DOT_SIZE] = colour
+        frames.append(pixels)
+    question = rng.choice(MOTION_QUESTIONS)
+    answers = phrased_answers(rng, MOTION_ANSWERS, direction, opposite)
+    key = f"{colour} dot {direction} from {start} by {travel} at {across}: {question}"
+    return MediaQuestion(key, MediaFile(mp4_bytes(frames), ".mp4"), question, *answers)
+
+
+# Rows in align-anything's schemas, the media item still a MediaFile until the writer places it.
+
+
+def media_preference_row(
+    draw: Callable[[random.Random], MediaQuestion], prompt_field: str, media_field: str, rng: random.Random
+) -> tuple[str, dict]:
+    item = draw(rng)
+    correct_id = rng.randint(1, 2)
+    first, second = (item.correct, item.wrong) if correct_id == 1 else (item.wrong, item.correct)
+    row = {prompt_field: item.question, media_field: item.media, "response_1": first, "response_2": second}
+    return item.key, {**row, "overall_response": correct_id}
+
+
+def media_supervised_row(
+    draw: Callable[[random.Random], MediaQuestion], media_field: str, rng: random.Random
+) -> tuple[str, dict]:
+    item = draw(rng)
+    return item.key, {"prompt": item.question, media_field: item.media, "response": item.correct}
+
+
+def write_media_jsonl(path: Path, rows: list[dict]) -> None:
+    """JSON Lines whose media items become files ``<path stem>/<row index>.<suffix>`` under the media root
+    beside ``path``. Other files in that folder (an earlier, longer write) are removed: a planted missing
+    file must stay missing, and the media root's digest must not depend on what was written before."""
+    media_root = path.parent / MEDIA_ROOT_NAME
+    written = set()
+
+    def placed(index: int, media: MediaFile) -> str:
+        relative = f"{path.stem}/{index:05d}{media.suffix}"
+        if media.data is not None:
+            write_unless_same(media_root / relative, media.data)
+            written.add(media_root / relative)
+        return relative
+
+    rows = [
+        {key: placed(index, value) if isinstance(value, MediaFile) else value for key, value in row.items()}
+        for index, row in enumerate(rows)
+    ]
+    for stale in sorted(set((media_root / path.stem).iterdir()) - written):
+        stale.unlink()
+    write_jsonl(path, rows)
+
+
+def _media_spoiled(row: dict, spoil: Callable[[MediaFile], MediaFile]) -> dict:
+    return {key: spoil(value) if isinstance(value, MediaFile) else value for key, value in row.items()}
+
+
+def _never_written(media: MediaFile) -> MediaFile:
+    return replace(media, data=None)
+
+
+def _cut_short(media: MediaFile) -> MediaFile:
+    return replace(media, data=media.data[:16])  # a download stopped inside the file's header
+
+
+MEDIA_PLANTED = (
+    (MEDIA_MISSING, lambda row: _media_spoiled(row, _never_written)),
+    (MEDIA_UNDECODABLE, lambda row: _media_spoiled(row, _cut_short)),
+)
+
+
+def media_sample_set(name: str, filename: str, template: str, kind: str, make_row: Callable) -> SampleSet:
+    return SampleSet(name, filename, template, kind, make_row, MEDIA_PLANTED, write_media_jsonl)
+
+
+MEDIA_SAMPLE_SETS: dict[str, SampleSet] = {
+    sample_set.name: sample_set
+    for sample_set in (
+        media_sample_set("image_colours", "aa_ti2t_colours.jsonl", "AA_TI2T", "preference",
+                         functools.partial(media_preference_row, shape_colours, "question", "image")),
+        media_sample_set("image_colours_sft", "aa_ti2t_colours_sft.jsonl", "AA_TI2T", "supervised",
+                         functools.partial(media_supervised_row, shape_colours, "image")),
+        media_sample_set("audio_pitch", "aa_ta2t_pitch.jsonl", "AA_TA2T", "preference",
+                         functools.partial(media_preference_row, tone_pitch, "prompt", "audio_path")),
+        media_sample_set("video_motion", "aa_tv2t_motion.jsonl", "AA_TV2T", "preference",
+                         functools.partial(media_preference_row, dot_motion, "prompt", "video_path")),
+    )
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WrittenMediaSet:
+    """A written media sample set: ``materialize_dataset(source, template, kind, out, media_root=media_root)``."""
+
+    source: Path
+    template: str
+    kind: str
+    media_root: Path
+
+
+def write_media_samples(out_dir: str | Path, rows: int = 300, seed: int = 0) -> dict[str, WrittenMediaSet]:
+    """Write every media sample dataset into ``out_dir``, its media under ``out_dir/media``; in
+    ``MEDIA_SAMPLE_SETS`` order."""
+    paths = write_sets(out_dir, MEDIA_SAMPLE_SETS, rows, seed)
+    media_root = Path(out_dir) / MEDIA_ROOT_NAME
+    return {
+        name: WrittenMediaSet(paths[name], sample_set.template, sample_set.kind, media_root)
+        for name, sample_set in MEDIA_SAMPLE_SETS.items()
+    }
