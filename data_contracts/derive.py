@@ -211,10 +211,13 @@ def derive_batch(
         columns["label"] = batch.column("label")
         sample_parts.append(_hash(pc.cast(batch.column("label"), pa.string())))
     columns["id_missing"] = _mask(pc.or_kleene(pc.is_null(batch.column("id")), pc.equal(batch.column("id"), "")))
+    # The same question about another image is another prompt: media items are part of what repeats.
+    media_hashes = [_hash(_item_digests(batch.column(MEDIA_COLUMNS[media_type]))) for media_type in media]
+    prompt_hash = _hash(flats["messages"].texts(drop_last_message=True)) if kind is Kind.SUPERVISED else text_hashes["prompt"]
     hashes = {
         "id": _hash(batch.column("id")),
-        "prompt": _hash(flats["messages"].texts(drop_last_message=True)) if kind is Kind.SUPERVISED else text_hashes["prompt"],
-        "sample": _combine(sample_parts),
+        "prompt": _combine([prompt_hash, *media_hashes]) if media_hashes else prompt_hash,
+        "sample": _combine(sample_parts + media_hashes),
     }
     return DerivedBatch(columns, hashes)
 
@@ -245,6 +248,11 @@ class RowDeriver:
         repeated = pd.Series(hashes).duplicated().to_numpy() | self._seen[key].contains(hashes)
         self._seen[key].add(hashes[~repeated])
         return repeated
+
+
+def _item_digests(items: pa.Array) -> pa.Array:
+    """(rows,) each row's media items as one string of their sha256s, in order."""
+    return pa.array([",".join(item["sha256"] for item in row or []) for row in items.to_pylist()], pa.string())
 
 
 def _hash(values: pa.Array) -> np.ndarray:

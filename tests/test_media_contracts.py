@@ -243,3 +243,20 @@ def test_the_html_report_shows_thumbnails_of_the_failing_images(tmp_path, monkey
     decodable_row = html[html.index("<code>image_decodable</code>") :].split("</tr>")[0]
     assert "does not decode" in decodable_row and f"<figcaption>{ids_at(dataset, 2)[0]}</figcaption>" in decodable_row
     assert html.count("data:image/png;base64,") == 5  # passing checks show no images
+
+
+def test_the_same_question_about_another_image_is_not_a_repeat_but_about_the_same_image_it_is(tmp_path):
+    from data_contracts.derive import RowDeriver
+
+    root = tmp_path / "media"
+    root.mkdir()
+    (root / "red.png").write_bytes(png(8, 8, (200, 30, 30)))
+    (root / "blue.png").write_bytes(png(8, 8, (30, 30, 200)))
+    rows = [{"question": "What colour is it?", "image": image, "response_1": "Red.", "response_2": "Blue.", "overall_response": 1}
+            for image in ("red.png", "blue.png", "red.png")]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    dataset = ShardDataset(materialize_dataset(source, "AA_TI2T", "preference", tmp_path / "out", media_root=root))
+    frame = RowDeriver(dataset.kind, tuple(dataset.manifest.media)).frame(dataset.read_table().to_batches()[0])
+    assert frame["prompt_repeat"].tolist() == [False, False, True]  # text alone would say [False, True, True]
+    assert frame["sample_repeat"].tolist() == [False, False, True]
