@@ -1,6 +1,6 @@
 """``make demo``: the whole pipeline on bundled data and tiny models, on Prefect's embedded server.
 
-    python -m alignflow.demo [--out demo_out] [--rows 300]
+    python -m alignflow.demo [--out demo_out] [--rows 300] [--multimodal]
 
 Writes the sample datasets (train and eval splits from different seeds), copies the demo pipeline
 next to them, runs it, and prints where the shards, reports, checkpoints and TensorBoard logs are,
@@ -16,15 +16,17 @@ from importlib import resources
 from pathlib import Path
 
 DEMO_PIPELINE = "demo.yaml"
+MULTIMODAL_PIPELINE = "multimodal.yaml"  # image -> text on the synthetic media samples
 
 
-def prepare(out: Path, rows: int) -> Path:
-    from alignflow.samples import write_samples
+def prepare(out: Path, rows: int, multimodal: bool = False) -> Path:
+    from alignflow.samples import write_media_samples, write_samples
 
-    write_samples(out / "data" / "train", rows=rows, seed=0)
-    write_samples(out / "data" / "eval", rows=max(rows // 5, 20), seed=1)
+    write = write_media_samples if multimodal else write_samples
+    write(out / "data" / "train", rows=rows, seed=0)
+    write(out / "data" / "eval", rows=max(rows // 5, 20), seed=1)
     pipeline_path = out / "pipeline.yaml"
-    shutil.copyfile(resources.files("alignflow.pipelines") / DEMO_PIPELINE, pipeline_path)
+    shutil.copyfile(resources.files("alignflow.pipelines") / (MULTIMODAL_PIPELINE if multimodal else DEMO_PIPELINE), pipeline_path)
     return pipeline_path
 
 
@@ -53,9 +55,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the alignflow demo pipeline end to end.")
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--rows", type=int, default=300)
+    parser.add_argument("--multimodal", action="store_true", help="the image -> text pipeline (multimodal.yaml) instead")
     args = parser.parse_args()
     out = args.out.absolute()
-    pipeline_path = prepare(out, args.rows)
+    pipeline_path = prepare(out, args.rows, args.multimodal)
     print(f"demo data and pipeline in {out}; running the pipeline (first run builds everything)...", flush=True)
 
     from alignflow.commands.pipeline import report_run

@@ -570,7 +570,10 @@ def phrased_answers(
     return phrasing.format(answer=correct, **values), phrasing.format(answer=wrong, **values)
 
 
-# Images: two or three shapes of distinct colours in distinct quadrants of a plain background.
+# Images: one large shape on a plain background. The wrong answer is a colour that is nowhere in the picture.
+# Measured on a tiny LLaVA (hidden 64, 600 reward-model steps at lr 3e-3): this set reaches 90%
+# eval accuracy; with two or three smaller shapes and six colours (orange beside red, purple beside blue)
+# it stayed at 43-61%, too hard to learn in a CPU test's budget.
 
 IMAGE_SIZE = 64  # pixels, square
 SHAPE_COLOURS = {
@@ -578,8 +581,6 @@ SHAPE_COLOURS = {
     "green": (40, 160, 60),
     "blue": (40, 80, 220),
     "yellow": (235, 200, 30),
-    "purple": (140, 60, 180),
-    "orange": (245, 130, 30),
 }
 BACKGROUNDS = ((255, 255, 255), (235, 235, 235), (250, 245, 225))
 # Filled without anti-aliasing, so every pixel of a shape has exactly its colour.
@@ -606,25 +607,19 @@ def png_bytes(image: Any) -> bytes:
 
 
 def shape_colours(rng: random.Random) -> MediaQuestion:
-    """Shapes on a background; asks the colour of one, the wrong answer is another shape's colour."""
+    """A shape on a background; asks its colour, the wrong answer a colour not in the picture."""
     from PIL import Image, ImageDraw
 
-    shapes = rng.sample(sorted(SHAPE_DRAWERS), rng.randint(2, 3))
-    colours = rng.sample(sorted(SHAPE_COLOURS), len(shapes))
+    shape, colour = rng.choice(sorted(SHAPE_DRAWERS)), rng.choice(sorted(SHAPE_COLOURS))
     background = rng.choice(BACKGROUNDS)
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
-    draw, half, layout = ImageDraw.Draw(image), IMAGE_SIZE // 2, []
-    for shape, colour, quadrant in zip(shapes, colours, rng.sample(range(4), len(shapes))):
-        side = rng.randint(14, 24)
-        left = quadrant % 2 * half + rng.randint(2, half - side - 2)
-        top = quadrant // 2 * half + rng.randint(2, half - side - 2)
-        SHAPE_DRAWERS[shape](draw, (left, top, left + side - 1, top + side - 1), SHAPE_COLOURS[colour])
-        layout.append(f"{colour} {shape} {side}px at {left},{top}")
-    asked = rng.randrange(len(shapes))
-    wrong = rng.choice([colour for index, colour in enumerate(colours) if index != asked])
-    question = rng.choice(COLOUR_QUESTIONS).format(shape=shapes[asked])
-    answers = phrased_answers(rng, COLOUR_ANSWERS, colours[asked], wrong, shape=shapes[asked])
-    key = f"{', '.join(layout)} on {background}: {question}"
+    side = rng.randint(40, 56)
+    left, top = rng.randint(2, IMAGE_SIZE - side - 2), rng.randint(2, IMAGE_SIZE - side - 2)
+    SHAPE_DRAWERS[shape](ImageDraw.Draw(image), (left, top, left + side - 1, top + side - 1), SHAPE_COLOURS[colour])
+    wrong = rng.choice([other for other in sorted(SHAPE_COLOURS) if other != colour])
+    question = rng.choice(COLOUR_QUESTIONS).format(shape=shape)
+    answers = phrased_answers(rng, COLOUR_ANSWERS, colour, wrong, shape=shape)
+    key = f"{colour} {shape} {side}px at {left},{top} on {background}: {question}"
     return MediaQuestion(key, MediaFile(png_bytes(image), ".png"), question, *answers)
 
 

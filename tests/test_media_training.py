@@ -311,3 +311,39 @@ def test_a_family_without_a_transformers_processor_registers_its_own_and_trains(
     assert records[-1]["loss"] < records[0]["loss"]
     reloaded, saved = load_causal_lm(model).state_dict(), weights(media_models["image"])  # the family's class loads it whole
     assert torch.equal(reloaded["lm_head.weight"], saved[next(key for key in saved if key.endswith("lm_head.weight"))])
+
+
+def blank_images(folder: Path) -> None:
+    """Every picture under ``folder`` that decodes becomes the same grey one (planted broken files stay broken)."""
+    from PIL import Image
+
+    for path in folder.rglob("*.png"):
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except OSError:
+            continue
+        Image.new("RGB", size, (128, 128, 128)).save(path, format="PNG")
+
+
+@pytest.mark.slow
+def test_an_image_reward_model_learns_the_shapes_from_the_pixels_and_not_without_them(tmp_path, media_models):
+    from align_core.materialize import materialize_dataset
+    from alignflow.samples import write_media_samples
+
+    accuracy = {}
+    for blanked in (False, True):
+        root = tmp_path / ("blanked" if blanked else "pixels")
+        datasets = []
+        for split, rows, seed in (("train", 400, 0), ("eval", 100, 1)):
+            written = write_media_samples(root / split, rows=rows, seed=seed)["image_colours"]
+            if blanked:
+                blank_images(written.media_root)
+            datasets.append(materialize_dataset(written.source, written.template, written.kind, root / "datasets",
+                                                media_root=written.media_root))
+        settings = {"train_cfgs": {"algorithm": "rm", "max_steps": 600, "save_interval": 1000, "learning_rate": 3e-3,
+                                   "per_device_train_batch_size": 8}, "data_cfgs": {"max_length": 256}}
+        config = write_config(root / "rm.yaml", media_models["image"], datasets[:1], root / "out", settings, eval_sets=datasets[1:])
+        accuracy[blanked] = run_in_process(config)["eval"]["eval/accuracy"]
+    assert accuracy[False] > 0.8, accuracy  # 0.90 measured
+    assert 0.35 < accuracy[True] < 0.65, accuracy  # the same text with grey pictures: a coin toss
