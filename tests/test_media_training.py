@@ -335,7 +335,7 @@ def test_an_image_reward_model_learns_the_shapes_from_the_pixels_and_not_without
     for blanked in (False, True):
         root = tmp_path / ("blanked" if blanked else "pixels")
         datasets = []
-        for split, rows, seed in (("train", 400, 0), ("eval", 100, 1)):
+        for split, rows, seed in (("train", 400, 0), ("eval", 200, 1)):
             written = write_media_samples(root / split, rows=rows, seed=seed)["image_colours"]
             if blanked:
                 blank_images(written.media_root)
@@ -345,5 +345,5 @@ def test_an_image_reward_model_learns_the_shapes_from_the_pixels_and_not_without
                                    "per_device_train_batch_size": 8}, "data_cfgs": {"max_length": 256}}
         config = write_config(root / "rm.yaml", media_models["image"], datasets[:1], root / "out", settings, eval_sets=datasets[1:])
         accuracy[blanked] = run_in_process(config)["eval"]["eval/accuracy"]
-    assert accuracy[False] > 0.8, accuracy  # 0.90 measured
-    assert 0.35 < accuracy[True] < 0.65, accuracy  # the same text with grey pictures: a coin toss
+    assert accuracy[False] > 0.8, accuracy  # 0.89 measured on 300 eval rows
+    assert 0.38 < accuracy[True] < 0.62, accuracy  # the same text with grey pictures: a coin toss (0.55 measured)
