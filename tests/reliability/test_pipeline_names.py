@@ -145,7 +145,7 @@ CHECKS = [
     ("a model path without a model", set_value("models", "tiny", value={"path": "models/none"}),
      "models.tiny.path: {folder}/models/none has no config.json (alignflow loads local Hugging Face folders only)"),
     ("an unknown tiny arch", set_value("models", "tiny", "tiny", "arch", value="llamma"),
-     "models.tiny.tiny.arch: unknown 'llamma'; expected one of: llama, qwen2, mistral, gpt2"),
+     "models.tiny.tiny.arch: unknown 'llamma'; expected one of: llama, qwen2, mistral, gpt2, llava, qwen2_audio"),
     ("an output_dir that is a file", set_value("output_dir", value="data/alpaca.jsonl"),
      "output_dir {folder}/data/alpaca.jsonl: {folder}/data/alpaca.jsonl is a file"),
 ]
