@@ -153,7 +153,7 @@ def test_example_configs_load_once_paths_are_given(name, algorithm):
 def test_unknown_algorithm_lists_the_known_ones():
     from align_core.trainers import get_trainer
 
-    with pytest.raises(UsageError, match=r"unknown 'ppo'; expected one of dpo, ipo, kto, orpo, rm, sft, simpo"):
+    with pytest.raises(UsageError, match=r"unknown 'ppo'; expected one of dpo, grpo, ipo, kto, orpo, rloo, rm, sft, simpo"):
         get_trainer(build_config(MINIMAL, ["train_cfgs.algorithm=ppo"]).train_cfgs.algorithm)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from align_core.config import TrainCfgs
 from align_core.errors import UsageError
 from align_core.trainers.base import Trainer
+from align_core.trainers.grpo import GRPOTrainer, RLOOTrainer
 from align_core.trainers.kto import KTOTrainer
 from align_core.trainers.preference import DPOTrainer, IPOTrainer, ORPOTrainer, SimPOTrainer
 from align_core.trainers.rm import RMTrainer
@@ -18,7 +19,7 @@ from align_core.user_modules import import_user_module
 
 TRAINERS: dict[str, type[Trainer]] = {
     trainer.algorithm: trainer
-    for trainer in (SFTTrainer, RMTrainer, DPOTrainer, IPOTrainer, SimPOTrainer, ORPOTrainer, KTOTrainer)
+    for trainer in (SFTTrainer, RMTrainer, DPOTrainer, IPOTrainer, SimPOTrainer, ORPOTrainer, KTOTrainer, GRPOTrainer, RLOOTrainer)
 }
 
 
@@ -48,6 +49,7 @@ def settings_by_algorithm() -> dict[str, type[TrainCfgs]]:
 
 
 __all__ = [
-    "TRAINERS", "DPOTrainer", "IPOTrainer", "KTOTrainer", "ORPOTrainer", "RMTrainer", "SFTTrainer", "SimPOTrainer", "Trainer",
+    "TRAINERS", "DPOTrainer", "GRPOTrainer", "IPOTrainer", "KTOTrainer", "ORPOTrainer", "RLOOTrainer", "RMTrainer", "SFTTrainer",
+    "SimPOTrainer", "Trainer",
     "get_trainer", "import_trainer_module", "register_trainer", "settings_by_algorithm",
 ]
