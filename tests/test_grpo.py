@@ -112,3 +112,25 @@ def test_a_grpo_config_without_rewards_or_with_an_unknown_one_fails_before_train
     config = load_config(rl_config(tmp_path, tiny_model, prompts, "unknown", "grpo", rewards=[{"name": "no_such_reward"}]))
     with pytest.raises(UsageError, match="no_such_reward"):
         get_trainer("grpo")(config)
+
+
+@pytest.mark.slow
+def test_two_ranks_roll_out_their_own_prompts_and_train_one_model(tmp_path, tiny_model, prompts):
+    config = rl_config(tmp_path, tiny_model, prompts, "out", "grpo", max_steps=3, per_device_train_batch_size=2)
+    trained = launch(config, nproc=2)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    rollouts = read_rollouts(tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / "rollouts").glob("manifest-rank*.json")) == [
+        "manifest-rank0.json", "manifest-rank1.json"]
+    assert rollouts.num_rows == 3 * 2 * 2 * 4  # steps x ranks x prompts per rank x generations
+    per_step = {}
+    for row in rollouts.select(["step", "prompt_id"]).to_pylist():
+        per_step.setdefault(row["step"], set()).add(row["prompt_id"])
+    assert all(len(ids) == 4 for ids in per_step.values())  # the ranks drew different prompts
+    records = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    assert [record["step"] for record in records] == [1, 2, 3]
+    by_step = {}
+    for row in rollouts.select(["step", "reward"]).to_pylist():
+        by_step.setdefault(row["step"], []).append(row["reward"])
+    # the logged mean is over both ranks' completions
+    assert [round(sum(v) / len(v), 5) for _, v in sorted(by_step.items())] == [round(r["reward"], 5) for r in records]
