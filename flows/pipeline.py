@@ -40,7 +40,7 @@ from align_core.trainers.cached_steps import tokenize_specs
 from align_core.trainers.rundir import set_aside_other_run
 from data_contracts.results import ValidationResult
 from flows.materialize import materialize
-from flows.pipeline_config import JobEntry, PipelineConfig, check_pipeline, job_sections, load_pipeline
+from flows.pipeline_config import PipelineConfig, check_pipeline, job_sections, load_pipeline
 from tasks.artifacts import publish_markdown
 from tasks.crashed_runs import start_of_run
 from tasks.models import build_tiny, check_model_path
@@ -104,10 +104,11 @@ def pipeline(config: str) -> dict[str, Any]:
     for wave in spec.job_order():
         running = {}
         for name in wave:
-            job = spec.jobs[name]
-            base_model = results[job.model]["model_dir"] if job.model in spec.jobs else model_dirs[job.model]
+            def model_dir(ref: str) -> str:  # a models entry's folder, or a finished job's trained model
+                return results[ref]["model_dir"] if ref in spec.jobs else model_dirs[ref]
+
             with labelled(job=name):
-                running[name] = submit_job(spec, name, base_model, dataset_dirs)
+                running[name] = submit_job(spec, name, model_dir, dataset_dirs)
         for name, future in running.items():
             results[name] = future.result()
 
@@ -116,11 +117,11 @@ def pipeline(config: str) -> dict[str, Any]:
     return summary
 
 
-def submit_job(spec: PipelineConfig, name: str, base_model: str, dataset_dirs: dict[str, str]) -> PrefectFuture:
+def submit_job(spec: PipelineConfig, name: str, model_dir: Callable[[str], str], dataset_dirs: dict[str, str]) -> PrefectFuture:
     """Write job ``name``'s config, then submit its steps: tokenise each of its datasets [-> reference
     log-probs] -> train. Returns the training's future."""
     job = spec.jobs[name]
-    config_path, train_config = write_job_config(spec, name, job, base_model, dataset_dirs)
+    config_path, train_config = write_job_config(spec, name, model_dir, dataset_dirs)
     superseded = set_aside_other_run(train_config)  # the job's inputs changed since its last run
     if superseded is not None:
         get_run_logger().warning("job %s: its inputs changed; the previous run was moved to %s", name, superseded)
@@ -137,9 +138,9 @@ def submit_job(spec: PipelineConfig, name: str, base_model: str, dataset_dirs: d
     return train_model.submit(str(config_path), nproc=job.nproc, wait_for=prerequisites)
 
 
-def write_job_config(spec: PipelineConfig, name: str, job: JobEntry, base_model: str, dataset_dirs: dict[str, str]):
+def write_job_config(spec: PipelineConfig, name: str, model_dir: Callable[[str], str], dataset_dirs: dict[str, str]):
     """The job's full training config (its ``config`` sections + what the pipeline decides), written as YAML."""
-    sections = job_sections(spec, name, base_model, dataset_dirs)  # the sections check_pipeline built ahead
+    sections = job_sections(spec, name, model_dir, dataset_dirs)  # the sections check_pipeline built ahead
     train_config = build_config(sections, source=f"jobs.{name}.config")
     config_path = Path(spec.output_dir) / "configs" / f"{name}.yaml"
     atomic_write_text(config_path, dump_config(train_config))

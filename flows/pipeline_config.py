@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +94,9 @@ class JobEntry(_Strict):
     config: dict[str, dict[str, Any]] = {}
     nproc: int = Field(1, ge=1)
     after: list[str] = Field([], description="extra jobs to wait for")
+    reward_model: str | None = Field(
+        None, description="online RL: a models entry or a job whose trained reward model scores the rollouts"
+    )
 
 
 class PipelineConfig(_Strict):
@@ -124,12 +128,14 @@ class PipelineConfig(_Strict):
             for other in job.after:
                 if other not in self.jobs:
                     raise ValueError(f"jobs.{name}.after: {other!r} is not a job")
+            if job.reward_model is not None and job.reward_model not in self.models and job.reward_model not in self.jobs:
+                raise ValueError(f"jobs.{name}.reward_model: {job.reward_model!r} is neither a models entry nor a job")
         self.job_order()  # raises on a cycle
         return self
 
     def dependencies(self, name: str) -> list[str]:
         job = self.jobs[name]
-        refs = [job.model, *job.after]
+        refs = [job.model, *job.after, *([job.reward_model] if job.reward_model else [])]
         return [ref for ref in dict.fromkeys(refs) if ref in self.jobs]
 
     def job_order(self) -> list[list[str]]:
@@ -284,12 +290,16 @@ def _check_model(name: str, model: ModelEntry) -> None:
 
 def _check_job(spec: PipelineConfig, name: str) -> None:
     from align_core.config import build_config
-    from align_core.trainers import get_trainer
+    from align_core.trainers import get_trainer, settings_by_algorithm
 
     job = spec.jobs[name]
     for (section, key), source in PIPELINE_SET_KEYS.items():
         if key in job.config.get(section, {}):
             raise UsageError(f"jobs.{name}.config.{section}.{key}: set by the pipeline (from {source}); remove it")
+    if job.reward_model is not None:
+        settings = settings_by_algorithm().get(job.algorithm)
+        if settings is not None and "rewards" not in settings.model_fields:
+            raise UsageError(f"jobs.{name}.reward_model: {job.algorithm} takes no rewards (grpo and rloo do)")
     config = _prefixed(f"jobs.{name}", build_config, job_sections(spec, name), source=f"jobs.{name}.config")
     trainer = get_trainer(config.train_cfgs.algorithm)
     for dataset in [*job.train, *job.eval]:
@@ -299,13 +309,21 @@ def _check_job(spec: PipelineConfig, name: str) -> None:
             raise UsageError(f"jobs.{name}: dataset {dataset!r} is {kind}; {job.algorithm} trains on {expected} datasets")
 
 
-def job_sections(spec: PipelineConfig, name: str, base_model: str | None = None, dataset_dirs: dict[str, str] | None = None):
-    """Job ``name``'s training-config sections: its ``config`` plus what the pipeline decides. Without
-    ``base_model``/``dataset_dirs`` (not known before the run), placeholder paths stand in."""
+def job_sections(
+    spec: PipelineConfig,
+    name: str,
+    model_dir: Callable[[str], str] | None = None,
+    dataset_dirs: dict[str, str] | None = None,
+):
+    """Job ``name``'s training-config sections: its ``config`` plus what the pipeline decides.
+    ``model_dir(ref)``: the folder of a models entry or of a job's trained model. Without it and
+    ``dataset_dirs`` (not known before the run), placeholder paths stand in."""
     job = spec.jobs[name]
     output_dir = Path(spec.output_dir)
-    if base_model is None:
-        base_model = str(output_dir / ("jobs" if job.model in spec.jobs else "models") / job.model / "model")
+    if model_dir is None:
+        def model_dir(ref: str) -> str:
+            return str(output_dir / ("jobs" if ref in spec.jobs else "models") / ref / "model")
+    base_model = model_dir(job.model)
     dataset_dirs = dataset_dirs or {dataset: str(output_dir / "shards" / dataset) for dataset in spec.datasets}
     sections = {section: dict(values) for section, values in job.config.items()}
     sections.setdefault("train_cfgs", {})["algorithm"] = job.algorithm
@@ -315,6 +333,10 @@ def job_sections(spec: PipelineConfig, name: str, base_model: str | None = None,
     data["eval_datasets"] = [dataset_dirs[dataset] for dataset in job.eval]
     data.setdefault("token_cache_dir", str(output_dir / "token_cache"))
     sections.setdefault("logger_cfgs", {})["output_dir"] = str(output_dir / "jobs" / name)
+    if job.reward_model is not None:  # one more reward source: the named reward model's score
+        train_cfgs = sections["train_cfgs"]
+        source = {"name": "reward_model", "kwargs": {"path": model_dir(job.reward_model)}}
+        train_cfgs["rewards"] = [*train_cfgs.get("rewards", []), source]
     return sections
 
 

@@ -1,0 +1,68 @@
+"""Online RL jobs in a pipeline: a GRPO job scored by another job's trained reward model (and a rule),
+after it, with the reward model's folder passed as a reward source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from align_core.errors import UsageError
+from alignflow.samples import write_samples
+from flows.pipeline_config import check_pipeline, job_sections, load_pipeline
+
+TRAIN = {"max_steps": 3, "save_interval": 10, "per_device_train_batch_size": 4, "learning_rate": 1.0e-3}
+
+
+def rl_pipeline(folder: Path, reward_job: str = "grpo", algorithm: str = "grpo") -> Path:
+    write_samples(folder / "data", rows=24, seed=0)
+    config = {
+        "output_dir": "out",
+        "models": {"tiny": {"tiny": {"arch": "llama", "seed": 0, "hidden_size": 64, "num_layers": 2, "num_heads": 4}}},
+        "datasets": {
+            "hh": {"source": "data/hh_rlhf.jsonl", "template": "HH-RLHF", "kind": "preference"},
+            "questions": {"source": "data/gsm8k.jsonl", "template": "GSM8K", "kind": "prompt_only"},
+        },
+        "jobs": {
+            "rm": {"algorithm": "rm", "model": "tiny", "train": ["hh"], "config": {"train_cfgs": TRAIN, "data_cfgs": {"max_length": 128}}},
+            reward_job: {
+                "algorithm": algorithm, "model": "tiny", "train": ["questions"], "reward_model": "rm",
+                "config": {"train_cfgs": {**TRAIN, "max_steps": 2, "num_generations": 2, "max_new_tokens": 8,
+                                          "rewards": [{"name": "gsm8k_exact_match"}]} if algorithm == "grpo" else TRAIN,
+                           "data_cfgs": {"max_length": 160}},
+            },
+        },
+    }
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_reward_model_job_is_a_dependency_and_a_reward_source(tmp_path):
+    spec = load_pipeline(rl_pipeline(tmp_path))
+    assert spec.job_order() == [["rm"], ["grpo"]]
+    rewards = job_sections(spec, "grpo")["train_cfgs"]["rewards"]
+    assert rewards == [{"name": "gsm8k_exact_match"},
+                       {"name": "reward_model", "kwargs": {"path": str(tmp_path / "out" / "jobs" / "rm" / "model")}}]
+
+
+def test_a_reward_model_on_an_algorithm_without_rewards_is_refused_naming_the_job(tmp_path):
+    spec = load_pipeline(rl_pipeline(tmp_path, reward_job="sft", algorithm="sft"))
+    with pytest.raises(UsageError, match=r"jobs.sft.reward_model: sft takes no rewards \(grpo and rloo do\)"):
+        check_pipeline(spec)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_grpo_job_is_scored_by_the_reward_model_job_it_names(tmp_path):
+    from align_core.trainers.grpo import read_rollouts
+    from flows.pipeline import pipeline
+
+    summary = pipeline(config=str(rl_pipeline(tmp_path)), return_state=True).result()
+    assert summary["jobs"]["grpo"]["steps"] == 2
+    rollouts = read_rollouts(tmp_path / "out" / "jobs" / "grpo").to_pylist()
+    assert len(rollouts) == 2 * 4 * 2  # steps x prompts x generations
+    assert len({row["reward/reward_model"] for row in rollouts}) > 1  # the trained reward model scored them
+    assert all(row["reward"] == pytest.approx(row["reward/reward_model"] + row["reward/gsm8k_exact_match"], abs=1e-5)
+               for row in rollouts)
