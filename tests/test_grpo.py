@@ -134,3 +134,29 @@ def test_two_ranks_roll_out_their_own_prompts_and_train_one_model(tmp_path, tiny
         by_step.setdefault(row["step"], []).append(row["reward"])
     # the logged mean is over both ranks' completions
     assert [round(sum(v) / len(v), 5) for _, v in sorted(by_step.items())] == [round(r["reward"], 5) for r in records]
+
+
+@pytest.mark.slow
+def test_image_prompts_roll_out_through_the_same_trainer(tmp_path):
+    from media_files import png_bytes
+
+    from align_core.materialize import materialize_dataset
+    from align_core.models.tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "llava", arch="llava", vocab_size=384, hidden_size=64, num_layers=2, num_heads=4,
+                             max_position_embeddings=512)
+    (tmp_path / "media").mkdir()
+    colours = [(230, 30, 30), (30, 30, 230)]
+    rows = []
+    for index in range(8):
+        (tmp_path / "media" / f"{index}.png").write_bytes(png_bytes(colours[index % 2], 16))
+        rows.append({"question": "What colour is the picture?", "image": f"{index}.png", "response_1": "red", "response_2": "blue",
+                     "overall_response": 1})
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = materialize_dataset(tmp_path / "rows.jsonl", "AA_TI2T", "prompt_only", tmp_path / "datasets", media_root=tmp_path / "media")
+    config = rl_config(tmp_path, model, Path(data), "out", "grpo", max_steps=2, per_device_train_batch_size=2,
+                       max_new_tokens=6)
+    run_in_process(config)
+    rollouts = read_rollouts(tmp_path / "out")
+    assert rollouts.num_rows == 2 * 2 * 4
+    assert all(len(ids) >= 1 for ids in rollouts.column("completion_ids").to_pylist())
