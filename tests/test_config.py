@@ -153,8 +153,8 @@ def test_example_configs_load_once_paths_are_given(name, algorithm):
 def test_unknown_algorithm_lists_the_known_ones():
     from align_core.trainers import get_trainer
 
-    with pytest.raises(UsageError, match=r"unknown 'ppo'; expected one of dpo, grpo, ipo, kto, orpo, rloo, rm, sft, simpo"):
-        get_trainer(build_config(MINIMAL, ["train_cfgs.algorithm=ppo"]).train_cfgs.algorithm)
+    with pytest.raises(UsageError, match=r"unknown 'ppoo'; expected one of dpo, grpo, ipo, kto, orpo, ppo, ppo_lag, rloo, rm, sft, simpo"):
+        get_trainer(build_config(MINIMAL, ["train_cfgs.algorithm=ppoo"]).train_cfgs.algorithm)
 
 
 def test_each_algorithm_gets_its_own_settings_with_its_paper_defaults():

@@ -12,6 +12,7 @@ from align_core.errors import UsageError
 from align_core.trainers.base import Trainer
 from align_core.trainers.grpo import GRPOTrainer, RLOOTrainer
 from align_core.trainers.kto import KTOTrainer
+from align_core.trainers.ppo import PPOLagTrainer, PPOTrainer
 from align_core.trainers.preference import DPOTrainer, IPOTrainer, ORPOTrainer, SimPOTrainer
 from align_core.trainers.rm import RMTrainer
 from align_core.trainers.sft import SFTTrainer
@@ -19,7 +20,10 @@ from align_core.user_modules import import_user_module
 
 TRAINERS: dict[str, type[Trainer]] = {
     trainer.algorithm: trainer
-    for trainer in (SFTTrainer, RMTrainer, DPOTrainer, IPOTrainer, SimPOTrainer, ORPOTrainer, KTOTrainer, GRPOTrainer, RLOOTrainer)
+    for trainer in (
+        SFTTrainer, RMTrainer, DPOTrainer, IPOTrainer, SimPOTrainer, ORPOTrainer, KTOTrainer, GRPOTrainer, RLOOTrainer,
+        PPOTrainer, PPOLagTrainer,
+    )
 }
 
 
@@ -49,7 +53,7 @@ def settings_by_algorithm() -> dict[str, type[TrainCfgs]]:
 
 
 __all__ = [
-    "TRAINERS", "DPOTrainer", "GRPOTrainer", "IPOTrainer", "KTOTrainer", "ORPOTrainer", "RLOOTrainer", "RMTrainer", "SFTTrainer",
-    "SimPOTrainer", "Trainer",
+    "TRAINERS", "DPOTrainer", "GRPOTrainer", "IPOTrainer", "KTOTrainer", "ORPOTrainer", "PPOLagTrainer", "PPOTrainer",
+    "RLOOTrainer", "RMTrainer", "SFTTrainer", "SimPOTrainer", "Trainer",
     "get_trainer", "import_trainer_module", "register_trainer", "settings_by_algorithm",
 ]

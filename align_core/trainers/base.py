@@ -179,6 +179,14 @@ class Trainer:
         """The step's metrics from their sums over micro-batches and ranks (an algorithm may derive more)."""
         return sums
 
+    def extra_state(self) -> dict[str, Any]:
+        """State of the algorithm outside its models (numbers, tensors), saved with each checkpoint and
+        handed back to ``load_extra_state`` on resume: PPO-Lagrangian's multiplier."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned when the checkpoint being resumed was saved."""
+
     def eval_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Per-example values (n,) that ``summarize_eval`` aggregates over the whole eval set."""
         raise NotImplementedError
@@ -234,6 +242,7 @@ class Trainer:
         if resume_step is not None:
             client_state = checkpoints.load(self.engines, resume_step)
             step, micro_step = client_state["step"], client_state["micro_step"]
+            self.load_extra_state(client_state.get("trainer", {}))
         metrics = MetricsLogger(
             self.output_dir,
             enabled=dist.is_main,
@@ -270,7 +279,8 @@ class Trainer:
                 last_metrics.update(self.evaluate(*run.eval_set))
             run.metrics.log(run.step, last_metrics)
             if run.step % cfgs.save_interval == 0 or run.step == run.total_steps:
-                run.checkpoints.save(self.engines, run.step, {"step": run.step, "micro_step": run.micro_step})
+                state = {"step": run.step, "micro_step": run.micro_step, "trainer": self.extra_state()}
+                run.checkpoints.save(self.engines, run.step, state)
                 run.metrics.plot()
             if cfgs.debug_stop_after_steps == run.step:
                 os._exit(17)  # simulate a crash: no cleanup, no flush beyond what is on disk

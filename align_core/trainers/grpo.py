@@ -58,8 +58,10 @@ REFERENCE = "reference"
 ROLLOUTS_DIR = "rollouts"
 
 
-class GRPOSettings(TrainCfgs):
-    num_generations: int = Field(4, ge=2, description="completions sampled per prompt (the group)")
+class OnlineRLSettings(TrainCfgs):
+    """What every online RL trainer reads: sampling, reward sources, the reference's weight, PPO's clip."""
+
+    num_generations: int = Field(1, ge=1, description="completions sampled per prompt")
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -67,16 +69,20 @@ class GRPOSettings(TrainCfgs):
     beta: float = Field(0.04, ge=0, description="weight of the k3 KL to the reference; 0 loads no reference")
     clip_ratio: float = Field(0.2, gt=0)
     ppo_epochs: int = Field(1, ge=1, description="updates over each step's rollouts")
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
     loss_aggregation: Aggregation = "seq_mean_token_mean"
     rewards: list[RewardSpec] = Field(default_factory=list, description="reward sources and weights")
     reward_module: str | None = Field(None, description="a .py file or module registering @register_reward functions")
 
     @model_validator(mode="after")
-    def _needs_a_reward(self) -> GRPOSettings:
+    def _needs_a_reward(self) -> OnlineRLSettings:
         if not self.rewards:
             raise ValueError("rewards: name at least one reward source, e.g. [{name: gsm8k_exact_match}]")
         return self
+
+
+class GRPOSettings(OnlineRLSettings):
+    num_generations: int = Field(4, ge=2, description="completions sampled per prompt (the group)")
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
 
 
 class RLOOSettings(GRPOSettings):
@@ -96,7 +102,7 @@ class Rollout:
     ids: list[str]
     rewards: torch.Tensor  # (n,)
     per_source: dict[str, torch.Tensor]
-    advantages: torch.Tensor  # (n,)
+    advantages: torch.Tensor | None  # (n,) group advantages; None for a critic's per-token ones
     old_logps: torch.Tensor  # (n, L-1)
     ref_logps: torch.Tensor | None
     mask: torch.Tensor  # (n, L-1) response tokens
@@ -157,13 +163,30 @@ class GRPOTrainer(Trainer):
         Sampling draws from a generator seeded by (seed, rank, step, position) and leaves the global RNG
         as it was, so a resumed run samples exactly what the uninterrupted one did, whatever else drew
         random numbers in between (a data loader started anew on resume draws one)."""
-        step = self.engine.global_step // self.updates_per_step
-        seed = hash((self.train_cfgs.seed, self.dist.rank, step, position)) % (1 << 63)
+        seed = hash((self.train_cfgs.seed, self.dist.rank, self.rl_step, position)) % (1 << 63)
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
             torch.manual_seed(seed)
             return self._rollout(prompts)
 
+    @property
+    def rl_step(self) -> int:
+        """Optimizer steps of the loop done so far (each makes ``updates_per_step`` policy updates)."""
+        return self.engine.global_step // self.updates_per_step
+
     def _rollout(self, prompts: Batch) -> Rollout:
+        """The sampled, scored completions with their group-relative advantages."""
+        rollout = self._sample(prompts)
+        generations = self.train_cfgs.num_generations
+        # groups are a prompt's completions: column j of the (generations, prompts) grid
+        grouped = rollout.rewards.view(generations, -1).T.reshape(-1)
+        advantage = {"grpo": lambda r: group_advantages(r, generations, "std"),
+                     "dr_grpo": lambda r: group_advantages(r, generations, "none"),
+                     "rloo": lambda r: rloo_advantages(r, generations)}[self.train_cfgs.advantage](grouped)
+        rollout.advantages = advantage.view(-1, generations).T.reshape(-1)
+        return rollout
+
+    def _sample(self, prompts: Batch) -> Rollout:
+        """Completions of the prompts, their rewards and old/reference log-probs (no advantages yet)."""
         cfgs, tokenizer = self.train_cfgs, self._tokenizer()
         policy = self.engine.module
         generations = cfgs.num_generations
@@ -201,22 +224,14 @@ class GRPOTrainer(Trainer):
         rewards, per_source = combine_rewards(cfgs.rewards, prompt_texts, completions, [self.metas[row_id] for row_id in ids])
         old_logps, mask = self._logps(self.engine, batch)
         ref_logps = self._logps(self.frozen[REFERENCE], batch)[0] if REFERENCE in self.frozen else None
-        # groups are a prompt's completions: column j of the (generations, prompts) grid
-        grouped = rewards.view(generations, -1).T.reshape(-1)
-        advantage = {"grpo": lambda r: group_advantages(r, generations, "std"),
-                     "dr_grpo": lambda r: group_advantages(r, generations, "none"),
-                     "rloo": lambda r: rloo_advantages(r, generations)}[cfgs.advantage](grouped)
-        advantages = advantage.view(-1, generations).T.reshape(-1)
         device = self.engine.device
         return Rollout(batch, prompt_length, completions, prompt_texts, ids, rewards.to(device),
-                       {key: value.to(device) for key, value in per_source.items()}, advantages.to(device),
-                       old_logps, ref_logps, mask)
+                       {key: value.to(device) for key, value in per_source.items()}, None, old_logps, ref_logps, mask)
 
     def _logps(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, L-1) log-probs of the completion tokens and their mask; positions follow the left padding,
         as in generation."""
-        position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = forward(model, batch, position_ids=position_ids, use_cache=False).logits
+        logits = forward(model, batch, position_ids=generation_position_ids(batch), use_cache=False).logits
         return token_logps(logits, batch.labels)
 
     def _tokenizer(self):
@@ -232,14 +247,7 @@ class GRPOTrainer(Trainer):
     def train_step(self, step: TrainStep) -> Metrics:
         cfgs = self.train_cfgs
         rollouts = [self.rollout(batch, position) for position, batch in enumerate(step.micro_batches)]
-        # what shares divide by, over the whole step on every rank: the loss's count, completions, tokens
-        totals = torch.zeros(3, dtype=torch.float64, device=self.engine.device)
-        for rollout in rollouts:
-            totals[0] += aggregate_count(rollout.mask, cfgs.loss_aggregation)
-            totals[1] += len(rollout.completions)
-            totals[2] += rollout.mask.sum()
-        torch.distributed.all_reduce(totals)
-        count, sequences, tokens = (max(total, 1.0) for total in totals.tolist())
+        count, sequences, tokens = self.step_counts(rollouts)
         sums: Metrics = {}
         last = len(rollouts) - 1
         for update in range(cfgs.ppo_epochs):
@@ -251,8 +259,19 @@ class GRPOTrainer(Trainer):
             self.engine.step()
         for rollout in rollouts:
             add_metrics(sums, rollout_metrics(rollout, sequences))
-        self._write_rollouts(rollouts)
+        self._write_rollouts([rollout_record_batch(rollout, self.rl_step) for rollout in rollouts])
         return sums
+
+    def step_counts(self, rollouts: list[Rollout]) -> tuple[float, float, float]:
+        """What shares divide by, over the whole step on every rank: the loss's count, completions, response tokens."""
+        totals = torch.zeros(3, dtype=torch.float64, device=self.engine.device)
+        for rollout in rollouts:
+            totals[0] += aggregate_count(rollout.mask, self.train_cfgs.loss_aggregation)
+            totals[1] += len(rollout.completions)
+            totals[2] += rollout.mask.sum()
+        torch.distributed.all_reduce(totals)
+        count, sequences, tokens = (max(total, 1.0) for total in totals.tolist())
+        return count, sequences, tokens
 
     def _loss(self, rollout: Rollout, count: float, tokens: float) -> tuple[torch.Tensor, Metrics]:
         """This rollout's share of the step loss (PPO clip + beta * k3 KL), and token-mean metric shares."""
@@ -277,13 +296,13 @@ class GRPOTrainer(Trainer):
 
     # ----- rollouts as data ---------------------------------------------------------------------------
 
-    def _write_rollouts(self, rollouts: list[Rollout]) -> None:
-        """This rank's rollouts of the step as an Arrow file, listed with its sha256 in the manifest."""
+    def _write_rollouts(self, records: list[pa.RecordBatch]) -> None:
+        """This rank's rollouts of the step (written after its updates) as an Arrow file, listed with its
+        sha256 in the manifest."""
         folder = self.output_dir / ROLLOUTS_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        step = self.engine.global_step // self.updates_per_step
-        name = f"step-{step:06d}-rank{self.dist.rank}.arrow"
-        table = pa.Table.from_batches([rollout_record_batch(rollout, step) for rollout in rollouts])
+        name = f"step-{self.rl_step:06d}-rank{self.dist.rank}.arrow"
+        table = pa.Table.from_batches(records)
         staging = staging_dir(folder / name)
         with pa.OSFile(str(staging / name), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
@@ -300,6 +319,11 @@ class RLOOTrainer(GRPOTrainer):
     settings = RLOOSettings
 
 
+def generation_position_ids(batch: Batch) -> torch.Tensor:
+    """(n, L) positions that skip the left padding, as generation numbered them."""
+    return (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def completion_tokens_mask(completion: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """(n, C) 1 on each completion's tokens up to and including its first EOS, 0 after (padding)."""
     is_eos = completion == eos_token_id
@@ -313,16 +337,18 @@ def rollout_metrics(rollout: Rollout, sequences: float) -> Metrics:
     metrics = {
         "reward": rollout.rewards.sum() / sequences,
         "reward_sq": rollout.rewards.square().sum() / sequences,  # for the std, in reduce_metrics
-        "advantage_abs": rollout.advantages.abs().sum() / sequences,
         "response_length": lengths.sum() / sequences,
         "empty_completions": (lengths <= 1).float().sum() / sequences,  # EOS alone, or nothing
     }
+    if rollout.advantages is not None:
+        metrics["advantage_abs"] = rollout.advantages.abs().sum() / sequences
     for key, values in rollout.per_source.items():
         metrics[f"reward/{key}"] = values.sum() / sequences
     return metrics
 
 
-def rollout_record_batch(rollout: Rollout, step: int) -> pa.RecordBatch:
+def rollout_record_batch(rollout: Rollout, step: int, **token_columns: torch.Tensor) -> pa.RecordBatch:
+    """The rollout as Arrow rows; each of ``token_columns`` (n, L-1) becomes a list of its response-token values."""
     n = len(rollout.completions)
     ids = rollout.batch.input_ids.cpu()
     mask = rollout.mask.cpu().bool()
@@ -335,12 +361,13 @@ def rollout_record_batch(rollout: Rollout, step: int) -> pa.RecordBatch:
                                     for row, m in zip(ids, mask)], pa.list_(pa.int32())),
         "reward": pa.array(rollout.rewards.cpu().tolist(), pa.float32()),
         **{f"reward/{key}": pa.array(values.cpu().tolist(), pa.float32()) for key, values in rollout.per_source.items()},
-        "advantage": pa.array(rollout.advantages.cpu().tolist(), pa.float32()),
-        "old_logps": pa.array([row[m].tolist() for row, m in zip(rollout.old_logps.cpu(), mask)], pa.list_(pa.float32())),
     }
-    if rollout.ref_logps is not None:
-        columns["ref_logps"] = pa.array([row[m].tolist() for row, m in zip(rollout.ref_logps.cpu(), mask)],
-                                        pa.list_(pa.float32()))
+    if rollout.advantages is not None:
+        columns["advantage"] = pa.array(rollout.advantages.cpu().tolist(), pa.float32())
+    per_token = {"old_logps": rollout.old_logps, "ref_logps": rollout.ref_logps, **token_columns}
+    for key, values in per_token.items():
+        if values is not None:
+            columns[key] = pa.array([row[m].tolist() for row, m in zip(values.float().cpu(), mask)], pa.list_(pa.float32()))
     return pa.RecordBatch.from_pydict(columns)
 
 

@@ -106,7 +106,7 @@ def set_value(*path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return change
 
 
-TRAINERS = "dpo, grpo, ipo, kto, orpo, rloo, rm, sft, simpo"
+TRAINERS = "dpo, grpo, ipo, kto, orpo, ppo, ppo_lag, rloo, rm, sft, simpo"
 # What `pipeline check` finds: (what, change, the one-line error; {folder} is the pipeline's folder)
 CHECKS = [
     ("an unknown algorithm", set_value("jobs", "dpo", "algorithm", value="dpoo"),
@@ -114,7 +114,7 @@ CHECKS = [
     ("an unknown training key", set_value("jobs", "sft", "config", "train_cfgs", "max_step", value=3),
      "jobs.sft.config: unknown config key 'train_cfgs.max_step' (did you mean 'max_steps'?) (sft reads only the common keys)"),
     ("another algorithm's key", set_value("jobs", "sft", "config", "train_cfgs", "beta", value=0.1),
-     "jobs.sft.config: train_cfgs.beta: sft does not read this key (read by dpo, grpo, ipo, kto, rloo, simpo) (sft reads only the common keys)"),
+     "jobs.sft.config: train_cfgs.beta: sft does not read this key (read by dpo, grpo, ipo, kto, ppo, ppo_lag, rloo, simpo) (sft reads only the common keys)"),
     ("a value out of range", set_value("jobs", "sft", "config", "train_cfgs", "epochs", value=0),
      "jobs.sft.config: train_cfgs.epochs: Input should be greater than or equal to 1 (got 0)"),
     ("an unknown section", set_value("jobs", "sft", "config", "trian_cfgs", value={"epochs": 1}),
