@@ -104,15 +104,24 @@ def test_materialise_workers_die_within_seconds_when_their_parent_is_killed(tmp_
 # ----- Prefect runs of killed processes -----------------------------------------------------------
 
 
-def small_pipeline(folder: Path, rows: int = 3000) -> Path:
+def small_pipeline(folder: Path, rows: int = 3000, train_until_killed: bool = False) -> Path:
+    """Materialise and validate ``rows`` rows (3000 take a few seconds); with ``train_until_killed``, then
+    train a tiny model for a million steps, so the run lasts however fast the machine is."""
     from alignflow.samples import write_samples
 
-    write_samples(folder / "data", rows=rows, seed=0)  # materialising and validating 3000 takes a few seconds
-    config = folder / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({
+    write_samples(folder / "data", rows=rows, seed=0)
+    pipeline = {
         "output_dir": "out",
         "datasets": {"alpaca": {"source": "data/alpaca.jsonl", "template": "Alpaca", "kind": "supervised"}},
-    }))
+    }
+    if train_until_killed:
+        pipeline["models"] = {"tiny": {"tiny": {"arch": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                                                "vocab_size": 384}}}
+        pipeline["jobs"] = {"sft": {"algorithm": "sft", "model": "tiny", "train": ["alpaca"], "config": {
+            "train_cfgs": {"max_steps": 1_000_000, "save_interval": 1_000_000, "per_device_train_batch_size": 2},
+            "data_cfgs": {"max_length": 64}}}}
+    config = folder / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(pipeline))
     return config
 
 
@@ -215,8 +224,9 @@ def test_prefects_heartbeat_automation_crashes_a_killed_run_on_its_own(tmp_path)
     try:
         # a run killed before its first heartbeat reaches the server starts no countdown: only the
         # recorded process (the other tests) catches that one
-        # long enough (~10x the rows) that the run is still alive when its first heartbeat lands, on a busy machine too
-        killed = start_and_kill_pipeline(small_pipeline(tmp_path, rows=30000), after_heartbeat=True)
+        # a run that trains until killed: alive when its first heartbeat lands, on a fast machine too (a
+        # pipeline that only materialised 30,000 rows once finished first)
+        killed = start_and_kill_pipeline(small_pipeline(tmp_path, rows=300, train_until_killed=True), after_heartbeat=True)
         deadline = time.monotonic() + 90
         while flow_run_state(killed.id) == "Running" and time.monotonic() < deadline:
             time.sleep(2)
