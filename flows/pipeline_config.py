@@ -297,9 +297,9 @@ def _check_job(spec: PipelineConfig, name: str) -> None:
         if key in job.config.get(section, {}):
             raise UsageError(f"jobs.{name}.config.{section}.{key}: set by the pipeline (from {source}); remove it")
     if job.reward_model is not None:
-        settings = settings_by_algorithm().get(job.algorithm)
-        if settings is not None and "rewards" not in settings.model_fields:
-            raise UsageError(f"jobs.{name}.reward_model: {job.algorithm} takes no rewards (grpo and rloo do)")
+        with_rewards = sorted(algorithm for algorithm, settings in settings_by_algorithm().items() if "rewards" in settings.model_fields)
+        if job.algorithm in settings_by_algorithm() and job.algorithm not in with_rewards:
+            raise UsageError(f"jobs.{name}.reward_model: {job.algorithm} takes no rewards ({', '.join(with_rewards)} do)")
     config = _prefixed(f"jobs.{name}", build_config, job_sections(spec, name), source=f"jobs.{name}.config")
     trainer = get_trainer(config.train_cfgs.algorithm)
     for dataset in [*job.train, *job.eval]:

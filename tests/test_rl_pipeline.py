@@ -49,7 +49,7 @@ def test_a_reward_model_job_is_a_dependency_and_a_reward_source(tmp_path):
 
 def test_a_reward_model_on_an_algorithm_without_rewards_is_refused_naming_the_job(tmp_path):
     spec = load_pipeline(rl_pipeline(tmp_path, reward_job="sft", algorithm="sft"))
-    with pytest.raises(UsageError, match=r"jobs.sft.reward_model: sft takes no rewards \(grpo and rloo do\)"):
+    with pytest.raises(UsageError, match=r"jobs.sft.reward_model: sft takes no rewards \(grpo, ppo, ppo_lag, rloo do\)"):
         check_pipeline(spec)
 
 
