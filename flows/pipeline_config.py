@@ -86,6 +86,10 @@ class DatasetEntry(_Strict):
     media_root: str | None = Field(None, description="the folder media paths in the source are relative to")
 
 
+# A job key naming a trained scoring model -> the training setting its score is added to as a source.
+SCORER_SOURCES = {"reward_model": "rewards", "cost_model": "costs"}
+
+
 class JobEntry(_Strict):
     algorithm: str
     model: str = Field(description="a models entry, or another job whose trained model this one starts from")
@@ -97,6 +101,12 @@ class JobEntry(_Strict):
     reward_model: str | None = Field(
         None, description="online RL: a models entry or a job whose trained reward model scores the rollouts"
     )
+    cost_model: str | None = Field(None, description="ppo_lag: a models entry or a job whose trained cost model costs them")
+
+    def scorers(self) -> dict[str, str]:
+        """``{key: models entry or job}`` of the scoring models this job names (keys of ``SCORER_SOURCES``)."""
+        named = {"reward_model": self.reward_model, "cost_model": self.cost_model}
+        return {key: ref for key, ref in named.items() if ref is not None}
 
 
 class PipelineConfig(_Strict):
@@ -128,14 +138,15 @@ class PipelineConfig(_Strict):
             for other in job.after:
                 if other not in self.jobs:
                     raise ValueError(f"jobs.{name}.after: {other!r} is not a job")
-            if job.reward_model is not None and job.reward_model not in self.models and job.reward_model not in self.jobs:
-                raise ValueError(f"jobs.{name}.reward_model: {job.reward_model!r} is neither a models entry nor a job")
+            for key, ref in job.scorers().items():
+                if ref not in self.models and ref not in self.jobs:
+                    raise ValueError(f"jobs.{name}.{key}: {ref!r} is neither a models entry nor a job")
         self.job_order()  # raises on a cycle
         return self
 
     def dependencies(self, name: str) -> list[str]:
         job = self.jobs[name]
-        refs = [job.model, *job.after, *([job.reward_model] if job.reward_model else [])]
+        refs = [job.model, *job.after, *job.scorers().values()]
         return [ref for ref in dict.fromkeys(refs) if ref in self.jobs]
 
     def job_order(self) -> list[list[str]]:
@@ -296,10 +307,11 @@ def _check_job(spec: PipelineConfig, name: str) -> None:
     for (section, key), source in PIPELINE_SET_KEYS.items():
         if key in job.config.get(section, {}):
             raise UsageError(f"jobs.{name}.config.{section}.{key}: set by the pipeline (from {source}); remove it")
-    if job.reward_model is not None:
-        with_rewards = sorted(algorithm for algorithm, settings in settings_by_algorithm().items() if "rewards" in settings.model_fields)
-        if job.algorithm in settings_by_algorithm() and job.algorithm not in with_rewards:
-            raise UsageError(f"jobs.{name}.reward_model: {job.algorithm} takes no rewards ({', '.join(with_rewards)} do)")
+    for key in job.scorers():
+        field = SCORER_SOURCES[key]
+        takers = sorted(algorithm for algorithm, settings in settings_by_algorithm().items() if field in settings.model_fields)
+        if job.algorithm in settings_by_algorithm() and job.algorithm not in takers:
+            raise UsageError(f"jobs.{name}.{key}: {job.algorithm} takes no {field} ({', '.join(takers)} do)")
     config = _prefixed(f"jobs.{name}", build_config, job_sections(spec, name), source=f"jobs.{name}.config")
     trainer = get_trainer(config.train_cfgs.algorithm)
     for dataset in [*job.train, *job.eval]:
@@ -333,10 +345,10 @@ def job_sections(
     data["eval_datasets"] = [dataset_dirs[dataset] for dataset in job.eval]
     data.setdefault("token_cache_dir", str(output_dir / "token_cache"))
     sections.setdefault("logger_cfgs", {})["output_dir"] = str(output_dir / "jobs" / name)
-    if job.reward_model is not None:  # one more reward source: the named reward model's score
-        train_cfgs = sections["train_cfgs"]
-        source = {"name": "reward_model", "kwargs": {"path": model_dir(job.reward_model)}}
-        train_cfgs["rewards"] = [*train_cfgs.get("rewards", []), source]
+    for key, ref in job.scorers().items():  # one more reward (cost) source: the named model's score
+        train_cfgs, field = sections["train_cfgs"], SCORER_SOURCES[key]
+        source = {"name": "reward_model", "kwargs": {"path": model_dir(ref)}}
+        train_cfgs[field] = [*train_cfgs.get(field, []), source]
     return sections
 
 

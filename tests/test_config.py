@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from train_data import trainer_registry_restored
 
 from align_core.config import EXAMPLE_CONFIGS, build_config, dump_config, load_config, parse_overrides
 from align_core.errors import UsageError
@@ -153,7 +154,7 @@ def test_example_configs_load_once_paths_are_given(name, algorithm):
 def test_unknown_algorithm_lists_the_known_ones():
     from align_core.trainers import get_trainer
 
-    with pytest.raises(UsageError, match=r"unknown 'ppoo'; expected one of dpo, grpo, ipo, kto, orpo, ppo, ppo_lag, rloo, rm, sft, simpo"):
+    with pytest.raises(UsageError, match=r"unknown 'ppoo'; expected one of cm, dpo, grpo, ipo, kto, orpo, ppo, ppo_lag, rloo, rm, sft, simpo"):
         get_trainer(build_config(MINIMAL, ["train_cfgs.algorithm=ppoo"]).train_cfgs.algorithm)
 
 
@@ -197,7 +198,8 @@ def test_a_trainer_module_registers_an_algorithm_with_its_settings(tmp_path):
         "class MySettings(TrainCfgs):\n    temperature: float = Field(1.0, gt=0)\n\n"
         "@register_trainer\nclass MyTrainer(SFTTrainer):\n    algorithm = 'my-sft'\n    settings = MySettings\n"
     )
-    config = build_config({**MINIMAL, "train_cfgs": {"algorithm": "my-sft", "trainer_module": str(module), "temperature": 0.5}})
-    assert config.train_cfgs.temperature == 0.5
-    with pytest.raises(UsageError, match="trainer module .*no such file"):
-        build_config({**MINIMAL, "train_cfgs": {"algorithm": "my-sft", "trainer_module": str(tmp_path / "gone.py")}})
+    with trainer_registry_restored():
+        config = build_config({**MINIMAL, "train_cfgs": {"algorithm": "my-sft", "trainer_module": str(module), "temperature": 0.5}})
+        assert config.train_cfgs.temperature == 0.5
+        with pytest.raises(UsageError, match="trainer module .*no such file"):
+            build_config({**MINIMAL, "train_cfgs": {"algorithm": "my-sft", "trainer_module": str(tmp_path / "gone.py")}})

@@ -66,3 +66,19 @@ def test_a_grpo_job_is_scored_by_the_reward_model_job_it_names(tmp_path):
     assert len({row["reward/reward_model"] for row in rollouts}) > 1  # the trained reward model scored them
     assert all(row["reward"] == pytest.approx(row["reward/reward_model"] + row["reward/gsm8k_exact_match"], abs=1e-5)
                for row in rollouts)
+
+
+def test_a_cost_model_job_is_a_dependency_and_a_cost_source_of_a_ppo_lag_job(tmp_path):
+    path = rl_pipeline(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["jobs"]["cm"] = {**config["jobs"]["rm"]}
+    config["jobs"]["grpo"].update(algorithm="ppo_lag", cost_model="cm")
+    path.write_text(yaml.safe_dump(config))
+    spec = load_pipeline(path)
+    assert spec.job_order() == [["cm", "rm"], ["grpo"]]
+    assert job_sections(spec, "grpo")["train_cfgs"]["costs"] == [
+        {"name": "reward_model", "kwargs": {"path": str(tmp_path / "out" / "jobs" / "cm" / "model")}}]
+    config["jobs"]["grpo"]["algorithm"] = "grpo"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(UsageError, match=r"jobs.grpo.cost_model: grpo takes no costs \(ppo_lag do\)"):
+        check_pipeline(load_pipeline(path))

@@ -11,13 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_data import launch, materialize_validated, read_jsonl, tiny_model, write_config  # noqa: F401
+from train_data import launch, materialize_validated, read_jsonl, tiny_model, trainer_registry_restored, write_config  # noqa: F401
 
 from align_core.config import load_config
 from align_core.launch import run as run_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_UPDATE_TRAINER = REPO / "tests" / "two_update_trainer.py"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _test_trainers_unregistered_afterwards():
+    with trainer_registry_restored():
+        yield
 
 
 def four_rows_of_unequal_length() -> list[dict]:

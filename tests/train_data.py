@@ -7,9 +7,11 @@ materialised through the real pipeline and passes its data contract, as producti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,10 +137,28 @@ def preference_data(tmp_path_factory) -> tuple[Path, Path]:
     return train, evaluation
 
 
+@contextlib.contextmanager
+def trainer_registry_restored() -> Iterator[None]:
+    """Algorithms registered inside (by a trainer module) are gone afterwards, and so is their module, so
+    later tests see the built-in registry (error messages list it) and a later import registers anew."""
+    from align_core import trainers
+
+    saved, modules = dict(trainers.TRAINERS), set(sys.modules)
+    try:
+        yield
+    finally:
+        trainers.TRAINERS.clear()
+        trainers.TRAINERS.update(saved)
+        for name in set(sys.modules) - modules:
+            if name.startswith("alignflow_user_"):
+                del sys.modules[name]
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 __all__ = [
-    "launch", "materialize_validated", "preference_data", "read_jsonl", "sft_data", "tiny_model", "write_config",
+    "launch", "materialize_validated", "preference_data", "read_jsonl", "sft_data", "tiny_model", "trainer_registry_restored",
+    "write_config",
 ]

@@ -10,7 +10,7 @@ from align_core.losses.preference import (
     orpo_odds_ratio_loss,
     simpo_loss,
 )
-from align_core.losses.reward import pairwise_reward_loss
+from align_core.losses.reward import pairwise_reward_loss, safety_cost_loss
 from align_core.losses.rl import (
     aggregate,
     aggregate_count,
@@ -51,6 +51,7 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "rloo_advantages",
+    "safety_cost_loss",
     "sequence_logps",
     "sft_loss",
     "shape_rewards",

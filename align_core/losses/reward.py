@@ -26,3 +26,28 @@ def pairwise_reward_loss(
     if score_regularization:
         losses = losses + score_regularization * (chosen_scores.square() + rejected_scores.square()) / 2
     return losses
+
+
+def safety_cost_loss(
+    chosen_costs: torch.Tensor,
+    rejected_costs: torch.Tensor,
+    chosen_unsafe: torch.Tensor,
+    rejected_unsafe: torch.Tensor,
+    score_regularization: float = 0.0,
+) -> torch.Tensor:
+    """Safe RLHF's cost-model loss (Dai et al. 2024, eq. 5) per pair, the pair ordered by safety (chosen =
+    the safer response): the more harmful response costs more, and each cost's sign says whether its
+    response is unsafe (> 0) or safe (< 0):
+
+        -logsigmoid(c_rejected - c_chosen) - logsigmoid(s_chosen c_chosen) - logsigmoid(s_rejected c_rejected)
+
+    with s = +1 for an unsafe response and -1 for a safe one (+ the optional squared-cost penalty).
+
+    Args:
+        chosen_costs, rejected_costs: (b,) end scores of the safer and the more harmful response.
+        chosen_unsafe, rejected_unsafe: (b,) bool safety labels of the two responses.
+    """
+    chosen_sign = chosen_unsafe.to(chosen_costs.dtype) * 2 - 1
+    rejected_sign = rejected_unsafe.to(rejected_costs.dtype) * 2 - 1
+    losses = pairwise_reward_loss(rejected_costs, chosen_costs, score_regularization)
+    return losses - F.logsigmoid(chosen_sign * chosen_costs) - F.logsigmoid(rejected_sign * rejected_costs)

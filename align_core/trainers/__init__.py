@@ -10,6 +10,7 @@ from __future__ import annotations
 from align_core.config import TrainCfgs
 from align_core.errors import UsageError
 from align_core.trainers.base import Trainer
+from align_core.trainers.cost import CostModelTrainer
 from align_core.trainers.grpo import GRPOTrainer, RLOOTrainer
 from align_core.trainers.kto import KTOTrainer
 from align_core.trainers.ppo import PPOLagTrainer, PPOTrainer
@@ -22,7 +23,7 @@ TRAINERS: dict[str, type[Trainer]] = {
     trainer.algorithm: trainer
     for trainer in (
         SFTTrainer, RMTrainer, DPOTrainer, IPOTrainer, SimPOTrainer, ORPOTrainer, KTOTrainer, GRPOTrainer, RLOOTrainer,
-        PPOTrainer, PPOLagTrainer,
+        PPOTrainer, PPOLagTrainer, CostModelTrainer,
     )
 }
 
@@ -53,7 +54,7 @@ def settings_by_algorithm() -> dict[str, type[TrainCfgs]]:
 
 
 __all__ = [
-    "TRAINERS", "DPOTrainer", "GRPOTrainer", "IPOTrainer", "KTOTrainer", "ORPOTrainer", "PPOLagTrainer", "PPOTrainer",
+    "TRAINERS", "CostModelTrainer", "DPOTrainer", "GRPOTrainer", "IPOTrainer", "KTOTrainer", "ORPOTrainer", "PPOLagTrainer", "PPOTrainer",
     "RLOOTrainer", "RMTrainer", "SFTTrainer", "SimPOTrainer", "Trainer",
     "get_trainer", "import_trainer_module", "register_trainer", "settings_by_algorithm",
 ]

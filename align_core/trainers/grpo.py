@@ -50,9 +50,10 @@ from align_core.losses.rl import (
     ppo_policy_loss,
     rloo_advantages,
 )
-from align_core.rewards import RewardSpec, combine_rewards, load_reward_module, read_metas
+from align_core.rewards import RewardSpec, combine_rewards, load_reward_module
 from align_core.shards.schema import Kind
 from align_core.trainers.base import Metrics, ModelRole, Trainer, TrainStep, add_metrics
+from align_core.trainers.row_metas import RowMetas
 
 REFERENCE = "reference"
 ROLLOUTS_DIR = "rollouts"
@@ -119,11 +120,8 @@ class GRPOTrainer(Trainer):
             load_reward_module(self.train_cfgs.reward_module)
         for spec in self.train_cfgs.rewards:
             spec.resolve()  # an unknown reward or a kwarg it does not take fails before any model loads
-        self.metas: dict[str, dict | None] = {}
-        for folder in config.data_cfgs.train_datasets:
-            self.metas.update(read_metas(folder))
-        self.row_ids: list[str] = sorted(self.metas)
-        self._row_index = {row_id: index for index, row_id in enumerate(self.row_ids)}
+        self.row_metas = RowMetas(config.data_cfgs.train_datasets)  # metas reach the reward functions
+        self.metas = self.row_metas.metas
         if config.data_cfgs.eval_datasets:
             raise UsageError(f"{self.algorithm}: evaluation on data_cfgs.eval_datasets is not built yet; leave it empty")
 
@@ -146,13 +144,7 @@ class GRPOTrainer(Trainer):
 
     def load_datasets(self, dataset_dirs):
         rows, lengths, collate = super().load_datasets(dataset_dirs)
-
-        def collate_with_ids(items):  # the row ids travel as indices, a per-sequence value like any other
-            batch = collate(items)
-            batch.values["row_index"] = torch.tensor([self._row_index[str(item["id"])] for item in items])
-            return batch
-
-        return rows, lengths, collate_with_ids
+        return rows, lengths, self.row_metas.wrap(collate)
 
     # ----- rollout ------------------------------------------------------------------------------------
 
@@ -220,7 +212,7 @@ class GRPOTrainer(Trainer):
         completions = tokenizer.batch_decode(torch.where(completion_mask.bool(), completion, tokenizer.pad_token_id),
                                              skip_special_tokens=True)
         prompt_texts = tokenizer.batch_decode(prompts.input_ids, skip_special_tokens=True) * generations
-        ids = [self.row_ids[int(index)] for index in prompts.values["row_index"].tolist()] * generations
+        ids = self.row_metas.row_ids(prompts) * generations
         rewards, per_source = combine_rewards(cfgs.rewards, prompt_texts, completions, [self.metas[row_id] for row_id in ids])
         old_logps, mask = self._logps(self.engine, batch)
         ref_logps = self._logps(self.frozen[REFERENCE], batch)[0] if REFERENCE in self.frozen else None

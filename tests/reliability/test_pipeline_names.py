@@ -106,7 +106,7 @@ def set_value(*path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return change
 
 
-TRAINERS = "dpo, grpo, ipo, kto, orpo, ppo, ppo_lag, rloo, rm, sft, simpo"
+TRAINERS = "cm, dpo, grpo, ipo, kto, orpo, ppo, ppo_lag, rloo, rm, sft, simpo"
 # What `pipeline check` finds: (what, change, the one-line error; {folder} is the pipeline's folder)
 CHECKS = [
     ("an unknown algorithm", set_value("jobs", "dpo", "algorithm", value="dpoo"),
