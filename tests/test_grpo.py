@@ -160,3 +160,13 @@ def test_image_prompts_roll_out_through_the_same_trainer(tmp_path):
     rollouts = read_rollouts(tmp_path / "out")
     assert rollouts.num_rows == 2 * 2 * 4
     assert all(len(ids) >= 1 for ids in rollouts.column("completion_ids").to_pylist())
+
+
+@pytest.mark.slow
+def test_at_zero3_generation_gathers_the_weights_and_matches_zero0(tmp_path, tiny_model, prompts):
+    runs = {}
+    for stage in (0, 3):
+        run_in_process(rl_config(tmp_path, tiny_model, prompts, f"zero{stage}", "grpo", max_steps=3, zero_stage=stage))
+        runs[stage] = [value for r in read_jsonl(tmp_path / f"zero{stage}" / "metrics.jsonl") for value in (r["reward"], r["loss"])]
+    assert runs[3] == pytest.approx(runs[0], rel=1e-5, abs=1e-9)  # the same completions sampled, the same updates
+    assert read_rollouts(tmp_path / "zero3").column("completion").equals(read_rollouts(tmp_path / "zero0").column("completion"))
