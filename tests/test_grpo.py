@@ -54,8 +54,11 @@ def rl_config(tmp_path: Path, model: Path, data: Path, out: str, algorithm: str,
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_the_mean_reward_of_a_tiny_model_rises_on_a_rule_reward(tmp_path, tiny_model, prompts, algorithm):
     run_in_process(rl_config(tmp_path, tiny_model, prompts, "out", algorithm))
-    rewards = [record["reward"] for record in read_jsonl(tmp_path / "out" / "metrics.jsonl")]
+    records = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    rewards = [record["reward"] for record in records]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert all(record["entropy"] > 0 and record["rollout_tokens_per_second"] > 0 and record["update_tokens_per_second"] > 0
+               and record["generated_tokens"] == 16 * record["response_length"] for record in records)
     assert last > first + 0.05, rewards  # the share of "e" climbs
     rollouts = read_rollouts(tmp_path / "out")
     assert rollouts.num_rows == 30 * 4 * 4  # steps x prompts x generations

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -56,6 +57,8 @@ from align_core.trainers.base import Metrics, ModelRole, Trainer, TrainStep, add
 from align_core.trainers.row_metas import RowMetas
 
 REFERENCE = "reference"
+# per step: wall seconds of the rollouts and of the updates, tokens generated and tokens through the updates
+THROUGHPUT = ("rollout_seconds", "update_seconds", "generated_tokens", "update_tokens")
 ROLLOUTS_DIR = "rollouts"
 
 
@@ -156,9 +159,12 @@ class GRPOTrainer(Trainer):
         as it was, so a resumed run samples exactly what the uninterrupted one did, whatever else drew
         random numbers in between (a data loader started anew on resume draws one)."""
         seed = hash((self.train_cfgs.seed, self.dist.rank, self.rl_step, position)) % (1 << 63)
+        started = time.perf_counter()
         with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
             torch.manual_seed(seed)
-            return self._rollout(prompts)
+            rollout = self._rollout(prompts)
+        self._throughput["rollout_seconds"] += time.perf_counter() - started
+        return rollout
 
     @property
     def rl_step(self) -> int:
@@ -216,15 +222,22 @@ class GRPOTrainer(Trainer):
         rewards, per_source = combine_rewards(cfgs.rewards, prompt_texts, completions, [self.metas[row_id] for row_id in ids])
         old_logps, mask = self._logps(self.engine, batch)
         ref_logps = self._logps(self.frozen[REFERENCE], batch)[0] if REFERENCE in self.frozen else None
+        self._throughput["generated_tokens"] += float(mask.sum())
+        self._throughput["update_tokens"] += float(attention_mask.sum()) * cfgs.ppo_epochs  # forward + backward
         device = self.engine.device
         return Rollout(batch, prompt_length, completions, prompt_texts, ids, rewards.to(device),
                        {key: value.to(device) for key, value in per_source.items()}, None, old_logps, ref_logps, mask)
 
-    def _logps(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, L-1) log-probs of the completion tokens and their mask; positions follow the left padding,
-        as in generation."""
+    def _logps(self, model, batch: Batch, entropy: bool = False) -> tuple[torch.Tensor, ...]:
+        """(n, L-1) log-probs of the completion tokens and their mask (and, with ``entropy``, the policy's
+        entropy at each position, without gradient); positions follow the left padding, as in generation."""
         logits = forward(model, batch, position_ids=generation_position_ids(batch), use_cache=False).logits
-        return token_logps(logits, batch.labels)
+        logps, mask = token_logps(logits, batch.labels)
+        if not entropy:
+            return logps, mask
+        with torch.no_grad():
+            log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            return logps, mask, -(log_probs.exp() * log_probs).sum(-1)
 
     def _tokenizer(self):
         if not hasattr(self, "_loaded_tokenizer"):
@@ -237,6 +250,20 @@ class GRPOTrainer(Trainer):
     # ----- update -------------------------------------------------------------------------------------
 
     def train_step(self, step: TrainStep) -> Metrics:
+        """The algorithm's ``update`` of the step, plus its throughput: generated tokens over the rollouts'
+        time (sampling, scoring, old/reference log-probs), and sequence tokens through the updates over
+        the rest. Seconds are shares of the mean over ranks; tokens add up."""
+        self._throughput = dict.fromkeys(THROUGHPUT, 0.0)
+        started = time.perf_counter()
+        sums = self.update(step)
+        rollout_seconds = self._throughput["rollout_seconds"]
+        self._throughput["update_seconds"] = time.perf_counter() - started - rollout_seconds
+        world = self.dist.world_size
+        sums.update({name: value / world if name.endswith("_seconds") else value for name, value in self._throughput.items()})
+        return sums
+
+    def update(self, step: TrainStep) -> Metrics:
+        """Roll out every prompt micro-batch, then ``ppo_epochs`` updates of the policy; metric shares."""
         cfgs = self.train_cfgs
         rollouts = [self.rollout(batch, position) for position, batch in enumerate(step.micro_batches)]
         count, sequences, tokens = self.step_counts(rollouts)
@@ -268,11 +295,12 @@ class GRPOTrainer(Trainer):
     def _loss(self, rollout: Rollout, count: float, tokens: float) -> tuple[torch.Tensor, Metrics]:
         """This rollout's share of the step loss (PPO clip + beta * k3 KL), and token-mean metric shares."""
         cfgs = self.train_cfgs
-        logps, mask = self._logps(self.engine, rollout.batch)
+        logps, mask, entropy = self._logps(self.engine, rollout.batch, entropy=True)
         advantages = rollout.advantages[:, None].expand_as(logps)
         loss, stats = ppo_policy_loss(logps, rollout.old_logps, advantages, mask, cfgs.clip_ratio,
                                       aggregation=cfgs.loss_aggregation, step_count=count)
-        metrics = {"clip_fraction": stats["clip_fraction"] * mask.sum() / tokens}
+        metrics = {"clip_fraction": stats["clip_fraction"] * mask.sum() / tokens,
+                   "entropy": torch.where(mask, entropy, 0).sum() / tokens}
         if rollout.ref_logps is not None:
             kl = kl_penalty(logps, rollout.ref_logps, "k3")
             kl_sum, _ = aggregate(kl, mask, cfgs.loss_aggregation, reduce=False)
@@ -284,6 +312,9 @@ class GRPOTrainer(Trainer):
         metrics = dict(sums)
         mean_square = metrics.pop("reward_sq")
         metrics["reward_std"] = max(mean_square - metrics["reward"] ** 2, 0.0) ** 0.5
+        for phase, tokens in (("rollout", "generated_tokens"), ("update", "update_tokens")):
+            seconds = metrics.pop(f"{phase}_seconds")
+            metrics[f"{phase}_tokens_per_second"] = metrics[tokens] / seconds if seconds else 0.0
         return metrics
 
     # ----- rollouts as data ---------------------------------------------------------------------------

@@ -185,7 +185,7 @@ class PPOTrainer(GRPOTrainer):
 
     # ----- update -------------------------------------------------------------------------------------
 
-    def train_step(self, step: TrainStep) -> Metrics:
+    def update(self, step: TrainStep) -> Metrics:
         cfgs = self.train_cfgs
         rollouts = [self.rollout(batch, position) for position, batch in enumerate(step.micro_batches)]
         samples = [rollout.sample for rollout in rollouts]
@@ -217,10 +217,11 @@ class PPOTrainer(GRPOTrainer):
 
     def _policy_loss(self, rollout: CriticRollout, count: float, tokens: float) -> tuple[torch.Tensor, Metrics]:
         cfgs, sample = self.train_cfgs, rollout.sample
-        logps, mask = self._logps(self.engines[POLICY], sample.batch)
+        logps, mask, entropy = self._logps(self.engines[POLICY], sample.batch, entropy=True)
         loss, stats = ppo_policy_loss(logps, sample.old_logps, rollout.policy_advantages, mask, cfgs.clip_ratio,
                                       dual_clip=cfgs.dual_clip, aggregation=cfgs.loss_aggregation, step_count=count)
         share = mask.sum() / tokens  # token means as shares of the step's tokens
+        stats["entropy"] = torch.where(mask, entropy, 0).sum() / mask.sum().clamp(min=1)
         return loss, {name: value * share for name, value in stats.items()}
 
     def _value_loss(self, critic: str, rollout: CriticRollout, count: float, tokens: float) -> tuple[torch.Tensor, Metrics]:
