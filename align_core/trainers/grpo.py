@@ -235,9 +235,11 @@ class GRPOTrainer(Trainer):
         logps, mask = token_logps(logits, batch.labels)
         if not entropy:
             return logps, mask
-        with torch.no_grad():
-            log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            return logps, mask, -(log_probs.exp() * log_probs).sum(-1)
+        with torch.no_grad():  # on the response positions only: the softmax over the vocabulary is the cost
+            log_probs = torch.log_softmax(logits[:, :-1][mask].float(), dim=-1)
+            entropy = torch.zeros(mask.shape, dtype=log_probs.dtype, device=log_probs.device)
+            entropy[mask] = -(log_probs.exp() * log_probs).sum(-1)
+            return logps, mask, entropy
 
     def _tokenizer(self):
         if not hasattr(self, "_loaded_tokenizer"):
