@@ -112,6 +112,7 @@ def plain(paths: dict[str, str], steps: int, warmup: int) -> dict[str, float]:
     from align_core.losses.rl import group_advantages, ppo_policy_loss
     from align_core.models.registry import load_causal_lm, load_tokenizer
     from align_core.rewards import RewardSpec, combine_rewards, load_reward_module
+    from align_core.trainers.grpo import completion_tokens_mask
 
     torch.manual_seed(0)
     load_reward_module(paths["reward_module"])
@@ -132,14 +133,14 @@ def plain(paths: dict[str, str], steps: int, warmup: int) -> dict[str, float]:
                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         model.train()
         completion = output[:, ids.shape[1]:]
-        after_eos = ((completion == tokenizer.eos_token_id).cumsum(1) - (completion == tokenizer.eos_token_id).long()) > 0
-        attention = torch.cat([mask, (~after_eos).long()], dim=1)
+        completion_mask = completion_tokens_mask(completion, tokenizer.eos_token_id)
+        attention = torch.cat([mask, completion_mask], dim=1)
         labels = torch.where(attention.bool(), output, -100)
         labels[:, : ids.shape[1]] = -100
-        texts = tokenizer.batch_decode(torch.where(after_eos, tokenizer.pad_token_id, completion), skip_special_tokens=True)
+        texts = tokenizer.batch_decode(torch.where(completion_mask.bool(), completion, tokenizer.pad_token_id), skip_special_tokens=True)
         rewards, _ = combine_rewards(specs, [""] * len(texts), texts)
         advantages = group_advantages(rewards.view(GENERATIONS, -1).T.reshape(-1), GENERATIONS).view(-1, GENERATIONS).T.reshape(-1)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # as align_core.trainers.grpo.generation_position_ids
         with torch.no_grad():
             old, response = token_logps(model(input_ids=output, attention_mask=attention, position_ids=positions).logits, labels)
         rollout_seconds = time.perf_counter() - started

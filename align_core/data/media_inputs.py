@@ -162,6 +162,7 @@ class MediaProcessor:
         self.video_as_frames = "image" in self.placeholders
         self.sampling_rate = getattr(getattr(processor, "feature_extractor", None), "sampling_rate", None)
         self._counts: dict[MediaRef, int] = {}
+        self._frames: dict[str, list] = {}  # video sha256 -> decoded frames, while counting their tokens
 
     # ----- rendering ----------------------------------------------------------------------------------
 
@@ -212,7 +213,9 @@ class MediaProcessor:
     def token_count(self, ref: MediaRef) -> int:
         """How many tokens the processor expands ``ref``'s placeholder into (memoised per item)."""
         if ref not in self._counts:
-            output = self._call(ref.media_type, [self.placeholders[ref.media_type]], [self.decode(ref)])
+            if len(self._frames) > 8:  # the frames of the last few videos: each frame's count decodes them once
+                self._frames.clear()
+            output = self._call(ref.media_type, [self.placeholders[ref.media_type]], [self.decode(ref, self._frames)])
             self._counts[ref] = int((output["input_ids"] == self.placeholder_ids[ref.media_type]).sum())
         return self._counts[ref]
 
