@@ -2,7 +2,8 @@
 
     train_cfgs:  algorithm, epochs | max_steps, batch sizes, optimiser and schedule, zero_stage, ...,
                  plus the algorithm's own settings (its trainer's ``settings`` class: beta for dpo, ...)
-    data_cfgs:   train_datasets (materialised dataset folders), eval_datasets, max_length, truncation
+    data_cfgs:   train_datasets (materialised dataset folders), eval_datasets, ptx_datasets (online
+                 RL's supervised term), max_length, truncation
     model_cfgs:  model_name_or_path, trust_remote_code
     logger_cfgs: output_dir, log_type
 
@@ -74,11 +75,16 @@ class TrainCfgs(_Section):
 class DataCfgs(_Section):
     train_datasets: list[str] = Field(min_length=1)
     eval_datasets: list[str] = []
+    ptx_datasets: list[str] = Field([], description="online RL: supervised datasets of the PTX term (train_cfgs.ptx_coef)")
     max_length: int = Field(512, ge=8)
     truncation: Literal["drop", "truncate_prompt_left", "error"] = "drop"
     assistant_turns: Literal["all", "last"] = Field("all", description="supervised: which assistant turns get labels")
     token_cache_dir: str | None = Field(None, description="default: <state dir>/token_cache")
     num_workers: int = Field(0, ge=0)
+
+    def all_datasets(self) -> list[str]:
+        """Every dataset folder the run reads: each must have passed its contract."""
+        return [*self.train_datasets, *self.eval_datasets, *self.ptx_datasets]
 
 
 class ModelCfgs(_Section):
@@ -114,6 +120,7 @@ class TrainConfig(_Section):
         # Launchers may start ranks in another folder: resolve paths against the caller's cwd once.
         self.data_cfgs.train_datasets = [_absolute(p) for p in self.data_cfgs.train_datasets]
         self.data_cfgs.eval_datasets = [_absolute(p) for p in self.data_cfgs.eval_datasets]
+        self.data_cfgs.ptx_datasets = [_absolute(p) for p in self.data_cfgs.ptx_datasets]
         self.logger_cfgs.output_dir = _absolute(self.logger_cfgs.output_dir)
         if self.data_cfgs.token_cache_dir:
             self.data_cfgs.token_cache_dir = _absolute(self.data_cfgs.token_cache_dir)
@@ -204,6 +211,7 @@ def build_config(data: dict[str, Any], overrides: Sequence[str] = (), source: st
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
     _check_reference_model(config, source)
+    _check_ptx(config, source)
     return config
 
 
@@ -239,6 +247,21 @@ def _check_reference_model(config: TrainConfig, source: str) -> None:
     algorithm = config.train_cfgs.algorithm
     if config.model_cfgs.reference_model_name_or_path and not get_trainer(algorithm).uses_reference:
         raise UsageError(f"{source}: model_cfgs.reference_model_name_or_path: {algorithm} has no reference model")
+
+
+def _check_ptx(config: TrainConfig, source: str) -> None:
+    """PTX datasets and a PTX weight come together, for an algorithm with a PTX term."""
+    from align_core.trainers import settings_by_algorithm
+
+    algorithm, datasets = config.train_cfgs.algorithm, config.data_cfgs.ptx_datasets
+    coef = getattr(config.train_cfgs, "ptx_coef", None)
+    if datasets and coef is None:
+        takers = sorted(name for name, settings in settings_by_algorithm().items() if "ptx_coef" in settings.model_fields)
+        raise UsageError(f"{source}: data_cfgs.ptx_datasets: {algorithm} has no PTX term ({', '.join(takers)} do)")
+    if coef and not datasets:
+        raise UsageError(f"{source}: train_cfgs.ptx_coef={coef} needs data_cfgs.ptx_datasets (supervised datasets)")
+    if datasets and not coef:
+        raise UsageError(f"{source}: data_cfgs.ptx_datasets is set but train_cfgs.ptx_coef is 0: give the PTX term a weight")
 
 
 def _describe(problem: dict[str, Any], prefix: str = "") -> str:

@@ -126,7 +126,7 @@ def submit_job(spec: PipelineConfig, name: str, model_dir: Callable[[str], str],
     if superseded is not None:
         get_run_logger().warning("job %s: its inputs changed; the previous run was moved to %s", name, superseded)
     datasets: dict[str, str] = {}  # folder -> the job's name for it: a folder named twice is tokenised once
-    for dataset in [*job.train, *job.eval]:
+    for dataset in job.datasets():
         datasets.setdefault(dataset_dirs[dataset], dataset)
     prerequisites = []
     for token_spec in tokenize_specs(train_config, list(datasets)):

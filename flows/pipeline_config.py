@@ -47,6 +47,7 @@ PIPELINE_SET_KEYS = {
     ("model_cfgs", "model_name_or_path"): "model",
     ("data_cfgs", "train_datasets"): "train",
     ("data_cfgs", "eval_datasets"): "eval",
+    ("data_cfgs", "ptx_datasets"): "ptx",
     ("logger_cfgs", "output_dir"): "the job's name",
 }
 
@@ -95,6 +96,7 @@ class JobEntry(_Strict):
     model: str = Field(description="a models entry, or another job whose trained model this one starts from")
     train: list[str] = Field(min_length=1)
     eval: list[str] = []
+    ptx: list[str] = Field([], description="online RL: supervised datasets of the PTX term (with train_cfgs.ptx_coef)")
     config: dict[str, dict[str, Any]] = {}
     nproc: int = Field(1, ge=1)
     after: list[str] = Field([], description="extra jobs to wait for")
@@ -102,6 +104,10 @@ class JobEntry(_Strict):
         None, description="online RL: a models entry or a job whose trained reward model scores the rollouts"
     )
     cost_model: str | None = Field(None, description="ppo_lag: a models entry or a job whose trained cost model costs them")
+
+    def datasets(self) -> list[str]:
+        """Every dataset the job reads."""
+        return [*self.train, *self.eval, *self.ptx]
 
     def scorers(self) -> dict[str, str]:
         """``{key: models entry or job}`` of the scoring models this job names (keys of ``SCORER_SOURCES``)."""
@@ -132,7 +138,7 @@ class PipelineConfig(_Strict):
         for name, job in self.jobs.items():
             if job.model not in self.models and job.model not in self.jobs:
                 raise ValueError(f"jobs.{name}.model: {job.model!r} is neither a models entry nor a job")
-            for dataset in [*job.train, *job.eval]:
+            for dataset in job.datasets():
                 if dataset not in self.datasets:
                     raise ValueError(f"jobs.{name}: dataset {dataset!r} is not in datasets ({', '.join(self.datasets)})")
             for other in job.after:
@@ -314,11 +320,12 @@ def _check_job(spec: PipelineConfig, name: str) -> None:
             raise UsageError(f"jobs.{name}.{key}: {job.algorithm} takes no {field} ({', '.join(takers)} do)")
     config = _prefixed(f"jobs.{name}", build_config, job_sections(spec, name), source=f"jobs.{name}.config")
     trainer = get_trainer(config.train_cfgs.algorithm)
-    for dataset in [*job.train, *job.eval]:
+    for dataset in job.datasets():
         kind = spec.datasets[dataset].kind
-        if kind not in {k.value for k in trainer.dataset_kinds}:
-            expected = " or ".join(k.value for k in trainer.dataset_kinds)
-            raise UsageError(f"jobs.{name}: dataset {dataset!r} is {kind}; {job.algorithm} trains on {expected} datasets")
+        kinds = ("supervised",) if dataset in job.ptx else tuple(k.value for k in trainer.dataset_kinds)
+        if kind not in kinds:
+            reader = "the PTX term reads" if dataset in job.ptx else f"{job.algorithm} trains on"
+            raise UsageError(f"jobs.{name}: dataset {dataset!r} is {kind}; {reader} {' or '.join(kinds)} datasets")
 
 
 def job_sections(
@@ -343,6 +350,7 @@ def job_sections(
     data = sections.setdefault("data_cfgs", {})
     data["train_datasets"] = [dataset_dirs[dataset] for dataset in job.train]
     data["eval_datasets"] = [dataset_dirs[dataset] for dataset in job.eval]
+    data["ptx_datasets"] = [dataset_dirs[dataset] for dataset in job.ptx]
     data.setdefault("token_cache_dir", str(output_dir / "token_cache"))
     sections.setdefault("logger_cfgs", {})["output_dir"] = str(output_dir / "jobs" / name)
     for key, ref in job.scorers().items():  # one more reward (cost) source: the named model's score

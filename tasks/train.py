@@ -53,7 +53,7 @@ def train_model(
 
     logger = _training_logger()
     config = load_config(config_path, overrides)
-    for dataset_dir in [*config.data_cfgs.train_datasets, *config.data_cfgs.eval_datasets]:
+    for dataset_dir in config.data_cfgs.all_datasets():
         require_validated(dataset_dir)
     done = finished_result(config)
     if done is not None:

@@ -184,6 +184,19 @@ def test_a_reference_model_is_an_error_for_an_algorithm_without_one():
                       "model_cfgs": {"model_name_or_path": "m", "reference_model_name_or_path": "r"}})
 
 
+def test_ptx_datasets_and_their_weight_come_together_on_an_algorithm_with_a_ptx_term():
+    grpo = {"algorithm": "grpo", "rewards": [{"name": "length_penalty"}]}
+    config = build_config({**MINIMAL, "train_cfgs": {**grpo, "ptx_coef": 0.5},
+                           "data_cfgs": {"train_datasets": ["data/a"], "ptx_datasets": ["data/sft"]}})
+    assert config.data_cfgs.all_datasets() == [str(Path("data/a").absolute()), str(Path("data/sft").absolute())]
+    with pytest.raises(UsageError, match=r"data_cfgs.ptx_datasets: sft has no PTX term \(grpo, ppo, ppo_lag, rloo do\)"):
+        build_config({**MINIMAL, "data_cfgs": {"train_datasets": ["data/a"], "ptx_datasets": ["data/sft"]}})
+    with pytest.raises(UsageError, match=r"train_cfgs.ptx_coef=0.5 needs data_cfgs.ptx_datasets"):
+        build_config({**MINIMAL, "train_cfgs": {**grpo, "ptx_coef": 0.5}})
+    with pytest.raises(UsageError, match=r"ptx_datasets is set but train_cfgs.ptx_coef is 0"):
+        build_config({**MINIMAL, "train_cfgs": grpo, "data_cfgs": {"train_datasets": ["data/a"], "ptx_datasets": ["data/sft"]}})
+
+
 def test_a_settings_value_error_names_the_algorithm_key():
     with pytest.raises(UsageError, match=r"train_cfgs.label_smoothing: .*less than or equal to 0.5"):
         build_config({**MINIMAL, "train_cfgs": {"algorithm": "dpo", "label_smoothing": 0.9}})

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_grpo import REWARD_MODULE, prompts  # noqa: F401
-from train_data import launch, read_jsonl, tiny_model, write_config  # noqa: F401
+from train_data import launch, materialize_validated, read_jsonl, supervised_rows, tiny_model, write_config  # noqa: F401
 
 from align_core.launch import run as run_in_process
 from align_core.losses.rl import masked_whiten
@@ -20,7 +20,8 @@ from align_core.trainers.ppo import whiten_over_step
 LETTER_COST = {"name": "test_letter_share", "label": "letter_a", "kwargs": {"letter": "a"}}
 
 
-def ppo_config(tmp_path: Path, model: Path, data: Path, out: str, algorithm: str = "ppo", **train_cfgs) -> Path:
+def ppo_config(tmp_path: Path, model: Path, data: Path, out: str, algorithm: str = "ppo", data_cfgs: dict | None = None,
+               **train_cfgs) -> Path:
     module = tmp_path / "letter_reward.py"
     module.write_text(REWARD_MODULE)
     settings = {
@@ -28,9 +29,15 @@ def ppo_config(tmp_path: Path, model: Path, data: Path, out: str, algorithm: str
         "train_cfgs": {"rewards": [{"name": "test_letter_share", "weight": 10.0}], "algorithm": algorithm, "max_steps": 30, "per_device_train_batch_size": 8, "learning_rate": 3e-3,
                        "lr_warmup_ratio": 0.0, "save_interval": 100, "max_new_tokens": 12, "beta": 0.01,
                        "reward_module": str(module), **train_cfgs},
-        "data_cfgs": {"max_length": 64},
+        "data_cfgs": {"max_length": 64, **(data_cfgs or {})},
     }
     return write_config(tmp_path / f"{out}.yaml", model, [data], tmp_path / out, settings)
+
+
+@pytest.fixture(scope="module")
+def ptx_data(tmp_path_factory) -> Path:
+    """Two micro-batches of four: the PTX order wraps into a new epoch within a short run."""
+    return materialize_validated(supervised_rows(8), "supervised", tmp_path_factory.mktemp("ptx"), "ptx")
 
 
 def test_whitening_over_the_step_equals_masked_whiten_of_all_its_tokens_together():
@@ -87,11 +94,11 @@ def test_ppo_with_a_reward_model_source_starts_its_critic_from_the_reward_model(
 
 
 def assert_resumes_exactly(tmp_path: Path, model: Path, data: Path, algorithm: str, keys: tuple[str, ...],
-                           models: tuple[str, ...], **train_cfgs) -> list[dict]:
+                           models: tuple[str, ...], data_cfgs: dict | None = None, **train_cfgs) -> list[dict]:
     settings = {"max_steps": 4, "save_interval": 2, "per_device_train_batch_size": 4, "ppo_epochs": 2, **train_cfgs}
-    whole = launch(ppo_config(tmp_path, model, data, "whole", algorithm, **settings))
+    whole = launch(ppo_config(tmp_path, model, data, "whole", algorithm, data_cfgs, **settings))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    interrupted = ppo_config(tmp_path, model, data, "resumed", algorithm, **settings)
+    interrupted = ppo_config(tmp_path, model, data, "resumed", algorithm, data_cfgs, **settings)
     crashed = launch(interrupted, "train_cfgs.debug_stop_after_steps=3")
     assert crashed.returncode == 17, crashed.stderr[-3000:]
     resumed = launch(interrupted)
@@ -108,9 +115,15 @@ def assert_resumes_exactly(tmp_path: Path, model: Path, data: Path, algorithm: s
 
 
 @pytest.mark.slow
-def test_a_killed_ppo_run_resumes_to_the_same_metrics_rollouts_and_weights(tmp_path, tiny_model, prompts):
-    assert_resumes_exactly(tmp_path, tiny_model, prompts, "ppo", ("step", "loss", "reward", "kl", "value_loss", "lr"),
-                           ("model", "model-critic"))
+def test_a_killed_ppo_run_with_a_ptx_term_resumes_to_the_same_metrics_rollouts_and_weights(
+    tmp_path, tiny_model, prompts, ptx_data
+):
+    records = assert_resumes_exactly(
+        tmp_path, tiny_model, prompts, "ppo", ("step", "loss", "reward", "kl", "value_loss", "ptx_loss", "lr"),
+        ("model", "model-critic"), data_cfgs={"ptx_datasets": [str(ptx_data)]}, ptx_coef=1.0, critic_learning_rate=1e-3,
+    )
+    ptx = [record["ptx_loss"] for record in records]  # 8 updates over 2 PTX batches: 4 epochs of them
+    assert ptx[-1] < ptx[0] - 0.5, ptx  # the policy learns the supervised answers beside the reward (5.75 -> 4.84)
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """Online RL jobs in a pipeline: a GRPO job scored by another job's trained reward model (and a rule),
-after it, with the reward model's folder passed as a reward source."""
+after it, with the reward model's folder passed as a reward source, and a PTX term on a supervised dataset."""
 
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ def rl_pipeline(folder: Path, reward_job: str = "grpo", algorithm: str = "grpo")
         "datasets": {
             "hh": {"source": "data/hh_rlhf.jsonl", "template": "HH-RLHF", "kind": "preference"},
             "questions": {"source": "data/gsm8k.jsonl", "template": "GSM8K", "kind": "prompt_only"},
+            "alpaca": {"source": "data/alpaca.jsonl", "template": "Alpaca", "kind": "supervised"},
         },
         "jobs": {
             "rm": {"algorithm": "rm", "model": "tiny", "train": ["hh"], "config": {"train_cfgs": TRAIN, "data_cfgs": {"max_length": 128}}},
             reward_job: {
                 "algorithm": algorithm, "model": "tiny", "train": ["questions"], "reward_model": "rm",
-                "config": {"train_cfgs": {**TRAIN, "max_steps": 2, "num_generations": 2, "max_new_tokens": 8,
+                "ptx": ["alpaca"] if algorithm == "grpo" else [],
+                "config": {"train_cfgs": {**TRAIN, "max_steps": 2, "num_generations": 2, "max_new_tokens": 8, "ptx_coef": 0.1,
                                           "rewards": [{"name": "gsm8k_exact_match"}]} if algorithm == "grpo" else TRAIN,
                            "data_cfgs": {"max_length": 160}},
             },
@@ -45,6 +47,21 @@ def test_a_reward_model_job_is_a_dependency_and_a_reward_source(tmp_path):
     rewards = job_sections(spec, "grpo")["train_cfgs"]["rewards"]
     assert rewards == [{"name": "gsm8k_exact_match"},
                        {"name": "reward_model", "kwargs": {"path": str(tmp_path / "out" / "jobs" / "rm" / "model")}}]
+    assert job_sections(spec, "grpo")["data_cfgs"]["ptx_datasets"] == [str(tmp_path / "out" / "shards" / "alpaca")]
+
+
+def test_a_ptx_dataset_must_be_supervised_and_is_set_by_the_pipeline_only(tmp_path):
+    path = rl_pipeline(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["jobs"]["grpo"]["ptx"] = ["questions"]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(UsageError, match=r"jobs.grpo: dataset 'questions' is prompt_only; the PTX term reads supervised datasets"):
+        check_pipeline(load_pipeline(path))
+    config["jobs"]["grpo"]["ptx"] = ["alpaca"]
+    config["jobs"]["grpo"]["config"]["data_cfgs"]["ptx_datasets"] = ["elsewhere"]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(UsageError, match=r"jobs.grpo.config.data_cfgs.ptx_datasets: set by the pipeline \(from ptx\)"):
+        check_pipeline(load_pipeline(path))
 
 
 def test_a_reward_model_on_an_algorithm_without_rewards_is_refused_naming_the_job(tmp_path):
@@ -66,6 +83,7 @@ def test_a_grpo_job_is_scored_by_the_reward_model_job_it_names(tmp_path):
     assert len({row["reward/reward_model"] for row in rollouts}) > 1  # the trained reward model scored them
     assert all(row["reward"] == pytest.approx(row["reward/reward_model"] + row["reward/gsm8k_exact_match"], abs=1e-5)
                for row in rollouts)
+    assert summary["jobs"]["grpo"]["final_train_metrics"]["ptx_loss"] > 0  # the PTX term read the alpaca shards
 
 
 def test_a_cost_model_job_is_a_dependency_and_a_cost_source_of_a_ppo_lag_job(tmp_path):

@@ -54,11 +54,13 @@ Metrics = dict[str, torch.Tensor]  # name -> () share of the step's value, summe
 
 @dataclass(frozen=True)
 class ModelRole:
-    """A model an algorithm holds: ``load()`` builds it; trained ones get an engine, frozen ones never do."""
+    """A model an algorithm holds: ``load()`` builds it; trained ones get an engine (at ``learning_rate``,
+    default ``train_cfgs.learning_rate``), frozen ones never do."""
 
     name: str
     load: Callable[[], torch.nn.Module]
     trained: bool = True
+    learning_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,11 @@ class Trainer:
         """Every model of the run; the default is the policy alone."""
         return [ModelRole(POLICY, lambda: self.load_model(self.config.model_cfgs.model_name_or_path))]
 
-    def load_datasets(self, dataset_dirs: list[str]) -> tuple[Dataset, list[int], Any]:
-        """(rows, token length of each row, collate function) for materialised dataset folders.
+    def load_datasets(
+        self, dataset_dirs: list[str], kinds: tuple[Kind, ...] | None = None, reader: str | None = None
+    ) -> tuple[Dataset, list[int], Any]:
+        """(rows, token length of each row, collate function) for materialised dataset folders of
+        ``kinds``, which ``reader`` (for errors) reads; default: the kinds the algorithm trains on.
 
         Each folder is tokenised into the token cache (a hit when already there): one rank per node
         first, the others after it, so they read the cache rather than race to build it.
@@ -140,11 +145,12 @@ class Trainer:
         from align_core.trainers.cached_steps import tokenize_specs
 
         data_cfgs = self.config.data_cfgs
-        kinds = {folder: ShardDataset(folder).kind for folder in dataset_dirs}
-        for folder, kind in kinds.items():
-            if kind not in self.dataset_kinds:
-                expected = " or ".join(k.value for k in self.dataset_kinds)
-                raise UsageError(f"{folder}: a {kind.value} dataset; {self.algorithm} trains on {expected} datasets")
+        kinds, reader = kinds or self.dataset_kinds, reader or f"{self.algorithm} trains on"
+        for folder in dataset_dirs:
+            kind = ShardDataset(folder).kind
+            if kind not in kinds:
+                expected = " or ".join(k.value for k in kinds)
+                raise UsageError(f"{folder}: a {kind.value} dataset; {reader} {expected} datasets")
         specs = tokenize_specs(self.config, dataset_dirs)
         caches = self.local_main_first(lambda: [spec.build() for spec in specs])
         parts = [TokenDataset(cache) for cache in caches]
@@ -391,7 +397,9 @@ class Trainer:
                 freeze_parts(model, self.config.model_cfgs.freeze_switches())
                 if self.train_cfgs.gradient_checkpointing:
                     model.gradient_checkpointing_enable()
-                self.engines[role.name] = Engine(model, self.train_cfgs, ds_config, total_steps * self.updates_per_step)
+                self.engines[role.name] = Engine(
+                    model, self.train_cfgs, ds_config, total_steps * self.updates_per_step, role.learning_rate
+                )
             else:
                 self.frozen[role.name] = self._place_frozen(model, ds_config)
 

@@ -187,14 +187,17 @@ class Engine:
     the data-parallel world size.
     """
 
-    def __init__(self, model: torch.nn.Module, train_cfgs: TrainCfgs, ds_config: dict[str, Any], total_updates: int):
+    def __init__(
+        self, model: torch.nn.Module, train_cfgs: TrainCfgs, ds_config: dict[str, Any], total_updates: int,
+        learning_rate: float | None = None,
+    ):
         import deepspeed
         from transformers import get_scheduler
 
         self.train_cfgs = train_cfgs
         optimizer = torch.optim.AdamW(
             _parameter_groups(model, train_cfgs.weight_decay),
-            lr=train_cfgs.learning_rate,
+            lr=train_cfgs.learning_rate if learning_rate is None else learning_rate,  # a critic may have its own
             betas=train_cfgs.adam_betas,
             eps=train_cfgs.adam_epsilon,
         )

@@ -15,7 +15,8 @@ One optimizer step takes the step's prompt micro-batches and, for each,
 
 then makes ``ppo_epochs`` updates over all the step's rollouts with PPO's clipped loss plus
 ``beta`` times the k3 KL to the reference, aggregated as ``loss_aggregation`` over the step's
-response tokens or rows on every rank.
+response tokens or rows on every rank, plus, with ``ptx_coef``, the PTX term on supervised data
+(``align_core.trainers.ptx``).
 
 Each step's rollouts are written to ``<output_dir>/rollouts/step-NNNNNN.arrow`` (prompt and completion
 text and ids, rewards per source, advantage, old/ref log-probs) and listed with their sha256 in
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,6 +56,7 @@ from align_core.losses.rl import (
 from align_core.rewards import RewardSpec, combine_rewards, load_reward_module
 from align_core.shards.schema import Kind
 from align_core.trainers.base import Metrics, ModelRole, Trainer, TrainStep, add_metrics
+from align_core.trainers.ptx import PTXStream, ptx_loss_share
 from align_core.trainers.row_metas import RowMetas
 
 REFERENCE = "reference"
@@ -76,6 +79,7 @@ class OnlineRLSettings(TrainCfgs):
     loss_aggregation: Aggregation = "seq_mean_token_mean"
     rewards: list[RewardSpec] = Field(default_factory=list, description="reward sources and weights")
     reward_module: str | None = Field(None, description="a .py file or module registering @register_reward functions")
+    ptx_coef: float = Field(0.0, ge=0, description="weight of the PTX term on data_cfgs.ptx_datasets; 0: none")
 
     @model_validator(mode="after")
     def _needs_a_reward(self) -> OnlineRLSettings:
@@ -145,9 +149,13 @@ class GRPOTrainer(Trainer):
             roles.append(ModelRole(REFERENCE, lambda: self.load_model(reference), trained=False))
         return roles
 
-    def load_datasets(self, dataset_dirs):
-        rows, lengths, collate = super().load_datasets(dataset_dirs)
-        return rows, lengths, self.row_metas.wrap(collate)
+    def load_datasets(self, dataset_dirs, kinds=None, reader=None):
+        rows, lengths, collate = super().load_datasets(dataset_dirs, kinds, reader)
+        return rows, lengths, (self.row_metas.wrap(collate) if kinds is None else collate)
+
+    def _prepare(self, resume_step):
+        self.ptx = PTXStream(self) if self.config.data_cfgs.ptx_datasets else None  # tokenised before any model loads
+        return super()._prepare(resume_step)
 
     # ----- rollout ------------------------------------------------------------------------------------
 
@@ -270,18 +278,30 @@ class GRPOTrainer(Trainer):
         rollouts = [self.rollout(batch, position) for position, batch in enumerate(step.micro_batches)]
         count, sequences, tokens = self.step_counts(rollouts)
         sums: Metrics = {}
-        last = len(rollouts) - 1
         for update in range(cfgs.ppo_epochs):
-            for position, rollout in enumerate(rollouts):
-                loss, metrics = self._loss(rollout, count, tokens)
-                self.engine.backward(loss, last=position == last)
-                if update == cfgs.ppo_epochs - 1:
-                    add_metrics(sums, {"loss": loss, **metrics})
-            self.engine.step()
+            self.update_policy(rollouts, lambda rollout: self._loss(rollout, count, tokens),
+                               sums if update == cfgs.ppo_epochs - 1 else None)
         for rollout in rollouts:
             add_metrics(sums, rollout_metrics(rollout, sequences))
         self._write_rollouts([rollout_record_batch(rollout, self.rl_step) for rollout in rollouts])
         return sums
+
+    def update_policy(self, rollouts: list, loss_of: Callable, sums: Metrics | None) -> None:
+        """One optimizer update of the policy over the step's rollouts: each one's loss share
+        (``loss_of(rollout)``) plus ``ptx_coef`` times a supervised micro-batch's PTX share; metric shares
+        are added to ``sums`` unless it is None."""
+        ptx_batches, ptx_tokens = [], 1.0
+        if self.ptx is not None:  # the policy's update count picks the batches: a resumed run reads the same
+            ptx_batches, ptx_tokens = self.ptx.update_batches(self.engine.global_step, len(rollouts))
+        for position, rollout in enumerate(rollouts):
+            loss, metrics = loss_of(rollout)
+            if ptx_batches:
+                metrics["ptx_loss"] = ptx_loss_share(self.engine, ptx_batches[position], ptx_tokens)
+                loss = loss + self.train_cfgs.ptx_coef * metrics["ptx_loss"]
+            self.engine.backward(loss, last=position == len(rollouts) - 1)
+            if sums is not None:
+                add_metrics(sums, {"loss": loss, **metrics})
+        self.engine.step()
 
     def step_counts(self, rollouts: list[Rollout]) -> tuple[float, float, float]:
         """What shares divide by, over the whole step on every rank: the loss's count, completions, response tokens."""

@@ -12,7 +12,8 @@ completions exactly as GRPO does (``grpo.GRPOTrainer._sample``), then
 
 The advantages are whitened over the step's response tokens on every rank; then ``ppo_epochs``
 times, the policy takes PPO's clipped loss (``clip_ratio``, ``dual_clip``) and each critic the clipped
-value loss (``value_clip``), each on its own engine.
+value loss (``value_clip``), each on its own engine. With ``ptx_coef`` the policy's loss adds the PTX
+term on supervised data (``data_cfgs.ptx_datasets``, ``align_core.trainers.ptx``).
 
 ``ppo_lag`` adds a cost (``costs``: reward-registry sources, such as ``reward_model`` on a trained cost
 model) with its own critic, token costs (the cost at the last token; the KL is split, half as a
@@ -70,6 +71,7 @@ class PPOSettings(OnlineRLSettings):
     critic_model_name_or_path: str | None = Field(
         None, description="null: the reward model of a reward_model source, else the policy's model"
     )
+    critic_learning_rate: float | None = Field(None, gt=0, description="the critics' peak rate; null: learning_rate")
 
 
 class PPOLagSettings(PPOSettings):
@@ -147,7 +149,7 @@ class PPOTrainer(GRPOTrainer):
     def models(self) -> list[ModelRole]:
         cfgs = self.train_cfgs
         start = critic_source(cfgs.critic_model_name_or_path, cfgs.rewards, self.config.model_cfgs.model_name_or_path)
-        return [*super().models(), ModelRole(CRITIC, lambda: self.load_critic(start))]
+        return [*super().models(), ModelRole(CRITIC, lambda: self.load_critic(start), learning_rate=cfgs.critic_learning_rate)]
 
     def load_critic(self, path: str) -> torch.nn.Module:
         """A score model: a saved one keeps its head; a causal LM gets a fresh one (seeded by the run's seed)."""
@@ -196,12 +198,7 @@ class PPOTrainer(GRPOTrainer):
         last = len(rollouts) - 1
         for update in range(cfgs.ppo_epochs):
             final = update == cfgs.ppo_epochs - 1
-            for position, rollout in enumerate(rollouts):
-                loss, metrics = self._policy_loss(rollout, count, tokens)
-                self.engine.backward(loss, last=position == last)
-                if final:
-                    add_metrics(sums, {"loss": loss, **metrics})
-            self.engine.step()
+            self.update_policy(rollouts, lambda rollout: self._policy_loss(rollout, count, tokens), sums if final else None)
             for critic in self.critics:
                 for position, rollout in enumerate(rollouts):
                     loss, metrics = self._value_loss(critic, rollout, count, tokens)
@@ -284,7 +281,8 @@ class PPOLagTrainer(PPOTrainer):
     def models(self) -> list[ModelRole]:
         cfgs = self.train_cfgs
         start = critic_source(cfgs.cost_critic_model_name_or_path, cfgs.costs, self.config.model_cfgs.model_name_or_path)
-        return [*super().models(), ModelRole(COST_CRITIC, lambda: self.load_critic(start))]
+        return [*super().models(),
+                ModelRole(COST_CRITIC, lambda: self.load_critic(start), learning_rate=cfgs.critic_learning_rate)]
 
     def extra_state(self) -> dict[str, float]:
         return {"log_lambda": self.log_lambda}

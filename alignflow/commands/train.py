@@ -36,7 +36,7 @@ def _train(config: Path, overrides: list[str], nproc: int, launcher: str) -> dic
     from data_contracts.gate import require_validated
 
     train_config = load_config(config, overrides)  # a bad key fails here, before any process starts
-    for dataset_dir in [*train_config.data_cfgs.train_datasets, *train_config.data_cfgs.eval_datasets]:
+    for dataset_dir in train_config.data_cfgs.all_datasets():
         require_validated(dataset_dir)
     # The training log goes to stderr: stdout carries only the model folder, for scripts.
     return launch_and_wait(config, overrides, nproc, launcher, emit=lambda line: typer.echo(line, err=True))
