@@ -110,13 +110,13 @@ def load_suite(
         raise UsageError(f"suite {where} is for {data['kind']!r} shards, the dataset holds {kind.value!r} shards")
     specs: list[ExpectationSpec] = []
     for include in data.get("include") or []:
-        specs += _load_fragment(_fragment_path(include, path.parent), kind, media)
+        specs += load_fragment(_fragment_path(include, path.parent), kind, media)
     specs += _expand_entries(data.get("expectations") or [], where, {})
     for media_type in media:
-        specs += _load_fragment(_fragment_path("media", path.parent), kind, (media_type,))
+        specs += load_fragment(_fragment_path("media", path.parent), kind, (media_type,))
         own_checks = SUITES_DIR / f"{media_type}.yaml"
         if own_checks.is_file():
-            specs += _load_fragment(own_checks, kind, (media_type,))
+            specs += load_fragment(own_checks, kind, (media_type,))
     _check_unique(specs, where)
     specs = apply_overrides(specs, data.get("overrides") or {}, where)
     user_overrides = normalize_overrides(overrides)
@@ -214,7 +214,7 @@ def _fragment_path(name: str, suite_dir: Path) -> Path:
     raise UsageError(f"suite fragment {name!r} not found in {suite_dir} or {SUITES_DIR}")
 
 
-def _load_fragment(path: Path, kind: Kind, media: tuple[str, ...]) -> list[ExpectationSpec]:
+def load_fragment(path: Path, kind: Kind, media: tuple[str, ...]) -> list[ExpectationSpec]:
     data = _read_mapping(path, FRAGMENT_KEYS)
     entries = data.get("expectations") or []
     for_each = data.get("for_each")

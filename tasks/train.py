@@ -48,19 +48,25 @@ def train_model(
     launcher_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train ``config_path`` (with ``section.key=value`` overrides) on ``nproc`` local ranks; returns the
-    result (``model_dir``, ``steps``, final metrics). Refuses datasets that have not passed their contract."""
+    result (``model_dir``, ``steps``, final metrics). Refuses datasets that have not passed their contract,
+    and fails an online RL run whose rollouts break the rollout contract."""
     from data_contracts.gate import require_validated
+    from data_contracts.report import verdict
+    from data_contracts.rollouts import gate_rollouts
 
     logger = _training_logger()
     config = load_config(config_path, overrides)
     for dataset_dir in config.data_cfgs.all_datasets():
         require_validated(dataset_dir)
-    done = finished_result(config)
-    if done is not None:
+    result = finished_result(config)
+    if result is not None:
         logger.info("already trained in %s; nothing to do", config.logger_cfgs.output_dir)
-        return done
-    result = launch_and_wait(config_path, overrides, nproc, launcher, launcher_args, emit=logger.info)
-    _publish_summary(config.train_cfgs.algorithm, run_digest(config), result)
+    else:
+        result = launch_and_wait(config_path, overrides, nproc, launcher, launcher_args, emit=logger.info)
+        _publish_summary(config.train_cfgs.algorithm, run_digest(config), result)
+    rollouts = gate_rollouts(config)  # an RL run whose rollouts break their contract fails here
+    if rollouts is not None:
+        logger.info("rollout contract %s: %s", verdict(rollouts), rollouts.report_path)
     return result
 
 

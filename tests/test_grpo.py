@@ -13,7 +13,8 @@ from train_data import launch, materialize_validated, read_jsonl, tiny_model, wr
 
 from align_core.errors import UsageError
 from align_core.launch import run as run_in_process
-from align_core.trainers.grpo import completion_tokens_mask, read_rollouts
+from align_core.rollouts import read_rollouts
+from align_core.trainers.grpo import completion_tokens_mask
 
 REWARD_MODULE = '''
 from align_core.rewards import register_reward

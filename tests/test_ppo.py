@@ -14,7 +14,7 @@ from train_data import launch, materialize_validated, read_jsonl, supervised_row
 
 from align_core.launch import run as run_in_process
 from align_core.losses.rl import masked_whiten
-from align_core.trainers.grpo import read_rollouts
+from align_core.rollouts import read_rollouts
 from align_core.trainers.ppo import whiten_over_step
 
 LETTER_COST = {"name": "test_letter_share", "label": "letter_a", "kwargs": {"letter": "a"}}

@@ -73,7 +73,7 @@ def test_a_reward_model_on_an_algorithm_without_rewards_is_refused_naming_the_jo
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_grpo_job_is_scored_by_the_reward_model_job_it_names(tmp_path):
-    from align_core.trainers.grpo import read_rollouts
+    from align_core.rollouts import read_rollouts
     from flows.pipeline import pipeline
 
     summary = pipeline(config=str(rl_pipeline(tmp_path)), return_state=True).result()

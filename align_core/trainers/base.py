@@ -109,6 +109,7 @@ class Trainer:
     settings: ClassVar[type[TrainCfgs]] = TrainCfgs
     uses_reference: ClassVar[bool] = False
     updates_per_step: ClassVar[int] = 1  # optimizer updates a train_step makes (the LR schedule's length)
+    writes_rollouts: ClassVar[bool] = False  # online RL: rollouts/ that the rollout contract must pass
 
     def __init__(self, config: TrainConfig):
         self.config = config

@@ -18,20 +18,19 @@ then makes ``ppo_epochs`` updates over all the step's rollouts with PPO's clippe
 response tokens or rows on every rank, plus, with ``ptx_coef``, the PTX term on supervised data
 (``align_core.trainers.ptx``).
 
-Each step's rollouts are written to ``<output_dir>/rollouts/step-NNNNNN.arrow`` (prompt and completion
-text and ids, rewards per source, advantage, old/ref log-probs) and listed with their sha256 in
-``rollouts/manifest.json``: a run can be audited and replayed from them. Sampling draws from the
-global torch RNG, which checkpoints save and restore, so a resumed run samples the same completions.
+Each step's rollouts (prompt and completion text and ids, rewards per source, advantage, old/ref
+log-probs) are written per rank as an Arrow file listed with its sha256 (``align_core.rollouts``): a run
+can be audited and replayed from them, and the rollout contract (``data_contracts.rollouts``) judges
+them. Sampling draws from a generator seeded by (seed, rank, step, micro-batch), so a resumed run
+samples the same completions.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -42,7 +41,6 @@ from align_core.config import TrainCfgs
 from align_core.data.batch import Batch, forward
 from align_core.data.truncation import IGNORE_INDEX
 from align_core.errors import UsageError
-from align_core.io import atomic_write_json, sha256_file, staging_dir
 from align_core.losses import token_logps
 from align_core.losses.rl import (
     Aggregation,
@@ -54,6 +52,7 @@ from align_core.losses.rl import (
     rloo_advantages,
 )
 from align_core.rewards import RewardSpec, combine_rewards, load_reward_module
+from align_core.rollouts import write_rollouts
 from align_core.shards.schema import Kind
 from align_core.trainers.base import Metrics, ModelRole, Trainer, TrainStep, add_metrics
 from align_core.trainers.ptx import PTXStream, ptx_loss_share
@@ -62,7 +61,6 @@ from align_core.trainers.row_metas import RowMetas
 REFERENCE = "reference"
 # per step: wall seconds of the rollouts and of the updates, tokens generated and tokens through the updates
 THROUGHPUT = ("rollout_seconds", "update_seconds", "generated_tokens", "update_tokens")
-ROLLOUTS_DIR = "rollouts"
 
 
 class OnlineRLSettings(TrainCfgs):
@@ -120,6 +118,7 @@ class GRPOTrainer(Trainer):
     algorithm = "grpo"
     dataset_kinds = (Kind.PROMPT_ONLY,)
     settings = GRPOSettings
+    writes_rollouts = True
 
     def __init__(self, config):
         super().__init__(config)
@@ -342,21 +341,8 @@ class GRPOTrainer(Trainer):
     # ----- rollouts as data ---------------------------------------------------------------------------
 
     def _write_rollouts(self, records: list[pa.RecordBatch]) -> None:
-        """This rank's rollouts of the step (written after its updates) as an Arrow file, listed with its
-        sha256 in the manifest."""
-        folder = self.output_dir / ROLLOUTS_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"step-{self.rl_step:06d}-rank{self.dist.rank}.arrow"
-        table = pa.Table.from_batches(records)
-        staging = staging_dir(folder / name)
-        with pa.OSFile(str(staging / name), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        (staging / name).replace(folder / name)
-        staging.rmdir()
-        manifest_path = folder / f"manifest-rank{self.dist.rank}.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"files": {}}
-        manifest["files"][name] = {"rows": table.num_rows, "sha256": sha256_file(folder / name)}
-        atomic_write_json(manifest_path, manifest)
+        """This rank's rollouts of the step (written after its updates)."""
+        write_rollouts(self.output_dir, self.rl_step, self.dist.rank, pa.Table.from_batches(records))
 
 
 class RLOOTrainer(GRPOTrainer):
@@ -414,19 +400,3 @@ def rollout_record_batch(rollout: Rollout, step: int, **token_columns: torch.Ten
         if values is not None:
             columns[key] = pa.array([row[m].tolist() for row, m in zip(values.float().cpu(), mask)], pa.list_(pa.float32()))
     return pa.RecordBatch.from_pydict(columns)
-
-
-def read_rollouts(output_dir: str | Path) -> pa.Table:
-    """Every rollout file of a run, checked against its manifest sha256, in step order."""
-    from align_core.io import require_sha256
-
-    folder = Path(output_dir) / ROLLOUTS_DIR
-    tables = []
-    for manifest_path in sorted(folder.glob("manifest-rank*.json")):
-        for name, entry in sorted(json.loads(manifest_path.read_text())["files"].items()):
-            require_sha256(folder / name, entry["sha256"], "a rollout file does not match its manifest")
-            with pa.memory_map(str(folder / name)) as source:
-                tables.append(pa.ipc.open_file(source).read_all())
-    if not tables:
-        raise UsageError(f"{folder}: no rollouts")
-    return pa.concat_tables(tables, promote_options="default")

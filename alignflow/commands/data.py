@@ -9,6 +9,7 @@ import typer
 import yaml
 
 from align_core.errors import UsageError
+from align_core.rollouts import read_rollouts, rollouts_run_dir
 from align_core.shards.dataset import ShardDataset
 from align_core.shards.manifest import MANIFEST_NAME
 from align_core.shards.schema import CONVERSATION_COLUMNS, Kind
@@ -118,7 +119,15 @@ def shards_head(
     n: int = typer.Option(5, "-n", help="how many samples"),
     quarantine: bool = typer.Option(False, "--quarantine", help="show quarantined rows instead"),
 ) -> None:
-    """Print the first N samples as readable conversations."""
+    """Print the first N samples as readable conversations (of an online RL run's folder or its rollouts/:
+    the first N rollouts, verified)."""
+    run_dir = rollouts_run_dir(dataset_dir)
+    if run_dir is not None:
+        from alignflow.commands.rollouts import format_rollout
+
+        for row in read_rollouts(run_dir).slice(0, n).to_pylist():
+            typer.echo(format_rollout(row))
+        return
     dataset = ShardDataset(dataset_dir)
     if quarantine:
         for row in dataset.read_quarantine().slice(0, n).to_pylist():

@@ -34,12 +34,15 @@ def _train(config: Path, overrides: list[str], nproc: int, launcher: str) -> dic
     from align_core.config import load_config
     from align_core.launch import launch_and_wait
     from data_contracts.gate import require_validated
+    from data_contracts.rollouts import gate_rollouts
 
     train_config = load_config(config, overrides)  # a bad key fails here, before any process starts
     for dataset_dir in train_config.data_cfgs.all_datasets():
         require_validated(dataset_dir)
     # The training log goes to stderr: stdout carries only the model folder, for scripts.
-    return launch_and_wait(config, overrides, nproc, launcher, emit=lambda line: typer.echo(line, err=True))
+    result = launch_and_wait(config, overrides, nproc, launcher, emit=lambda line: typer.echo(line, err=True))
+    gate_rollouts(train_config)  # an RL run whose rollouts break their contract is an error
+    return result
 
 
 def register(app: typer.Typer) -> None:
