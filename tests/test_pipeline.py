@@ -159,3 +159,14 @@ def test_failed_training_rerun_caches_finished_steps_and_resumes(tmp_path):
     log = (tmp_path / "out" / "jobs" / "sft" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4]
     assert summary["jobs"]["sft"].get("resumed_from_step") == 2
+
+
+@pytest.mark.parametrize("multimodal", [False, True], ids=["demo", "multimodal"])
+def test_the_shipped_demo_pipelines_pass_the_checks_a_run_makes_first(tmp_path, multimodal):
+    from alignflow.demo import prepare
+    from flows.pipeline_config import check_pipeline
+
+    spec = load_pipeline(prepare(tmp_path, rows=40, multimodal=multimodal))
+    check_pipeline(spec)
+    if not multimodal:  # the demo's reward model drives a PPO job with a PTX term
+        assert spec.jobs["ppo"].reward_model == "rm" and spec.job_order()[-1] == ["ppo"]
