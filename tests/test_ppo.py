@@ -4,6 +4,7 @@ rollouts and weights of every trained model (lambda included)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,34 @@ def test_ppo_lag_moves_lambda_with_the_cost_and_resumes_with_the_same_lambda(tmp
     rollouts = read_rollouts(tmp_path / "whole").to_pylist()
     assert all(len(row["cost_values"]) == len(row["completion_ids"]) for row in rollouts)
     assert all(row["cost"] == pytest.approx(row["completion"].count("a") / max(len(row["completion"]), 1)) for row in rollouts)
+
+
+@pytest.mark.slow
+def test_ppo_lag_with_ptx_at_zero3_learns_exactly_as_at_zero0(tmp_path, tiny_model, prompts, ptx_data):
+    runs = {}
+    keys = ("reward", "loss", "value_loss", "cost", "cost_value_loss", "lambda", "ptx_loss")
+    for stage in (0, 3):
+        run_in_process(ppo_config(tmp_path, tiny_model, prompts, f"zero{stage}", "ppo_lag", {"ptx_datasets": [str(ptx_data)]},
+                                  max_steps=3, zero_stage=stage, costs=[LETTER_COST], ptx_coef=1.0))
+        runs[stage] = [record[key] for record in read_jsonl(tmp_path / f"zero{stage}" / "metrics.jsonl") for key in keys]
+    assert runs[3] == pytest.approx(runs[0], rel=1e-4, abs=1e-7)  # partitioned policy, critics and reference alike
+    assert read_rollouts(tmp_path / "zero3").column("completion").equals(read_rollouts(tmp_path / "zero0").column("completion"))
+
+
+@pytest.mark.slow
+def test_two_ranks_at_zero3_train_ppo_lag_with_one_lambda_from_both_ranks_costs(tmp_path, tiny_model, prompts, ptx_data):
+    config = ppo_config(tmp_path, tiny_model, prompts, "out", "ppo_lag", {"ptx_datasets": [str(ptx_data)]}, max_steps=2,
+                        per_device_train_batch_size=2, zero_stage=3, costs=[LETTER_COST], ptx_coef=1.0, lambda_lr=0.5)
+    trained = launch(config, nproc=2)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    rollouts = read_rollouts(tmp_path / "out").to_pylist()
+    assert len(rollouts) == 2 * 2 * 2  # steps x ranks x prompts per rank
+    records = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    log_lambda = 0.0  # lambda_init 1: each step's dual update uses the mean cost over both ranks' rollouts
+    for record in records:
+        costs = [row["cost"] for row in rollouts if row["step"] == record["step"]]
+        assert record["cost"] == pytest.approx(sum(costs) / len(costs), abs=1e-6)
+        log_lambda += 0.5 * (record["cost"] - 0.0) * math.exp(log_lambda)
+        assert record["lambda"] == pytest.approx(math.exp(log_lambda), rel=1e-5)
+    for folder in ("model", "model-critic", "model-cost_critic"):
+        assert (tmp_path / "out" / folder / "model.safetensors").is_file()
