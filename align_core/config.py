@@ -87,6 +87,20 @@ class DataCfgs(_Section):
         return [*self.train_datasets, *self.eval_datasets, *self.ptx_datasets]
 
 
+class LoraCfgs(_Section):
+    """Low-rank adapters (peft's LoRA) on every trained model instead of full fine-tuning."""
+
+    r: int = Field(8, ge=1, description="the adapters' rank")
+    alpha: float = Field(16.0, gt=0, description="scaling: the update is alpha / r * B A")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or every linear layer but the output head"
+    )
+    modules_to_save: list[str] = Field(
+        [], description="modules trained in full beside the adapters (a score model's score_head always is)"
+    )
+
+
 class ModelCfgs(_Section):
     model_name_or_path: str = Field(min_length=1, description="a local folder; nothing is downloaded")
     reference_model_name_or_path: str | None = Field(
@@ -98,6 +112,7 @@ class ModelCfgs(_Section):
     freeze_audio_tower: bool = False
     freeze_mm_proj: bool = False
     freeze_language_model: bool = False
+    lora: LoraCfgs | None = Field(None, description="train LoRA adapters instead of every weight (align_core.models.lora)")
 
     def freeze_switches(self) -> list[str]:
         return [name for name in type(self).model_fields if name.startswith("freeze_") and getattr(self, name)]
@@ -107,6 +122,7 @@ class LoggerCfgs(_Section):
     output_dir: str = Field(min_length=1)
     log_type: Literal["tensorboard", "none"] = "tensorboard"
     progress_bar: bool = True
+    merge_lora: bool = Field(False, description="with model_cfgs.lora: also export <model>-merged/, the adapters merged in")
 
 
 class TrainConfig(_Section):
@@ -212,6 +228,8 @@ def build_config(data: dict[str, Any], overrides: Sequence[str] = (), source: st
         raise UsageError(f"{source}: " + "; ".join(problems))
     _check_reference_model(config, source)
     _check_ptx(config, source)
+    if config.logger_cfgs.merge_lora and config.model_cfgs.lora is None:
+        raise UsageError(f"{source}: logger_cfgs.merge_lora needs model_cfgs.lora (there are no adapters to merge)")
     return config
 
 

@@ -38,7 +38,8 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from align_core.errors import UsageError
-from align_core.models.score import is_score_config, score_model_class_for
+from align_core.models.lora import adapter_base, adapter_has_score_head, load_with_adapter
+from align_core.models.score import SCORE_MODEL_FLAG, is_score_config, score_model_class_for
 
 # (messages with string content, add_generation_prompt) -> the rendered prompt text.
 ChatFormatter = Callable[[list[dict], bool], str]
@@ -91,7 +92,14 @@ def require_local_dir(path: str | Path, what: str = "model") -> Path:
 
 
 def load_config(path: str | Path, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The model's config; an adapter folder's is its base model's."""
     folder = require_local_dir(path)
+    base = adapter_base(folder)
+    if base is not None:  # a LoRA run's export: its base's config, a score model's if it trained a head
+        config = load_config(base, trust_remote_code)
+        if adapter_has_score_head(folder):
+            setattr(config, SCORE_MODEL_FLAG, True)
+        return config
     if not (folder / "config.json").is_file():
         raise UsageError(f"{folder}: no config.json; not a saved Hugging Face model folder")
     return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
@@ -163,7 +171,8 @@ def load_processor(path: str | Path, trust_remote_code: bool = False) -> Any | N
     """The processor saved with a media model (tokenizer + image processor / feature extractor), the one its
     family registered, or None for a text-only model folder."""
     folder = require_local_dir(path)
-    config = load_config(folder, trust_remote_code) if (folder / "config.json").is_file() else None
+    has_config = (folder / "config.json").is_file() or adapter_base(folder) is not None
+    config = load_config(folder, trust_remote_code) if has_config else None
     entry = _ENTRIES.get(config.model_type) if config is not None else None
     if entry is not None and entry.processor is not None:
         return entry.processor(folder)
@@ -176,7 +185,10 @@ def load_processor(path: str | Path, trust_remote_code: bool = False) -> Any | N
 
 
 def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False, **from_pretrained_kwargs: Any):
-    """The causal LM saved in ``path`` (extra kwargs, e.g. ``dtype``, go to ``from_pretrained``)."""
+    """The causal LM saved in ``path`` (extra kwargs, e.g. ``dtype``, go to ``from_pretrained``); an adapter
+    folder (a LoRA run's export) comes back merged into its base model."""
+    if adapter_base(require_local_dir(path)) is not None:
+        return load_with_adapter(path, lambda base: load_causal_lm(base, trust_remote_code=trust_remote_code, **from_pretrained_kwargs))
     config = load_config(path, trust_remote_code)
     if is_score_config(config):
         raise UsageError(f"{path}: holds a score model (reward model/critic), not a causal LM")
@@ -192,7 +204,11 @@ def load_score_model(
     **from_pretrained_kwargs: Any,
 ):
     """A score model from ``path``: a causal LM checkpoint gets a freshly initialised head (seed the
-    RNG first for a reproducible one); a saved score model gets its trained head back."""
+    RNG first for a reproducible one); a saved score model gets its trained head back, an adapter folder
+    its adapters and head merged in."""
+    if adapter_base(require_local_dir(path)) is not None:
+        return load_with_adapter(path, lambda base: load_score_model(
+            base, trust_remote_code=trust_remote_code, score_bias=score_bias, **from_pretrained_kwargs))
     config = load_config(path, trust_remote_code)
     if not is_score_config(config):
         config.score_bias = score_bias

@@ -84,9 +84,16 @@ class ResponseScorer(torch.nn.Module):
         """input_ids, attention_mask, labels: (n, L), + any extra input the model takes -> SequenceLogps of (n,)."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False, **model_inputs}
         if self.plain_head:
-            hidden = self.causal_lm.base_model(**inputs).last_hidden_state
-            return response_logps(hidden, self.causal_lm.get_output_embeddings(), labels)
+            # under LoRA the model with its adapters injected sits inside peft's wrapper
+            causal_lm = self.causal_lm.get_base_model() if hasattr(self.causal_lm, "get_base_model") else self.causal_lm
+            hidden = causal_lm.base_model(**inputs).last_hidden_state
+            return response_logps(hidden, causal_lm.get_output_embeddings(), labels)
         return SequenceLogps(*sequence_logps(self.causal_lm(**inputs).logits, labels))
+
+    def adapt(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> ResponseScorer:
+        """Replace the language model by ``wrap(it)`` (LoRA adapters): the scorer stays the trained module."""
+        self.causal_lm = wrap(self.causal_lm)
+        return self
 
     # The run's export and options act on the language model itself.
     def save_pretrained(self, *args: Any, **kwargs: Any) -> None:

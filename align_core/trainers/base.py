@@ -33,6 +33,7 @@ from align_core.data.sampler import LengthGroupedSampler
 from align_core.errors import UsageError
 from align_core.io import atomic_write_json
 from align_core.models.freeze import freeze_parts
+from align_core.models.lora import apply_lora, merge_adapter_dir
 from align_core.shards.dataset import ShardDataset
 from align_core.shards.schema import Kind
 from align_core.trainers.checkpoint import CheckpointManager
@@ -122,6 +123,13 @@ class Trainer:
     def engine(self) -> Engine:
         """The policy's engine."""
         return self.engines[POLICY]
+
+    @property
+    def reference_is_base(self) -> bool:
+        """LoRA with no other reference model named: the reference is the policy with its adapters off
+        (``align_core.models.lora.adapters_disabled``), the base model without a second copy."""
+        model_cfgs = self.config.model_cfgs
+        return model_cfgs.lora is not None and not model_cfgs.reference_model_name_or_path
 
     # ----- algorithm hooks -------------------------------------------------------------------------
 
@@ -338,12 +346,20 @@ class Trainer:
         model_dirs = {name: model_dir(self.output_dir, name) for name in self.engines}
         for name, engine in self.engines.items():
             engine.export_pretrained(model_dirs[name], self.tokenizer_for_export(), self.dist.is_main)
+        merged_dirs = {}
+        if self.config.model_cfgs.lora is not None and self.config.logger_cfgs.merge_lora:
+            merged_dirs = {name: folder.with_name(f"{folder.name}-merged") for name, folder in model_dirs.items()}
+            if self.dist.is_main:
+                for name, folder in merged_dirs.items():
+                    merge_adapter_dir(model_dirs[name], folder, self.tokenizer_for_export())
+            torch.distributed.barrier()
         run.metrics.close()
         result = {
             "algorithm": self.algorithm,
             "steps": run.step,
             "model_dir": str(model_dirs[POLICY]),
             "model_dirs": {name: str(folder) for name, folder in model_dirs.items()},
+            "merged_model_dirs": {name: str(folder) for name, folder in merged_dirs.items()},  # merge_lora
             "final_train_metrics": {k: v for k, v in last_metrics.items() if not k.startswith("eval/")},
             "eval": final_eval,
             "config_digest": run_digest(self.config),
@@ -396,6 +412,8 @@ class Trainer:
                 model = role.load()
             if role.trained:
                 freeze_parts(model, self.config.model_cfgs.freeze_switches())
+                if self.config.model_cfgs.lora is not None:
+                    model = apply_lora(model, self.config.model_cfgs.lora)
                 if self.train_cfgs.gradient_checkpointing:
                     model.gradient_checkpointing_enable()
                 self.engines[role.name] = Engine(

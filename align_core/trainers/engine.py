@@ -24,6 +24,7 @@ import torch
 from align_core.config import TrainCfgs
 from align_core.errors import UsageError
 from align_core.io import publish_dir, staging_dir
+from align_core.models.lora import is_lora_model
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,9 @@ class Engine:
         )
         self.ds_engine.checkpoint_engine = safe_checkpoint_engine(self.ds_engine._config)
         self.zero_stage = train_cfgs.zero_stage
+        # LoRA: checkpoints hold the adapters (and their optimizer state) only; the frozen base is
+        # the model folder the run starts from, loaded again on resume
+        self.adapters_only = is_lora_model(model)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -256,10 +260,12 @@ class Engine:
 
     def save_checkpoint(self, save_dir: Path, tag: str, client_state: dict[str, Any]) -> None:
         """Every rank writes its shard of model, optimiser and scheduler state into ``save_dir/tag``."""
-        self.ds_engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
+        self.ds_engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False,
+                                       exclude_frozen_parameters=self.adapters_only)
 
     def load_checkpoint(self, save_dir: Path, tag: str) -> dict[str, Any]:
-        load_path, client_state = self.ds_engine.load_checkpoint(str(save_dir), tag=tag)
+        load_path, client_state = self.ds_engine.load_checkpoint(str(save_dir), tag=tag,
+                                                                 load_module_strict=not self.adapters_only)
         if load_path is None:
             raise RuntimeError(f"{save_dir / tag}: DeepSpeed could not load this checkpoint")
         return client_state

@@ -51,6 +51,7 @@ from align_core.losses.rl import (
     ppo_policy_loss,
     rloo_advantages,
 )
+from align_core.models.lora import adapters_disabled
 from align_core.rewards import RewardSpec, combine_rewards, load_reward_module
 from align_core.rollouts import write_rollouts
 from align_core.shards.schema import Kind
@@ -143,7 +144,7 @@ class GRPOTrainer(Trainer):
     def models(self) -> list[ModelRole]:
         model_cfgs = self.config.model_cfgs
         roles = super().models()
-        if self.train_cfgs.beta > 0:
+        if self.train_cfgs.beta > 0 and not self.reference_is_base:
             reference = model_cfgs.reference_model_name_or_path or model_cfgs.model_name_or_path
             roles.append(ModelRole(REFERENCE, lambda: self.load_model(reference), trained=False))
         return roles
@@ -228,7 +229,12 @@ class GRPOTrainer(Trainer):
         ids = self.row_metas.row_ids(prompts) * generations
         rewards, per_source = combine_rewards(cfgs.rewards, prompt_texts, completions, [self.metas[row_id] for row_id in ids])
         old_logps, mask = self._logps(self.engine, batch)
-        ref_logps = self._logps(self.frozen[REFERENCE], batch)[0] if REFERENCE in self.frozen else None
+        ref_logps = None
+        if REFERENCE in self.frozen:
+            ref_logps = self._logps(self.frozen[REFERENCE], batch)[0]
+        elif cfgs.beta > 0:  # LoRA: the base model is the policy with its adapters off
+            with adapters_disabled(self.engine):
+                ref_logps = self._logps(self.engine, batch)[0]
         self._throughput["generated_tokens"] += float(mask.sum())
         self._throughput["update_tokens"] += float(attention_mask.sum()) * cfgs.ppo_epochs  # forward + backward
         device = self.engine.device

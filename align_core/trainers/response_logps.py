@@ -18,6 +18,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from align_core.config import TrainCfgs
 from align_core.data.batch import Batch
 from align_core.data.token_dataset import TokenDataset
+from align_core.models.lora import adapters_disabled
 from align_core.reference import (
     MismatchedRows,
     ResponseScorer,
@@ -66,7 +67,7 @@ class ResponseLogpsTrainer(Trainer):
 
     def models(self) -> list[ModelRole]:
         roles = super().models()
-        if self.uses_reference and not self.cached_reference:
+        if self.uses_reference and not self.cached_reference and not self.reference_is_base:
             dtype, trust = resolve_dtype(self.train_cfgs.precision), self.config.model_cfgs.trust_remote_code
             roles.append(
                 ModelRole(REFERENCE, lambda: load_frozen_scorer(self.reference_model_path(), dtype, trust), trained=False)
@@ -129,4 +130,7 @@ class ResponseLogpsTrainer(Trainer):
         if self.cached_reference:
             return batch.values["ref_logps"]
         with torch.no_grad():
+            if self.reference_is_base:
+                with adapters_disabled(self.engines[POLICY]):
+                    return score_sequences(self.engines[POLICY], batch).sum
             return score_sequences(self.frozen[REFERENCE], batch).sum
