@@ -43,6 +43,7 @@ from flows.materialize import materialize
 from flows.pipeline_config import PipelineConfig, check_pipeline, job_sections, load_pipeline
 from tasks.artifacts import publish_markdown
 from tasks.crashed_runs import start_of_run
+from tasks.evaluate import evaluate_model
 from tasks.models import build_tiny, check_model_path
 from tasks.reference import reference_steps
 from tasks.tokenize import tokenize
@@ -101,18 +102,24 @@ def pipeline(config: str) -> dict[str, Any]:
                 model_dirs[name] = check_model_path(entry.path)
 
     results: dict[str, dict[str, Any]] = {}
+    evaluations: dict[str, dict[str, Any]] = {}
     for wave in spec.job_order():
-        running = {}
+        running, evaluating = {}, {}
         for name in wave:
             def model_dir(ref: str) -> str:  # a models entry's folder, or a finished job's trained model
                 return results[ref]["model_dir"] if ref in spec.jobs else model_dirs[ref]
 
             with labelled(job=name):
                 running[name] = submit_job(spec, name, model_dir, dataset_dirs)
+                if spec.jobs[name].evaluate:
+                    evaluating[name] = submit_evaluation(spec, name, running[name], model_dir, dataset_dirs)
         for name, future in running.items():
             results[name] = future.result()
+        for name, future in evaluating.items():
+            evaluations[name] = future.result()
 
-    summary = {"output_dir": str(output_dir), "datasets": dataset_dirs, "models": model_dirs, "jobs": results}
+    summary = {"output_dir": str(output_dir), "datasets": dataset_dirs, "models": model_dirs, "jobs": results,
+               "evaluations": evaluations}
     publish_summary(spec, summary)
     return summary
 
@@ -126,7 +133,7 @@ def submit_job(spec: PipelineConfig, name: str, model_dir: Callable[[str], str],
     if superseded is not None:
         get_run_logger().warning("job %s: its inputs changed; the previous run was moved to %s", name, superseded)
     datasets: dict[str, str] = {}  # folder -> the job's name for it: a folder named twice is tokenised once
-    for dataset in job.datasets():
+    for dataset in job.training_datasets():
         datasets.setdefault(dataset_dirs[dataset], dataset)
     prerequisites = []
     for token_spec in tokenize_specs(train_config, list(datasets)):
@@ -136,6 +143,20 @@ def submit_job(spec: PipelineConfig, name: str, model_dir: Callable[[str], str],
             references = reference_steps(train_config, {str(token_spec.cache_dir()): tokenized})
             prerequisites += [tokenized, *references]
     return train_model.submit(str(config_path), nproc=job.nproc, wait_for=prerequisites)
+
+
+def submit_evaluation(spec: PipelineConfig, name: str, trained: PrefectFuture, model_dir: Callable[[str], str],
+                      dataset_dirs: dict[str, str]) -> PrefectFuture:
+    """Evaluate job ``name``'s model once it is trained, against its starting model unless the job names
+    another reference; into ``<output_dir>/evaluations/<job>/``."""
+    entry = spec.jobs[name].evaluate
+    evaluation = {
+        **entry.model_dump(exclude={"datasets", "reward_model", "reference"}),
+        "datasets": [dataset_dirs[dataset] for dataset in entry.datasets], "names": list(entry.datasets),
+        "reward_model": model_dir(entry.reward_model) if entry.reward_model else None,
+        "reference": model_dir(entry.reference or spec.jobs[name].model),
+    }
+    return evaluate_model.submit(trained, evaluation, str(Path(spec.output_dir) / "evaluations" / name))
 
 
 def write_job_config(spec: PipelineConfig, name: str, model_dir: Callable[[str], str], dataset_dirs: dict[str, str]):
@@ -262,6 +283,7 @@ def step_rows(steps: list[StepRun], spec: PipelineConfig) -> list[StepRow]:
         *(step_label(materialize.name, [f"dataset:{name}"]) for name in spec.datasets),
         *(step_label(build_tiny.name, [f"model:{name}"]) for name, entry in spec.models.items() if entry.tiny),
         *(step_label(train_model.name, [f"job:{name}"]) for name in spec.jobs),
+        *(step_label(evaluate_model.name, [f"job:{name}"]) for name, job in spec.jobs.items() if job.evaluate),
     ]
     started = [row.step for row in rows]
     for label in planned:
@@ -285,8 +307,8 @@ def shorten_output(result: Any, output_dir: str | Path) -> str:
         return f"sha256 {result.sha256[:12]}"
     if isinstance(result, ValidationResult):
         result = result.report_path
-    elif isinstance(result, dict):  # a training result
-        result = result.get("model_dir")
+    elif isinstance(result, dict):  # a training result, or an evaluation's
+        result = result.get("model_dir") or result.get("path")
     if not isinstance(result, (str, Path)):
         return "-"
     path = Path(result)

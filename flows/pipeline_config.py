@@ -91,6 +91,22 @@ class DatasetEntry(_Strict):
 SCORER_SOURCES = {"reward_model": "rewards", "cost_model": "costs"}
 
 
+class EvaluateEntry(_Strict):
+    """A job's evaluation after training (``align_core.evaluation``): its folder is
+    ``<output_dir>/evaluations/<job>/<digest>/``."""
+
+    datasets: list[str] = Field(min_length=1, description="supervised, preference or prompt_only datasets")
+    reward_model: str | None = Field(None, description="a models entry or a job: judges completions of prompt sets")
+    reference: str | None = Field(None, description="a models entry or a job to compare with; default: the job's model")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.0, ge=0, description="0: greedy")
+    max_length: int = Field(512, ge=8)
+    tie_margin: float = Field(0.0, ge=0)
+
+    def refs(self) -> list[str]:
+        return [ref for ref in (self.reward_model, self.reference) if ref is not None]
+
+
 class JobEntry(_Strict):
     algorithm: str
     model: str = Field(description="a models entry, or another job whose trained model this one starts from")
@@ -104,9 +120,13 @@ class JobEntry(_Strict):
         None, description="online RL: a models entry or a job whose trained reward model scores the rollouts"
     )
     cost_model: str | None = Field(None, description="ppo_lag: a models entry or a job whose trained cost model costs them")
+    evaluate: EvaluateEntry | None = Field(None, description="evaluate the trained model after training")
 
     def datasets(self) -> list[str]:
-        """Every dataset the job reads."""
+        """Every dataset the job reads, its evaluation's included."""
+        return [*self.train, *self.eval, *self.ptx, *(self.evaluate.datasets if self.evaluate else [])]
+
+    def training_datasets(self) -> list[str]:
         return [*self.train, *self.eval, *self.ptx]
 
     def scorers(self) -> dict[str, str]:
@@ -144,7 +164,9 @@ class PipelineConfig(_Strict):
             for other in job.after:
                 if other not in self.jobs:
                     raise ValueError(f"jobs.{name}.after: {other!r} is not a job")
-            for key, ref in job.scorers().items():
+            evaluated = {f"evaluate.{key}": ref for key, ref in (job.evaluate.model_dump() if job.evaluate else {}).items()
+                         if key in ("reward_model", "reference") and ref is not None}
+            for key, ref in {**job.scorers(), **evaluated}.items():
                 if ref not in self.models and ref not in self.jobs:
                     raise ValueError(f"jobs.{name}.{key}: {ref!r} is neither a models entry nor a job")
         self.job_order()  # raises on a cycle
@@ -152,7 +174,7 @@ class PipelineConfig(_Strict):
 
     def dependencies(self, name: str) -> list[str]:
         job = self.jobs[name]
-        refs = [job.model, *job.after, *job.scorers().values()]
+        refs = [job.model, *job.after, *job.scorers().values(), *(job.evaluate.refs() if job.evaluate else [])]
         return [ref for ref in dict.fromkeys(refs) if ref in self.jobs]
 
     def job_order(self) -> list[list[str]]:
@@ -320,7 +342,14 @@ def _check_job(spec: PipelineConfig, name: str) -> None:
             raise UsageError(f"jobs.{name}.{key}: {job.algorithm} takes no {field} ({', '.join(takers)} do)")
     config = _prefixed(f"jobs.{name}", build_config, job_sections(spec, name), source=f"jobs.{name}.config")
     trainer = get_trainer(config.train_cfgs.algorithm)
-    for dataset in job.datasets():
+    if job.evaluate:
+        for dataset in job.evaluate.datasets:
+            if spec.datasets[dataset].kind not in ("supervised", "preference", "prompt_only"):
+                raise UsageError(f"jobs.{name}.evaluate: dataset {dataset!r} is {spec.datasets[dataset].kind}; "
+                                 "evaluate reads supervised, preference and prompt_only datasets")
+            if spec.datasets[dataset].kind == "prompt_only" and not job.evaluate.reward_model:
+                raise UsageError(f"jobs.{name}.evaluate: prompt set {dataset!r} needs a reward_model to judge completions")
+    for dataset in job.training_datasets():
         kind = spec.datasets[dataset].kind
         kinds = ("supervised",) if dataset in job.ptx else tuple(k.value for k in trainer.dataset_kinds)
         if kind not in kinds:

@@ -30,6 +30,8 @@ def rl_pipeline(folder: Path, reward_job: str = "grpo", algorithm: str = "grpo")
             reward_job: {
                 "algorithm": algorithm, "model": "tiny", "train": ["questions"], "reward_model": "rm",
                 "ptx": ["alpaca"] if algorithm == "grpo" else [],
+                **({"evaluate": {"datasets": ["questions", "hh"], "reward_model": "rm", "max_new_tokens": 8, "max_length": 160}}
+                   if algorithm == "grpo" else {}),
                 "config": {"train_cfgs": {**TRAIN, "max_steps": 2, "num_generations": 2, "max_new_tokens": 8, "ptx_coef": 0.1,
                                           "rewards": [{"name": "gsm8k_exact_match"}]} if algorithm == "grpo" else TRAIN,
                            "data_cfgs": {"max_length": 160}},
@@ -84,6 +86,26 @@ def test_a_grpo_job_is_scored_by_the_reward_model_job_it_names(tmp_path):
     assert all(row["reward"] == pytest.approx(row["reward/reward_model"] + row["reward/gsm8k_exact_match"], abs=1e-5)
                for row in rollouts)
     assert summary["jobs"]["grpo"]["final_train_metrics"]["ptx_loss"] > 0  # the PTX term read the alpaca shards
+    # the evaluation step: the trained policy against its starting model, judged by the rm job's model
+    evaluation = summary["evaluations"]["grpo"]
+    questions, hh = evaluation["metrics"]["questions"], evaluation["metrics"]["hh"]
+    from align_core.shards.dataset import ShardDataset
+
+    assert 0 < questions["prompts"] <= ShardDataset(summary["datasets"]["questions"]).manifest.rows
+    assert questions["win_rate"] + questions["tie_rate"] + questions["loss_rate"] == pytest.approx(1)
+    assert 0 <= questions["length_controlled_win_rate"] <= 1 and hh["measured_by"].startswith("implicit reward")
+    assert (Path(evaluation["path"]) / "report.html").is_file()
+    assert Path(evaluation["path"]).parent == tmp_path / "out" / "evaluations" / "grpo"
+    from typer.testing import CliRunner
+
+    from alignflow.cli import app
+
+    compared = CliRunner().invoke(app, ["report", "--compare", str(tmp_path / "out" / "jobs" / "rm"),
+                                        str(tmp_path / "out" / "jobs" / "grpo"), evaluation["path"]])
+    assert compared.exit_code == 0, compared.output
+    lines = compared.stdout.splitlines()
+    assert lines[0].split()[1:3] == ["rm", "grpo"] and any(line.startswith("questions/win_rate ") for line in lines)
+    assert any(line.startswith("train/loss ") and len(line.split()) == 4 for line in lines)
 
 
 def test_a_cost_model_job_is_a_dependency_and_a_cost_source_of_a_ppo_lag_job(tmp_path):
@@ -100,3 +122,20 @@ def test_a_cost_model_job_is_a_dependency_and_a_cost_source_of_a_ppo_lag_job(tmp
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(UsageError, match=r"jobs.grpo.cost_model: grpo takes no costs \(ppo_lag do\)"):
         check_pipeline(load_pipeline(path))
+
+
+def test_an_evaluation_is_checked_before_the_run_and_waits_for_the_models_it_names(tmp_path):
+    path = rl_pipeline(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["jobs"]["sft"] = {"algorithm": "sft", "model": "tiny", "train": ["alpaca"],
+                             "evaluate": {"datasets": ["questions"], "reward_model": "rm"}}
+    path.write_text(yaml.safe_dump(config))
+    assert load_pipeline(path).job_order() == [["rm"], ["grpo", "sft"]]  # the judge is trained first
+    config["jobs"]["sft"]["evaluate"] = {"datasets": ["questions"]}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(UsageError, match="jobs.sft.evaluate: prompt set 'questions' needs a reward_model"):
+        check_pipeline(load_pipeline(path))
+    config["jobs"]["sft"]["evaluate"] = {"datasets": ["alpaca"], "reference": "nowhere"}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(UsageError, match="jobs.sft.evaluate.reference: 'nowhere' is neither a models entry nor a job"):
+        load_pipeline(path)

@@ -1,4 +1,5 @@
-"""``alignflow report RUN_ID|DIR``: where the validation reports are, and what a flow run produced.
+"""``alignflow report RUN_ID|DIR``: where the validation reports are, and what a flow run produced;
+``alignflow report --compare RUN...``: runs' and evaluations' metrics side by side.
 
 For a dataset folder it prints the ``report.html`` the data contract wrote beside the manifest (for
 a root of datasets, each one's). For a flow run it prints the run's artifacts (its tasks' too) and
@@ -42,10 +43,21 @@ def reports_named_in(texts: list[str]) -> list[Path]:
 
 
 def report_command(
-    target: str = typer.Argument(..., help="a dataset folder, a root of them, or a flow run id (or name)"),
+    targets: list[str] = typer.Argument(..., help="a dataset folder, a root of them, or a flow run id (or name); "
+                                        "with --compare: training run or evaluation folders"),
     open_browser: bool = typer.Option(False, "--open", help="also open the report(s) in a web browser"),
+    compare: bool = typer.Option(False, "--compare", help="the metrics of the runs or evaluations side by side"),
 ) -> None:
-    """Print the HTML validation report(s) of a dataset folder, or the artifacts and reports of a flow run."""
+    """Print the HTML validation report(s) of a dataset folder, or the artifacts and reports of a flow run;
+    with --compare, the final metrics of training runs and evaluations side by side."""
+    if compare:
+        from align_core.evaluation.compare import compare_table
+
+        _print_columns(compare_table(targets))
+        return
+    if len(targets) != 1:
+        raise UsageError(f"give one dataset folder or flow run (got {len(targets)}); several go with --compare")
+    target = targets[0]
     folder = Path(target)
     if not folder.is_dir() and (folder.exists() or "/" in target):
         raise UsageError(f"{target} is not a folder (expected a dataset folder, a root of them, or a flow run id)")
@@ -55,6 +67,13 @@ def report_command(
     if open_browser:
         for report in reports:
             webbrowser.open(report.absolute().as_uri())
+
+
+def _print_columns(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                             for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
 
 
 def _folder_reports(folder: Path) -> list[Path]:

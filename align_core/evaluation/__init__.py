@@ -1,0 +1,1 @@
+"""Evaluation of trained models: per-dataset measures, win rates against a reference (``evaluate``)."""
