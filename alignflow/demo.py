@@ -47,6 +47,11 @@ def print_outputs(summary: dict, seconds: float) -> None:
         print(f"  {name:<5} {result['algorithm']:<4} {result['steps']:>4} steps  model: {result['model_dir']}")
         print(f"  {'':<5} eval: {evaluation or '-'}")
         print(f"  {'':<5} run folder: {run_dir}")
+    for name, evaluation in summary.get("evaluations", {}).items():
+        print(f"\nevaluation of {name} against its starting model (report.html, eval.json, completions): {evaluation['path']}")
+        for dataset, metrics in evaluation["metrics"].items():
+            shown = ", ".join(f"{key} {value:.3f}" for key, value in metrics.items() if isinstance(value, float))
+            print(f"  {dataset:<16} {shown}")
     print(f"\nTensorBoard:  tensorboard --logdir {Path(summary['output_dir']) / 'jobs'}")
     print(f"Inspect data: alignflow shards ls {Path(summary['output_dir']) / 'shards'}")
 
