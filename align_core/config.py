@@ -113,6 +113,9 @@ class ModelCfgs(_Section):
     freeze_mm_proj: bool = False
     freeze_language_model: bool = False
     lora: LoraCfgs | None = Field(None, description="train LoRA adapters instead of every weight (align_core.models.lora)")
+    quantization: Literal["4bit", "8bit"] | None = Field(
+        None, description="QLoRA: trained models' bases loaded quantized by bitsandbytes (CUDA only; needs lora)"
+    )
 
     def freeze_switches(self) -> list[str]:
         return [name for name in type(self).model_fields if name.startswith("freeze_") and getattr(self, name)]
@@ -228,6 +231,9 @@ def build_config(data: dict[str, Any], overrides: Sequence[str] = (), source: st
         raise UsageError(f"{source}: " + "; ".join(problems))
     _check_reference_model(config, source)
     _check_ptx(config, source)
+    if config.model_cfgs.quantization and config.model_cfgs.lora is None:
+        raise UsageError(f"{source}: model_cfgs.quantization={config.model_cfgs.quantization} freezes the base in "
+                         "quantized form: it trains only with model_cfgs.lora (QLoRA)")
     if config.logger_cfgs.merge_lora and config.model_cfgs.lora is None:
         raise UsageError(f"{source}: logger_cfgs.merge_lora needs model_cfgs.lora (there are no adapters to merge)")
     return config

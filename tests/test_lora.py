@@ -44,6 +44,18 @@ def test_only_the_adapters_train_and_a_score_models_head_in_full(tiny_model):
     assert trainable_parameters(score) == layers * per_layer + hidden + 1
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only refusal")
+def test_qlora_needs_lora_and_on_a_machine_without_cuda_is_a_one_line_refusal(tmp_path, tiny_model, sft_data):
+    with pytest.raises(UsageError, match="quantization=4bit freezes the base in quantized form: it trains only with model_cfgs.lora"):
+        build_config({"data_cfgs": {"train_datasets": ["d"]}, "logger_cfgs": {"output_dir": "o"},
+                      "model_cfgs": {"model_name_or_path": "m", "quantization": "4bit"}})
+    config = lora_config(tmp_path, tiny_model, sft_data, "qlora", max_steps=1)
+    config.write_text(config.read_text().replace("model_cfgs:\n", "model_cfgs:\n  quantization: 4bit\n"))
+    with pytest.raises(UsageError, match="QLoRA loads the base with bitsandbytes, which needs a CUDA device; this machine has none"):
+        run_in_process(config)
+    assert not (tmp_path / "qlora" / "checkpoints").exists()
+
+
 def test_merge_lora_without_lora_is_a_config_error():
     with pytest.raises(UsageError, match="logger_cfgs.merge_lora needs model_cfgs.lora"):
         build_config({"data_cfgs": {"train_datasets": ["d"]}, "model_cfgs": {"model_name_or_path": "m"},

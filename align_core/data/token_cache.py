@@ -115,6 +115,20 @@ def formatting_for(
     return formatter, media
 
 
+def conversation_encoder(
+    dataset: ShardDataset,
+    tokenizer_path: str | Path,
+    max_length: int,
+    truncation: str = "drop",
+    assistant_turns: str = "all",
+    trust_remote_code: bool = False,
+) -> ConversationEncoder:
+    """The encoder that tokenises ``dataset`` for this model and length policy: the one the token cache
+    is built with, and what ``alignflow inspect`` renders rows through."""
+    formatter, media = formatting_for(dataset, tokenizer_path, trust_remote_code)
+    return ConversationEncoder(formatter, max_length, parse_truncation(truncation), assistant_turns, media)
+
+
 def cache_key_inputs(
     dataset: ShardDataset,
     formatter: ModelFormatter,
@@ -285,10 +299,9 @@ def tokenize_dataset(
     """
     dataset = ShardDataset(dataset_dir)
     dataset.require_intact()  # also on a hit: the shard digests are the key, so they must be the bytes
-    policy = parse_truncation(truncation)
-    formatter, media = formatting_for(dataset, tokenizer_path, trust_remote_code)
-    encoder = ConversationEncoder(formatter, max_length, policy, assistant_turns, media)
-    key_inputs = cache_key_inputs(dataset, formatter, tokenizer_path, max_length, policy.value, assistant_turns, media)
+    encoder = conversation_encoder(dataset, tokenizer_path, max_length, truncation, assistant_turns, trust_remote_code)
+    formatter, media = encoder.formatter, encoder.media
+    key_inputs = cache_key_inputs(dataset, formatter, tokenizer_path, max_length, truncation, assistant_turns, media)
     cache_key = sha256_json(key_inputs)
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     final = root / cache_key

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from align_core.errors import UsageError
+
 if TYPE_CHECKING:
     from align_core.config import LoraCfgs
 
@@ -33,7 +35,10 @@ def apply_lora(model: torch.nn.Module, cfgs: LoraCfgs) -> torch.nn.Module:
     """``model`` with LoRA adapters, only they (and ``modules_to_save``) trainable."""
     if hasattr(model, "adapt"):  # a wrapper adapts the model inside it and stays the trainer's module
         return model.adapt(lambda inner: apply_lora(inner, cfgs))
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_quantized", False):  # QLoRA: norms in full precision, inputs that carry gradients
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
     is_score_model = hasattr(model, SCORE_HEAD)
     modules_to_save = [*cfgs.modules_to_save, *([SCORE_HEAD] if is_score_model else [])]
@@ -45,6 +50,32 @@ def apply_lora(model: torch.nn.Module, cfgs: LoraCfgs) -> torch.nn.Module:
         exclude_modules=[SCORE_HEAD] if is_score_model else None,
     )
     return get_peft_model(model, config)
+
+
+def quantized_loading(quantization: str | None, dtype: torch.dtype, zero_stage: int) -> dict[str, Any]:
+    """``from_pretrained`` kwargs that load a base quantized for QLoRA (bitsandbytes NF4 with double
+    quantization, or 8-bit); a one-line error where that cannot run. Not exercised on this project's CPU
+    machines: the CUDA path follows peft's and transformers' documented recipe."""
+    if quantization is None:
+        return {}
+    where = f"model_cfgs.quantization={quantization}"
+    if not torch.cuda.is_available():
+        raise UsageError(f"{where}: QLoRA loads the base with bitsandbytes, which needs a CUDA device; this machine has "
+                         "none (train without quantization here, or on a GPU)")
+    if zero_stage == 3:
+        raise UsageError(f"{where}: ZeRO-3 cannot partition bitsandbytes' packed weights; use zero_stage 0, 1 or 2")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UsageError(f"{where}: needs the bitsandbytes package (pip install bitsandbytes)") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=dtype)
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": config, "device_map": {"": torch.cuda.current_device()}}
 
 
 def is_lora_model(model: Any) -> bool:

@@ -33,7 +33,7 @@ from align_core.data.sampler import LengthGroupedSampler
 from align_core.errors import UsageError
 from align_core.io import atomic_write_json
 from align_core.models.freeze import freeze_parts
-from align_core.models.lora import apply_lora, merge_adapter_dir
+from align_core.models.lora import apply_lora, merge_adapter_dir, quantized_loading
 from align_core.shards.dataset import ShardDataset
 from align_core.shards.schema import Kind
 from align_core.trainers.checkpoint import CheckpointManager
@@ -130,6 +130,13 @@ class Trainer:
         (``align_core.models.lora.adapters_disabled``), the base model without a second copy."""
         model_cfgs = self.config.model_cfgs
         return model_cfgs.lora is not None and not model_cfgs.reference_model_name_or_path
+
+    def load_options(self) -> dict[str, Any]:
+        """Keyword arguments of the registry's loaders for the run's trained models: remote code, and QLoRA's
+        quantized loading (which fails here, in one line, where it cannot run)."""
+        model_cfgs = self.config.model_cfgs
+        quantized = quantized_loading(model_cfgs.quantization, resolve_dtype(self.train_cfgs.precision), self.train_cfgs.zero_stage)
+        return {"trust_remote_code": model_cfgs.trust_remote_code, **quantized}
 
     # ----- algorithm hooks -------------------------------------------------------------------------
 
@@ -238,6 +245,7 @@ class Trainer:
     def _prepare(self, resume_step: int | None) -> _RunState:
         """Data, models, checkpoints (restored when resuming) and metrics, in the order ranks must agree on."""
         dist = self.dist
+        self.load_options()  # a model setting this machine cannot run fails before any data is read
         train_rows, train_lengths, self.collate = self.load_datasets(self.config.data_cfgs.train_datasets)
         # The order is a pure function of (seed, epoch, rank): a resume skips batches without reading them.
         sampler = LengthGroupedSampler(

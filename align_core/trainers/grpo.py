@@ -139,7 +139,7 @@ class GRPOTrainer(Trainer):
     def load_model(self, path: str) -> torch.nn.Module:
         from align_core.models.registry import load_causal_lm
 
-        return load_causal_lm(path, trust_remote_code=self.config.model_cfgs.trust_remote_code)
+        return load_causal_lm(path, **self.load_options())
 
     def models(self) -> list[ModelRole]:
         model_cfgs = self.config.model_cfgs

@@ -155,7 +155,7 @@ class PPOTrainer(GRPOTrainer):
         """A score model: a saved one keeps its head; a causal LM gets a fresh one (seeded by the run's seed)."""
         from align_core.models.registry import load_score_model
 
-        return load_score_model(path, trust_remote_code=self.config.model_cfgs.trust_remote_code)
+        return load_score_model(path, **self.load_options())
 
     # ----- rollout ------------------------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ class ResponseLogpsTrainer(Trainer):
         """The policy inside a ``ResponseScorer``: the engine's forward returns response log-probs."""
         from align_core.models.registry import load_causal_lm
 
-        return ResponseScorer(load_causal_lm(path, trust_remote_code=self.config.model_cfgs.trust_remote_code))
+        return ResponseScorer(load_causal_lm(path, **self.load_options()))
 
     def models(self) -> list[ModelRole]:
         roles = super().models()

@@ -26,7 +26,7 @@ class RMTrainer(Trainer):
     def load_model(self, path: str) -> torch.nn.Module:
         from align_core.models.registry import load_score_model
 
-        return load_score_model(path, trust_remote_code=self.config.model_cfgs.trust_remote_code)
+        return load_score_model(path, **self.load_options())
 
     def _pair_scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(b,) end scores of the chosen and the rejected responses, from one forward over the 2b stacked rows."""

@@ -21,7 +21,7 @@ class SFTTrainer(Trainer):
     def load_model(self, path: str) -> torch.nn.Module:
         from align_core.models.registry import load_causal_lm
 
-        return load_causal_lm(path, trust_remote_code=self.config.model_cfgs.trust_remote_code)
+        return load_causal_lm(path, **self.load_options())
 
     def _logits(self, batch: Batch) -> torch.Tensor:
         """(b, L, V) logits; the loss is ours (not the model's), so every algorithm shifts labels alike."""
