@@ -163,3 +163,20 @@ def test_lora_ppo_adapts_the_policy_and_the_critic(tmp_path, tiny_model, prompts
     critic = load_file(str(Path(result["model_dirs"]["critic"]) / "adapter_model.safetensors"))
     assert any("score_head" in key for key in critic) and any("lora_A" in key for key in critic)
     assert read_jsonl(tmp_path / "ppo" / "metrics.jsonl")[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_killed_lora_dpo_run_resumes_to_the_same_losses_and_adapters(tmp_path, tiny_model, preference_data):
+    train, _ = preference_data
+    settings = {"algorithm": "dpo", "max_steps": 4, "save_interval": 2, "reference": "live", "beta": 0.1}
+    whole = launch(lora_config(tmp_path, tiny_model, train, "whole", **settings))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    config = lora_config(tmp_path, tiny_model, train, "resumed", **settings)
+    assert launch(config, "train_cfgs.debug_stop_after_steps=3").returncode == 17
+    resumed = launch(config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = read_jsonl(tmp_path / "whole" / "metrics.jsonl"), read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+    assert [(r["step"], r["loss"]) for r in got] == [(r["step"], r["loss"]) for r in expected]
+    before = load_file(str(tmp_path / "whole" / "model" / "adapter_model.safetensors"))
+    after = load_file(str(tmp_path / "resumed" / "model" / "adapter_model.safetensors"))
+    assert all(torch.equal(tensor, after[key]) for key, tensor in before.items())
