@@ -64,6 +64,33 @@ def _launcher_binary(name: str) -> str:
     return found
 
 
+def multinode_arguments(
+    launcher: str = "deepspeed",
+    hostfile: str | Path | None = None,
+    num_nodes: int | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    node_rank: int | None = None,
+) -> list[str]:
+    """The launcher's own flags for a run over several nodes. DeepSpeed starts every node from one
+    ``hostfile`` (``hostname slots=N`` lines, over pdsh/ssh); torchrun runs once per node, each told the
+    node count, its rank and the master's address."""
+    if launcher not in LAUNCHERS:
+        raise UsageError(f"unknown launcher {launcher!r}; expected one of {', '.join(LAUNCHERS)}")
+    if hostfile is not None and launcher == "torchrun":
+        raise UsageError("torchrun takes no hostfile: run it on every node with --num-nodes, --node-rank and --master-addr")
+    if hostfile is not None and not Path(hostfile).is_file():
+        raise UsageError(f"hostfile {hostfile} does not exist")
+    names = {"deepspeed": {"nodes": "--num_nodes", "rank": "--node_rank"},
+             "torchrun": {"nodes": "--nnodes", "rank": "--node_rank"}}[launcher]
+    args: list[str] = []
+    for flag, value in (("--hostfile", hostfile), (names["nodes"], num_nodes), (names["rank"], node_rank),
+                        ("--master_addr", master_addr), ("--master_port", master_port)):
+        if value is not None:
+            args += [flag, str(Path(value).absolute()) if flag == "--hostfile" else str(value)]
+    return args
+
+
 def launch_command(
     config_path: str | Path,
     overrides: Sequence[str] = (),

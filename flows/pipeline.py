@@ -40,7 +40,7 @@ from align_core.trainers.cached_steps import tokenize_specs
 from align_core.trainers.rundir import set_aside_other_run
 from data_contracts.results import ValidationResult
 from flows.materialize import materialize
-from flows.pipeline_config import PipelineConfig, check_pipeline, job_sections, load_pipeline
+from flows.pipeline_config import LauncherEntry, PipelineConfig, check_pipeline, job_sections, load_pipeline
 from tasks.artifacts import publish_markdown
 from tasks.crashed_runs import start_of_run
 from tasks.evaluate import evaluate_model
@@ -142,7 +142,9 @@ def submit_job(spec: PipelineConfig, name: str, model_dir: Callable[[str], str],
             # reference log-probs (dpo, ipo, kto): each cached column computed once, before training
             references = reference_steps(train_config, {str(token_spec.cache_dir()): tokenized})
             prerequisites += [tokenized, *references]
-    return train_model.submit(str(config_path), nproc=job.nproc, wait_for=prerequisites)
+    launcher = job.launcher or LauncherEntry()
+    return train_model.submit(str(config_path), nproc=job.nproc, launcher=launcher.name,
+                              launcher_args=launcher.arguments(), wait_for=prerequisites)
 
 
 def submit_evaluation(spec: PipelineConfig, name: str, trained: PrefectFuture, model_dir: Callable[[str], str],

@@ -91,6 +91,24 @@ class DatasetEntry(_Strict):
 SCORER_SOURCES = {"reward_model": "rewards", "cost_model": "costs"}
 
 
+class LauncherEntry(_Strict):
+    """How a job's ranks start over several nodes (``align_core.launch.multinode_arguments``)."""
+
+    name: Literal["deepspeed", "torchrun"] = "deepspeed"
+    hostfile: str | None = Field(None, description="deepspeed: 'hostname slots=N' lines")
+    num_nodes: int | None = Field(None, ge=1)
+    node_rank: int | None = Field(None, ge=0)
+    master_addr: str | None = None
+    master_port: int | None = Field(None, ge=1, le=65535)
+    args: list[str] = Field([], description="any other launcher flag, verbatim")
+
+    def arguments(self) -> list[str]:
+        from align_core.launch import multinode_arguments
+
+        nodes = multinode_arguments(self.name, self.hostfile, self.num_nodes, self.master_addr, self.master_port, self.node_rank)
+        return [*nodes, *self.args]
+
+
 class EvaluateEntry(_Strict):
     """A job's evaluation after training (``align_core.evaluation``): its folder is
     ``<output_dir>/evaluations/<job>/<digest>/``."""
@@ -114,7 +132,8 @@ class JobEntry(_Strict):
     eval: list[str] = []
     ptx: list[str] = Field([], description="online RL: supervised datasets of the PTX term (with train_cfgs.ptx_coef)")
     config: dict[str, dict[str, Any]] = {}
-    nproc: int = Field(1, ge=1)
+    nproc: int = Field(1, ge=1, description="ranks per node")
+    launcher: LauncherEntry | None = Field(None, description="several nodes: the launcher and its flags")
     after: list[str] = Field([], description="extra jobs to wait for")
     reward_model: str | None = Field(
         None, description="online RL: a models entry or a job whose trained reward model scores the rollouts"
@@ -219,6 +238,9 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     for model in config.models.values():
         if model.path:
             model.path = resolve(model.path)
+    for job in config.jobs.values():
+        if job.launcher and job.launcher.hostfile:
+            job.launcher.hostfile = resolve(job.launcher.hostfile)
     return config
 
 
@@ -340,6 +362,8 @@ def _check_job(spec: PipelineConfig, name: str) -> None:
         takers = sorted(algorithm for algorithm, settings in settings_by_algorithm().items() if field in settings.model_fields)
         if job.algorithm in settings_by_algorithm() and job.algorithm not in takers:
             raise UsageError(f"jobs.{name}.{key}: {job.algorithm} takes no {field} ({', '.join(takers)} do)")
+    if job.launcher:
+        _prefixed(f"jobs.{name}.launcher", job.launcher.arguments)
     config = _prefixed(f"jobs.{name}", build_config, job_sections(spec, name), source=f"jobs.{name}.config")
     trainer = get_trainer(config.train_cfgs.algorithm)
     if job.evaluate:

@@ -88,6 +88,21 @@ def test_pipeline_config_errors_name_the_key(tmp_path):
         load_pipeline(path)
 
 
+def test_a_jobs_launcher_section_becomes_the_launchers_flags_and_is_checked_first(tmp_path):
+    from flows.pipeline_config import check_pipeline
+
+    path = pipeline_yaml(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["jobs"]["rm"].update(nproc=8, launcher={"hostfile": "hosts", "num_nodes": 2, "master_addr": "node-a"})
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UsageError, match=r"jobs.rm.launcher: hostfile .*/hosts does not exist"):
+        check_pipeline(load_pipeline(path))
+    (tmp_path / "hosts").write_text("node-a slots=8\nnode-b slots=8\n")
+    spec = load_pipeline(path)  # the hostfile is relative to the YAML file
+    assert spec.jobs["rm"].launcher.arguments() == ["--hostfile", str(tmp_path / "hosts"), "--num_nodes", "2",
+                                                    "--master_addr", "node-a"]
+
+
 @pytest.mark.parametrize("key, value", [("modality", "text")])  # reward_model is read now: tests/test_rl_pipeline.py
 def test_job_keys_that_nothing_reads_are_unknown_keys(tmp_path, key, value):
     path = pipeline_yaml(tmp_path)

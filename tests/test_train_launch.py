@@ -60,3 +60,44 @@ def test_cli_names_an_unknown_override_key(tmp_path, tiny_model, sft_data):
     outcome = CliRunner().invoke(app, ["train", str(config), "train_cfgs.max_step=3"])
     assert outcome.exit_code == 2
     assert "unknown config key 'train_cfgs.max_step' (did you mean 'max_steps'?)" in outcome.output
+
+
+def test_multinode_flags_are_the_launchers_own():
+    from align_core.errors import UsageError
+    from align_core.launch import multinode_arguments
+
+    assert multinode_arguments("torchrun", num_nodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500) == [
+        "--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.1", "--master_port", "29500"]
+    with pytest.raises(UsageError, match="torchrun takes no hostfile"):
+        multinode_arguments("torchrun", hostfile="hosts")
+    with pytest.raises(UsageError, match="hostfile nowhere/hosts does not exist"):
+        multinode_arguments("deepspeed", hostfile="nowhere/hosts")
+
+
+def test_a_hostfile_reaches_the_deepspeed_launcher(tmp_path):
+    from align_core.launch import launch_command, multinode_arguments
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node-a slots=8\nnode-b slots=8\n")
+    args = multinode_arguments("deepspeed", hostfile=hosts, num_nodes=2, master_addr="node-a")
+    command = launch_command(tmp_path / "c.yaml", [], nproc=8, launcher="deepspeed", launcher_args=args)
+    assert command[1:3] == ["--num_gpus", "8"] and command[command.index("--hostfile") + 1] == str(hosts)
+    assert command[command.index("--num_nodes") + 1] == "2" and "--master_port" in command  # a free port still picked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_learn_what_one_process_learns_from_the_same_global_batches(tmp_path, tiny_model, sft_data, stage):
+    from align_core.launch import run as run_in_process
+
+    def config(name: str, batch: int):
+        return write_config(tmp_path / f"{name}.yaml", tiny_model, [sft_data], tmp_path / name,
+                            {"train_cfgs": {"max_steps": 4, "zero_stage": stage, "per_device_train_batch_size": batch}})
+
+    run_in_process(config("one", 4))
+    finished = launch(config("two", 2), nproc=2)
+    assert finished.returncode == 0, finished.stdout[-4000:]
+    one, two = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    # the sampler's global batches do not depend on the split, and every token weighs the same
+    assert [r["tokens"] for r in two] == [r["tokens"] for r in one]
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
