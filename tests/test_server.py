@@ -331,3 +331,47 @@ def test_reports_named_in_artifacts_are_found_through_files_or_dataset_folders(t
     other.write_text("<html></html>")
     texts = [f"- folder: `{dataset}`\n- missing: `{tmp_path / 'gone'}`", f"[the report]({other}) and again `{dataset / 'report.html'}`"]
     assert reports_named_in(texts) == [dataset / "report.html", other]
+
+
+@pytest.mark.slow
+def test_a_pool_deployment_is_run_by_workers_that_share_its_queue(tmp_path):
+    """`deploy --pool` registers and returns; two workers with a limit of one run each take one of two
+    triggered runs, and both complete."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    home, port = tmp_path / "home", free_port()
+    environ = {**cli_environment(home), "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "0",
+               "PREFECT_LOGGING_LEVEL": "INFO"}  # the workers log the runs they submit
+    source = tmp_path / "alpaca.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in ALPACA_ROWS))
+    workers = []
+    try:
+        assert alignflow(environ, "server", "start", "--port", str(port)).returncode == 0
+        api_url = f"http://127.0.0.1:{port}/api"
+        deployed = alignflow(environ, "deploy", "--flow", "flows.materialize:materialize", "--name", "pooled", "--pool", "cpu",
+                             "--param", f"source={source}", "--param", "template=Alpaca", "--param", "kind=supervised",
+                             "--param", f"out={tmp_path / 'out'}", "--param", "validate_contract=false")
+        assert deployed.returncode == 0, deployed.stderr
+        assert "alignflow worker start --pool cpu" in deployed.stderr
+        for index in range(2):
+            log = open(tmp_path / f"worker{index}.log", "w")  # noqa: SIM115 - the worker writes it until stopped
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "alignflow", "worker", "start", "--pool", "cpu", "--limit", "1", "--name", f"w{index}"],
+                env=environ, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        with SyncPrefectClient(api_url) as client:
+            deployment = client.read_deployment_by_name("materialize/pooled")
+            assert deployment.work_pool_name == "cpu" and client.read_work_pool("cpu").type == "process"
+            wait_for("two workers polling the pool", lambda: len(client.read_workers_for_work_pool("cpu")) == 2, timeout=60)
+            runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"out": str(tmp_path / f"out{i}")})
+                    for i in range(2)]
+            finished = [wait_for(f"run {run.name} to finish", lambda run=run: (r := client.read_flow_run(run.id)).state.is_final() and r,
+                                 timeout=150) for run in runs]
+        assert all(run.state.is_completed() for run in finished), [run.state for run in finished]
+        assert all(ShardDataset(next((tmp_path / f"out{i}").glob("*/manifest.json")).parent).manifest.rows == 2 for i in range(2))
+        logs = [(tmp_path / f"worker{index}.log").read_text() for index in range(2)]
+        taken = [[str(run.id) in log for run in runs] for log in logs]
+        assert sorted(map(sum, taken)) == [1, 1], taken  # one run each: the limit sent the second run to the other worker
+    finally:
+        for worker in workers:
+            stop_process_group(worker)
+        server.stop_server(home=home)

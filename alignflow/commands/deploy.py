@@ -1,9 +1,13 @@
-"""``alignflow deploy [PIPELINE.yaml] --name NAME --cron CRON``: serve a flow as a scheduled deployment.
+"""``alignflow deploy [PIPELINE.yaml] --name NAME --cron CRON [--pool POOL]``: a scheduled deployment.
 
 ``flow.serve`` registers the deployment with its schedule on the Prefect server and then keeps
 running: this process is the one that starts the scheduled (and manually triggered) runs, each in a
 subprocess in the current folder. Stopping it (Ctrl-C, SIGTERM) pauses the schedule.
 Schedules need a real server, so the command refuses to run against Prefect's temporary one.
+
+With ``--pool`` the deployment is registered to a process work pool instead and the command returns:
+``alignflow worker start --pool POOL`` processes, on this machine or any other that reaches the server
+and has the code at the same path, pick up its runs (``alignflow/commands/worker.py``).
 """
 
 from __future__ import annotations
@@ -97,8 +101,11 @@ def deploy_command(
     timezone: str = typer.Option("UTC", "--timezone", help="time zone the cron schedule is read in"),
     flow_entrypoint: str = typer.Option(PIPELINE_ENTRYPOINT, "--flow", help="the flow to serve: path/file.py:func or package.module:func"),
     param: list[str] = typer.Option([], "--param", help="flow parameter key=value (repeatable; values read as YAML)"),
+    pool: str | None = typer.Option(None, "--pool", help="register to this process work pool and return; "
+                                    "`alignflow worker start --pool NAME` processes run it (created if missing)"),
 ) -> None:
-    """Serve a flow as deployment NAME on the running Prefect server; runs until stopped."""
+    """Serve a flow as deployment NAME on the running Prefect server (runs until stopped), or with --pool
+    register it to a work pool whose workers, here or on any machine that reaches the server, run it."""
     parameters = parse_options(param)
     if config is not None:
         if not config.is_file():
@@ -112,6 +119,11 @@ def deploy_command(
     check_parameters(flow, parameters)
     schedule = build_schedule(cron, timezone) if cron else None
     when = f"cron {cron!r} ({timezone})" if cron else "no schedule (trigger runs by hand)"
+    if pool is not None:
+        deploy_to_pool(flow_entrypoint, name, pool, schedule, parameters)
+        typer.echo(f"deployment '{flow.name}/{name}' on work pool {pool!r} at {api_url}, {when}.\n"
+                   f"Start workers to run it: alignflow worker start --pool {pool}", err=True)
+        return
     typer.echo(
         f"serving deployment '{flow.name}/{name}' on {api_url}, {when}.\n"
         "This process starts the deployment's runs: keep it running (Ctrl-C stops it and pauses the schedule).",
@@ -123,6 +135,43 @@ def deploy_command(
         parameters=parameters,
         entrypoint_type=EntrypointType.FILE_PATH if is_file_entrypoint(flow_entrypoint) else EntrypointType.MODULE_PATH,
     )
+
+
+def code_location(entrypoint: str) -> tuple[Path, str]:
+    """(folder, ``file.py:func`` relative to it) of a flow: a worker's run starts in that folder and loads the
+    flow from the file, so the folder must exist at the same path wherever a worker runs (a shared checkout)."""
+    if is_file_entrypoint(entrypoint):
+        path, _, function = entrypoint.rpartition(":")
+        file = Path(path).absolute()
+        return file.parent, f"{file.name}:{function}"
+    module, _, function = entrypoint.partition(":")
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise UsageError(f"cannot find the module of the flow {entrypoint!r}")
+    root = Path(spec.origin).parents[module.count(".")]  # the folder the top-level package sits in
+    return root, f"{Path(spec.origin).relative_to(root)}:{function}"
+
+
+def deploy_to_pool(entrypoint: str, name: str, pool: str, schedule, parameters: dict[str, Any]) -> None:
+    """Register deployment ``name`` of the flow to process work pool ``pool`` (made if missing)."""
+    from prefect import Flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        except ObjectAlreadyExists:
+            if client.read_work_pool(pool).type != "process":
+                raise UsageError(f"work pool {pool!r} exists with type {client.read_work_pool(pool).type!r}; "
+                                 "alignflow deploys to process pools") from None
+    folder, relative = code_location(entrypoint)
+    flow = Flow.from_source(source=str(folder), entrypoint=relative)
+    flow.deploy(name=name, work_pool_name=pool, schedule=schedule, parameters=parameters, print_next_steps=False,
+                build=False, push=False)
 
 
 def register(app: typer.Typer) -> None:
