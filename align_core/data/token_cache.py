@@ -125,8 +125,9 @@ def conversation_encoder(
 ) -> ConversationEncoder:
     """The encoder that tokenises ``dataset`` for this model and length policy: the one the token cache
     is built with, and what ``alignflow inspect`` renders rows through."""
+    policy = parse_truncation(truncation)  # a bad policy fails before the tokenizer loads
     formatter, media = formatting_for(dataset, tokenizer_path, trust_remote_code)
-    return ConversationEncoder(formatter, max_length, parse_truncation(truncation), assistant_turns, media)
+    return ConversationEncoder(formatter, max_length, policy, assistant_turns, media)
 
 
 def cache_key_inputs(
@@ -208,6 +209,18 @@ class TokenizeSpec(BaseModel):
 def is_complete(cache_dir: str | Path) -> bool:
     """A cache folder is complete once its manifest exists: the manifest is written last."""
     return (Path(cache_dir) / MANIFEST_NAME).is_file()
+
+
+def is_token_cache(folder: str | Path) -> bool:
+    """A published token cache folder: not a staging folder, and its manifest (written last) carries a
+    ``cache_key``, which a dataset folder's manifest does not."""
+    manifest = Path(folder) / MANIFEST_NAME
+    if Path(folder).name.startswith(".") or not manifest.is_file():
+        return False
+    try:
+        return "cache_key" in json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def read_token_manifest(cache_dir: str | Path) -> dict[str, Any]:

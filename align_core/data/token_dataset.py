@@ -70,6 +70,10 @@ class TokenDataset(Dataset):
             [batch.scalars["length"] for batch in self._batches] or [np.zeros(0, dtype=np.int32)]
         )
 
+    def ids(self) -> list[str]:
+        """Every row's sample id, in row order (from the mapped ``id`` columns; no token is read)."""
+        return [str(row_id) for batch in self._batches for row_id in batch.scalars["id"]]
+
     def __len__(self) -> int:
         return int(self._starts[-1])
 

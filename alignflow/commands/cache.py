@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -17,7 +16,7 @@ TOKEN_CACHE, REFERENCE = "token cache", "reference"
 def find_caches(path: Path) -> list[tuple[str, Path]]:
     """``(what, folder)`` for every complete cache at or below ``path``: a reference column, a token
     cache (with its reference columns), or a cache root (every token cache in it, with theirs)."""
-    from align_core.data.token_cache import MANIFEST_NAME
+    from align_core.data.token_cache import MANIFEST_NAME, is_token_cache
     from align_core.reference.cache import REFERENCE_SUBDIR
 
     if not path.is_dir():
@@ -25,26 +24,13 @@ def find_caches(path: Path) -> list[tuple[str, Path]]:
     if path.parent.name == REFERENCE_SUBDIR and (path / MANIFEST_NAME).is_file():
         return [(REFERENCE, path)]
     found = []
-    for cache in [path] if _is_token_cache(path) else sorted(p for p in path.iterdir() if _is_token_cache(p)):
+    for cache in [path] if is_token_cache(path) else sorted(p for p in path.iterdir() if is_token_cache(p)):
         found.append((TOKEN_CACHE, cache))
         references = sorted((cache / REFERENCE_SUBDIR).glob(f"[!.]*/{MANIFEST_NAME}"))  # not .staging-*
         found.extend((REFERENCE, manifest.parent) for manifest in references)
     if not found:
         raise UsageError(f"{path}: no complete token cache or reference column here or one level below")
     return found
-
-
-def _is_token_cache(folder: Path) -> bool:
-    """A published token cache folder: its manifest (written last) carries a ``cache_key``."""
-    from align_core.data.token_cache import MANIFEST_NAME
-
-    manifest = folder / MANIFEST_NAME
-    if folder.name.startswith(".") or not manifest.is_file():
-        return False
-    try:
-        return "cache_key" in json.loads(manifest.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 @cache_app.command("verify")
