@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect import task
 
 from align_core.data.token_cache import TokenizeSpec, is_complete, read_token_manifest
+from align_core.data.token_checks import check_token_cache
 from align_core.io import sha256_json
 from align_core.markdown import markdown_table
 from tasks.artifacts import publish_markdown
@@ -26,9 +27,11 @@ def _task_key(context, parameters: dict) -> str:
 
 @task(name="tokenize", cache_key_fn=_task_key, persist_result=True, result_storage=prefect_result_storage())
 def tokenize(spec: TokenizeSpec) -> str:
-    """Token cache folder for the spec's dataset; attaches a table of kept/truncated/dropped counts."""
+    """Token cache folder for the spec's dataset; attaches tables of kept/truncated/dropped counts and of the
+    token-level checks (``align_core.data.token_checks``)."""
     cache_dir = spec.build()
     manifest = read_token_manifest(cache_dir)
+    findings = check_token_cache(cache_dir)  # the trainer refuses a cache whose error-severity checks fail
     publish_markdown(
         key=f"tokens-{manifest['cache_key'][:16]}",
         description=f"token cache of {manifest['kind']} dataset {manifest['dataset']['digest'][:16]}",
@@ -38,6 +41,8 @@ def tokenize(spec: TokenizeSpec) -> str:
             f"tokenizer: `{manifest['tokenizer_path']}` (chat format: {manifest['chat_format_source']})",
             f"max_length {spec.max_length}, truncation {spec.truncation}, assistant turns {spec.assistant_turns}",
         ],
-        tables=[markdown_table(["count", "value"], manifest["counts"].items())],
+        tables=[markdown_table(["count", "value"], manifest["counts"].items()),
+                markdown_table(["token check", "severity", "failing", "of", "e.g."],
+                               [(f.name, f.severity, f.count, f.checked, ", ".join(f.sample_ids) or "-") for f in findings])],
     )
     return str(cache_dir)

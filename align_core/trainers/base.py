@@ -30,6 +30,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from align_core.config import TrainCfgs, TrainConfig
 from align_core.data.batch import Batch
 from align_core.data.sampler import LengthGroupedSampler
+from align_core.data.token_checks import require_token_checks
 from align_core.errors import UsageError
 from align_core.io import atomic_write_json
 from align_core.models.freeze import freeze_parts
@@ -169,6 +170,8 @@ class Trainer:
                 raise UsageError(f"{folder}: a {kind.value} dataset; {reader} {expected} datasets")
         specs = tokenize_specs(self.config, dataset_dirs)
         caches = self.local_main_first(lambda: [spec.build() for spec in specs])
+        for cache in caches:  # tokens that would train silently wrong stop the run here, naming rows
+            require_token_checks(cache, warn=print if self.dist.is_main else lambda line: None)
         parts = [TokenDataset(cache) for cache in caches]
         for folder, part in zip(dataset_dirs, parts):
             if len(part) == 0:
