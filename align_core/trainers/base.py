@@ -183,6 +183,11 @@ class Trainer:
         media = media_processor_for(parts, self.config.model_cfgs.trust_remote_code)
         return rows, [int(n) for part in parts for n in part.lengths], parts[0].collator(media=media)
 
+    def train_collate(self, collate: Any) -> Any:
+        """The collate function of training micro-batches, from the datasets' (evaluation keeps that one):
+        SFT's packing replaces it."""
+        return collate
+
     def compute_loss(self, batch: Batch, totals: StepTotals) -> tuple[torch.Tensor, Metrics]:
         """The micro-batch's share of the step loss (its sum over the step's count), and metric shares."""
         raise NotImplementedError
@@ -249,7 +254,8 @@ class Trainer:
         """Data, models, checkpoints (restored when resuming) and metrics, in the order ranks must agree on."""
         dist = self.dist
         self.load_options()  # a model setting this machine cannot run fails before any data is read
-        train_rows, train_lengths, self.collate = self.load_datasets(self.config.data_cfgs.train_datasets)
+        train_rows, train_lengths, collate = self.load_datasets(self.config.data_cfgs.train_datasets)
+        self.collate = self.train_collate(collate)
         # The order is a pure function of (seed, epoch, rank): a resume skips batches without reading them.
         sampler = LengthGroupedSampler(
             train_lengths,

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+from pydantic import Field
 
+from align_core.config import TrainCfgs
 from align_core.data.batch import Batch, forward
+from align_core.data.packing import packed_batch
+from align_core.errors import UsageError
 from align_core.losses import sequence_logps, sft_loss
 from align_core.shards.schema import Kind
 from align_core.trainers.base import Metrics, StepTotals, Trainer
+
+
+class SFTSettings(TrainCfgs):
+    packing: bool = Field(False, description="pack each micro-batch's rows end to end into sequences of at most "
+                          "data_cfgs.max_length tokens, padding-free (align_core.data.packing)")
 
 
 class SFTTrainer(Trainer):
@@ -17,6 +27,15 @@ class SFTTrainer(Trainer):
 
     algorithm = "sft"
     dataset_kinds = (Kind.SUPERVISED,)
+    settings = SFTSettings
+
+    def train_collate(self, collate):
+        if not getattr(self.train_cfgs, "packing", False):  # a subclass may bring settings of its own
+            return collate
+        if collate.media is not None:
+            raise UsageError("train_cfgs.packing: rows with media inputs are not packed; set packing: false")
+        # the same rows per micro-batch, so the same losses; only the padding goes
+        return functools.partial(packed_batch, pad_token_id=collate.pad_token_id, capacity=self.config.data_cfgs.max_length)
 
     def load_model(self, path: str) -> torch.nn.Module:
         from align_core.models.registry import load_causal_lm
