@@ -3,13 +3,16 @@
 GX judges each chunk; the verdict for the dataset comes from the summed counts with the same rule
 GX applies (``mostly`` of the non-null rows must meet the expectation), so a dataset split into
 many chunks gets the verdict it would get as one frame. Only row-wise ("map") expectations add up
-like this; whole-table row counts are judged by ``table_result`` over the total.
+like this; whole-table row counts are judged by ``table_result`` over the total, and column means
+(``expect_column_mean_to_be_between``, e.g. the share of pairs whose longer answer is chosen) by
+``MeanTally`` from a sum and a count that add up over chunks: GX would judge each chunk's mean alone.
 
 GX is imported lazily: it takes seconds, and the gate and the CLI's other commands never need it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +61,61 @@ class Tally:
         )
 
 
+@dataclass
+class MeanTally:
+    """A column's sum and count of non-null values over chunks: its mean over the whole dataset."""
+
+    spec: ExpectationSpec
+    total: float = 0.0
+    count: int = 0
+    element_count: int = 0
+
+    def add(self, frame: pd.DataFrame) -> None:
+        values = frame[self.spec.columns[0]].dropna()
+        self.total += float(values.astype(float).sum())
+        self.count += len(values)
+        self.element_count += len(frame)
+
+    def result(self) -> ExpectationResult:
+        """GX's rule on the dataset's mean: within [min_value, max_value] (strict_min/strict_max
+        exclude the bound); vacuously true without any value."""
+        if not self.count:
+            return _result(self.spec, success=True, element_count=0, unexpected_count=0, unexpected_percent=0.0)
+        mean = self.total / self.count
+        kwargs = self.spec.kwargs
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        above_low = low is None or (mean > low if kwargs.get("strict_min") else mean >= low)
+        below_high = high is None or (mean < high if kwargs.get("strict_max") else mean <= high)
+        observed = kto_balance(mean) if self.spec.columns == ["label"] else round(mean, 4)
+        return _result(
+            self.spec,
+            success=above_low and below_high,
+            element_count=self.count,
+            unexpected_count=0,
+            unexpected_percent=0.0,
+            observed_value=observed,
+        )
+
+
+def kto_balance(desirable_fraction: float) -> dict[str, Any]:
+    """The desirable share of KTO rows, the desirable:undesirable ratio, and the loss weights that bring
+    lambda_D * n_D / (lambda_U * n_U) into [1, 4/3], the range the KTO paper recommends (Ethayarajh et
+    al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization", section 4.2): the smallest
+    change from 1.0 each (``kto_desirable_weight``/``kto_undesirable_weight`` of the KTO trainer)."""
+    observed: dict[str, Any] = {"desirable_fraction": round(desirable_fraction, 4)}
+    if desirable_fraction in (0.0, 1.0):
+        return observed | {"note": "only one label: no weights balance it"}
+    ratio = desirable_fraction / (1.0 - desirable_fraction)
+    desirable_weight = math.ceil(100 / ratio) / 100 if ratio < 1 else 1.0  # rounded up: the ratio stays >= 1
+    undesirable_weight = math.ceil(75 * ratio) / 100 if ratio > 4 / 3 else 1.0  # rounded up: <= 4/3
+    return observed | {
+        "desirable_per_undesirable": round(ratio, 4),
+        "kto_desirable_weight": desirable_weight,
+        "kto_undesirable_weight": undesirable_weight,
+    }
+
+
+
 class GXChecks:
     """A suite's row-wise expectations as a GX suite, run on successive DataFrame chunks."""
 
@@ -66,7 +124,9 @@ class GXChecks:
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         self.suite = suite
-        self.tallies = {spec.name: Tally(spec) for spec in suite.expectations if not spec.table_level}
+        row_wise = [spec for spec in suite.expectations if not spec.table_level and not spec.dataset_aggregate]
+        self.tallies = {spec.name: Tally(spec) for spec in row_wise}
+        self.means = {spec.name: MeanTally(spec) for spec in suite.expectations if spec.dataset_aggregate}
         for spec in suite.expectations:
             missing = [column for column in spec.columns if column not in derived_columns]
             if missing:
@@ -82,11 +142,17 @@ class GXChecks:
         asset = context.data_sources.add_pandas("alignflow").add_dataframe_asset("derived")
         self._batch_definition = asset.add_batch_definition_whole_dataframe("chunk")
         expectations = [_gx_expectation(tally.spec) for tally in self.tallies.values()]
+        for mean in self.means.values():
+            _gx_expectation(mean.spec)  # checks its arguments; the runner judges it over the dataset
         self._gx_suite = gx.ExpectationSuite(name=suite.version, expectations=expectations)
 
     def validate(self, frame: pd.DataFrame) -> None:
-        """Run every row-wise expectation on ``frame`` and add its counts."""
-        if not self.tallies or frame.empty:
+        """Run every row-wise expectation on ``frame`` and add its counts (and the sums of the means)."""
+        if frame.empty:
+            return
+        for mean in self.means.values():
+            mean.add(frame)
+        if not self.tallies:
             return
         batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame[self._columns]})
         # BASIC + a few unexpected rows: GX's SUMMARY walks every unexpected row in Python (seconds).
@@ -104,7 +170,7 @@ class GXChecks:
     def results(self, rows: int) -> list[ExpectationResult]:
         """Every expectation's verdict, in suite order; ``rows`` is the dataset's total row count."""
         return [
-            table_result(spec, rows) if spec.table_level else self.tallies[spec.name].result()
+            table_result(spec, rows) if spec.table_level else (self.means.get(spec.name) or self.tallies[spec.name]).result()
             for spec in self.suite.expectations
         ]
 
@@ -145,16 +211,17 @@ def _gx_expectation(spec: ExpectationSpec):
         expectation_class = get_expectation_impl(spec.type)
     except ExpectationNotFoundError:
         raise UsageError(f"expectation {spec.name!r}: GX has no expectation type {spec.type!r}") from None
-    if not issubclass(expectation_class, (ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation)):
+    row_wise = issubclass(expectation_class, (ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation))
+    if not row_wise and not spec.dataset_aggregate:
         raise UsageError(
             f"expectation {spec.name!r}: {spec.type} is an aggregate check; validation streams the dataset in chunks, "
-            "so only row-wise (column map) expectations and table row counts are supported"
+            "so only row-wise (column map) expectations, column means and table row counts are supported"
         )
     try:
         return expectation_class(
             **spec.domain,
             **spec.kwargs,
-            mostly=spec.mostly,
+            **({"mostly": spec.mostly} if row_wise else {}),
             severity=GX_SEVERITY[spec.severity],
             meta={"alignflow_name": spec.name},
         )

@@ -22,7 +22,16 @@ column                              meaning
 ``prompt_repeat``                   the prompt (supervised: all but the last message) was seen before
 ``sample_repeat``                   the whole sample (all conversations + label) was seen before
 ``id_repeat``                       the id was seen before
+``damaged_text_parts``              text parts (all columns) holding mojibake or U+FFFD characters
 ``chosen_equals_rejected``          preference only: the two continuations are identical
+``length_difference_chars``         preference only: characters of chosen's text minus rejected's
+``longer_is_chosen``                preference only: chosen's text is the longer one (null on a tie)
+``pair_similarity``                 preference only: character-trigram Jaccard similarity of chosen's
+                                    and rejected's text (null when the two are identical)
+``score_margin``                    preference only: meta ``score_chosen`` - ``score_rejected``
+                                    (UltraFeedback; null where meta has no scores)
+``safety_label_conflict``           preference only: chosen by safety (PKUSafeRLHF ``preference=safer``)
+                                    yet labelled unsafe while rejected is labelled safe (else null)
 ``label``                           unpaired_preference only: desirable or not
 ==================================  =========================================================
 
@@ -44,6 +53,7 @@ import xxhash
 
 from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind, shard_schema
 from data_contracts.media_checks import MediaProber, media_columns
+from data_contracts.text_checks import damaged_parts, preference_labels, utf8_rows, utf8_trigram_similarity
 
 # Extra per-row columns for a media type beyond the built-in measurements (decodable, sizes, durations:
 # ``data_contracts.media_checks``): register a function of the row's media items (``list<MEDIA_ITEM>``,
@@ -122,6 +132,14 @@ class FlatConversations:
         no_parts = np.bincount(message_row[np.diff(self.part_offsets) == 0], minlength=len(self.turns))
         return self.per_row(is_text & blank) + no_parts.astype(np.int64)
 
+    def text_chars(self) -> np.ndarray:
+        """(rows,) characters of all text parts."""
+        return np.bincount(self.part_row, weights=self.part_chars, minlength=len(self.turns)).astype(np.int64)
+
+    def text_bytes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each conversation's text parts run together, as UTF-8 bytes and (rows + 1,) offsets (``utf8_rows``)."""
+        return utf8_rows(self.part_texts, self.part_offsets[self.message_offsets])
+
     def max_turn_chars(self) -> np.ndarray:
         part_chars = self.part_chars
         message_chars = np.add.reduceat(np.append(part_chars, 0), self.part_offsets[:-1]) if len(self.roles) else part_chars[:0]
@@ -195,6 +213,7 @@ def derive_batch(
         columns[f"{name}_last_role"] = flat.edge_role(last=True)
         columns[f"{name}_empty_parts"] = flat.empty_text_parts()
         columns[f"{name}_max_turn_chars"] = flat.max_turn_chars()
+    columns["damaged_text_parts"] = sum(flat.per_row(damaged_parts(flat.part_texts)) for flat in flats.values())
     columns["unbacked_media_placeholders"] = sum(flat.unbacked_media_parts(media) for flat in flats.values())
     for media_type in media:
         columns[f"{media_type}_placeholders"] = sum(flat.media_parts(media_type) for flat in flats.values())
@@ -207,6 +226,9 @@ def derive_batch(
     sample_parts = list(text_hashes.values())
     if kind is Kind.PREFERENCE:
         columns["chosen_equals_rejected"] = _mask(pc.equal(texts["chosen"], texts["rejected"]))
+        columns.update(_pair_columns(flats["chosen"], flats["rejected"], columns["chosen_equals_rejected"]))
+        meta = batch.column("meta") if "meta" in batch.schema.names else pa.nulls(batch.num_rows, pa.string())
+        columns.update(preference_labels(meta))
     if kind is Kind.UNPAIRED_PREFERENCE:
         columns["label"] = batch.column("label")
         sample_parts.append(_hash(pc.cast(batch.column("label"), pa.string())))
@@ -220,6 +242,18 @@ def derive_batch(
         "sample": _combine(sample_parts + media_hashes),
     }
     return DerivedBatch(columns, hashes)
+
+
+def _pair_columns(chosen: FlatConversations, rejected: FlatConversations, identical: np.ndarray) -> dict[str, pa.Array]:
+    """Length bias and similarity of each preference pair (null where the pair is identical: that is
+    ``chosen_differs_from_rejected``'s defect, and a tie carries no length signal)."""
+    length_difference = chosen.text_chars() - rejected.text_chars()
+    similarity = utf8_trigram_similarity(chosen.text_bytes(), rejected.text_bytes())
+    return {
+        "length_difference_chars": pa.array(length_difference, pa.int64()),
+        "longer_is_chosen": pa.array(length_difference > 0, pa.bool_(), mask=length_difference == 0),
+        "pair_similarity": pa.array(similarity, pa.float64(), mask=identical),
+    }
 
 
 class RowDeriver:

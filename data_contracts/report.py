@@ -47,7 +47,7 @@ def _row(r: ExpectationResult) -> Row:
         status=r.status,
         name=r.name,
         severity=r.severity,
-        unexpected=f"observed {r.observed_value}" if table_level else str(r.unexpected_count),
+        unexpected=f"observed {_observed(r.observed_value)}" if table_level else str(r.unexpected_count),
         rows=str(r.element_count),
         percent="" if table_level else f"{r.unexpected_percent:.2f}%",
         mostly="" if table_level else f"{r.mostly:g}",
@@ -55,6 +55,11 @@ def _row(r: ExpectationResult) -> Row:
         rule=f"{r.type}({', '.join(r.columns)}{', ' if r.columns and r.kwargs else ''}{_kwargs(r.kwargs)})",
         description=r.description,
     )
+
+
+def _observed(value) -> str:
+    """A measured value; a mapping (the KTO balance and its suggested weights) as ``key value, ...``."""
+    return ", ".join(f"{key} {item}" for key, item in value.items()) if isinstance(value, dict) else str(value)
 
 
 def _kwargs(kwargs: dict) -> str:

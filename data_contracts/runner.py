@@ -133,10 +133,12 @@ def _derived_frames(dataset: ShardDataset, workers: int, prober: MediaProber | N
 
 
 def _input_columns(kind: Kind, media: tuple[str, ...]) -> list[str]:
-    """Shard columns the derivation reads (``meta`` is never needed)."""
+    """Shard columns the derivation reads (``meta`` only for preference pairs' scores and safety labels)."""
     columns = ["id", "source_index", *CONVERSATION_COLUMNS[kind]]
     if kind is Kind.UNPAIRED_PREFERENCE:
         columns.append("label")
+    if kind is Kind.PREFERENCE:
+        columns.append("meta")
     return columns + [MEDIA_COLUMNS[m] for m in media]
 
 

@@ -36,9 +36,13 @@ from align_core.shards.schema import CONVERSATION_COLUMNS, Kind, parse_kind
 SUITES_DIR = Path(__file__).parent / "suites"
 SEVERITIES = ("error", "warning")
 # Bump when a derived column (data_contracts/derive.py) changes meaning: it is part of every suite version.
-DERIVED_COLUMNS_VERSION = 2  # 2: unbacked_media_placeholders; messages without parts count as empty
+# 2: unbacked_media_placeholders; messages without parts count as empty. 3: damaged_text_parts; preference
+# pairs' length_difference_chars, longer_is_chosen, pair_similarity, score_margin, safety_label_conflict.
+DERIVED_COLUMNS_VERSION = 3
 # Whole-dataset expectations the runner evaluates over the total row count (GX sees one chunk at a time).
 TABLE_EXPECTATIONS = ("expect_table_row_count_to_be_between", "expect_table_row_count_to_equal")
+# Column aggregates the runner judges over the whole dataset from sums that add up over chunks.
+DATASET_AGGREGATES = ("expect_column_mean_to_be_between",)
 DOMAIN_KEYS = ("column", "column_A", "column_B", "column_list")
 SUITE_KEYS = {"name", "kind", "version", "description", "include", "overrides", "expectations"}
 FRAGMENT_KEYS = {"version", "description", "for_each", "expectations"}
@@ -62,6 +66,10 @@ class ExpectationSpec:
     @property
     def table_level(self) -> bool:
         return self.type in TABLE_EXPECTATIONS
+
+    @property
+    def dataset_aggregate(self) -> bool:
+        return self.type in DATASET_AGGREGATES
 
     @property
     def columns(self) -> list[str]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import random
+import string
+
 import numpy as np
 import pyarrow as pa
 from test_contracts_support import IMAGE, image_item, msg
@@ -9,6 +13,7 @@ from test_contracts_support import IMAGE, image_item, msg
 from align_core.shards.schema import Kind, shard_schema
 from align_core.shards.writer import SampleBatch
 from data_contracts.derive import RowDeriver, SeenHashes, derived_columns
+from data_contracts.text_checks import trigram_similarity
 
 
 def record_batch(kind: Kind, samples: list[dict], media: tuple[str, ...] = ()) -> pa.RecordBatch:
@@ -160,3 +165,68 @@ def test_registered_media_columns_can_be_checked_by_a_suite(tmp_path, monkeypatc
     assert list(failed) == ["image_size"]
     assert failed["image_size"].unexpected_count == 1
     assert failed["image_size"].sample_ids == ["s-033"]
+
+
+def test_preference_pairs_get_length_and_similarity_columns():
+    frame = RowDeriver(Kind.PREFERENCE, ("image",)).frame(record_batch(Kind.PREFERENCE, PREFERENCE_SAMPLES, ("image",)))
+
+    # "hello there" (11) - "  " (2); identical; "x" + "abc" + "de" (6) - "q" (1)
+    assert frame["length_difference_chars"].tolist() == [9, 0, 5]
+    assert frame["longer_is_chosen"].tolist() == [True, None, True]  # a tie carries no length signal
+    # no trigram in "  " or "q"; identical pairs are chosen_differs_from_rejected's to report
+    assert frame["pair_similarity"].fillna(-1).tolist() == [0.0, -1, 0.0]
+    assert frame["score_margin"].isna().all() and frame["safety_label_conflict"].isna().all()  # no meta
+
+
+def test_trigram_similarity_is_the_jaccard_similarity_of_trigram_sets():
+    left = pa.array(["hello world", "abcd", "aaaa", "", "café", None])
+    right = pa.array(["hello world!", "bcde", "aaa", "", "cafe", "xyz"])
+
+    # 9 shared of 10; {abc, bcd} vs {bcd, cde}; {aaa} both; nothing; "é" is 2 bytes: {caf, af\\xc3, f\\xc3\\xa9} vs {caf, afe}
+    assert trigram_similarity(left, right).tolist() == [0.9, 1 / 3, 1.0, 0.0, 0.25, 0.0]
+
+
+def test_trigram_similarity_of_long_texts_is_estimated_from_a_sample():
+    rng = random.Random(0)
+    words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(2000)]
+    texts = [" ".join(words[start : start + 400]) for start in range(0, 1600, 400)]  # ~2,400 characters each
+    # the same text with its last 0, 5, 10, 25, 50 or 100 of 400 words replaced
+    edited = [" ".join(text.split()[: 400 - n] + words[:n]) for text in texts for n in (0, 5, 10, 25, 50, 100)]
+    originals = [text for text in texts for _ in range(6)]
+
+    def exact(a: str, b: str) -> float:
+        grams_a, grams_b = ({s[i : i + 3] for i in range(len(s) - 2)} for s in (a, b))
+        return len(grams_a & grams_b) / len(grams_a | grams_b)
+
+    estimated = trigram_similarity(pa.array(originals), pa.array(edited))
+
+    assert estimated[::6].tolist() == [1.0] * 4  # identical texts: exactly 1
+    assert np.abs(estimated - [exact(a, b) for a, b in zip(originals, edited)]).max() < 0.15  # sd ~0.05 on such text
+
+
+def test_scores_and_safety_labels_come_from_meta():
+    def pair(meta: dict | None) -> dict:
+        return {"prompt": [msg("user", "q")], "chosen": [msg("assistant", "a")], "rejected": [msg("assistant", "b")], "meta": json.dumps(meta) if meta else None}
+
+    safety = {"is_chosen_safe": False, "is_rejected_safe": True}
+    samples = [
+        pair({"prompt_id": "p", "score_chosen": 7, "score_rejected": 7.5}),
+        pair({"chosen_by": "safer_response_id", **safety}),
+        pair({"chosen_by": "better_response_id", **safety}),  # helpfulness may pick the unsafe answer
+        pair({"chosen_by": "safer_response_id", "is_chosen_safe": True, "is_rejected_safe": False}),
+        pair(None),
+    ]
+    frame = RowDeriver(Kind.PREFERENCE).frame(record_batch(Kind.PREFERENCE, samples))
+
+    assert frame["score_margin"].fillna(99).tolist() == [-0.5, 99, 99, 99, 99]
+    assert frame["safety_label_conflict"].tolist() == [None, True, None, False, None]
+
+
+def test_damaged_text_parts_count_mojibake_and_replacement_characters():
+    samples = [
+        {"messages": [msg("user", "caf\u00c3\u00a9", "ok"), msg("assistant", "it\u00e2\u20ac\u2122s \ufffd")]},
+        {"messages": [msg("user", "S\u00e3o Paulo, \u00bfqu\u00e9?"), msg("assistant", "na\u00efve \u00e9t\u00e9 \u2019 \u00a9")]},  # clean
+    ]
+    frame = RowDeriver(Kind.SUPERVISED).frame(record_batch(Kind.SUPERVISED, samples))
+
+    assert frame["damaged_text_parts"].tolist() == [2, 0]

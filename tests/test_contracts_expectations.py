@@ -8,6 +8,7 @@ samples) must see across shards to catch a defect planted in a later shard.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,36 @@ def repeat_prompts(rows: list[int]) -> Callable[[Samples], None]:
     return plant
 
 
+def set_meta(rows: list[int], **meta: Any) -> Callable[[Samples], None]:
+    def plant(samples: Samples) -> None:
+        for row in rows:
+            samples[row]["meta"] = json.dumps({**json.loads(samples[row].get("meta") or "{}"), **meta})
+
+    return plant
+
+
+def planted(*plants: Callable[[Samples], None]) -> Callable[[Samples], None]:
+    def plant(samples: Samples) -> None:
+        for each in plants:
+            each(samples)
+
+    return plant
+
+
+def nearly_copy_chosen(row: int) -> Callable[[Samples], None]:
+    """Rejected = chosen with its final "." made "!": trigram Jaccard 25/27 (0.93) for a 28-character answer."""
+
+    def plant(samples: Samples) -> None:
+        text = samples[row]["chosen"][-1]["content"][0]["text"]
+        samples[row]["rejected"] = [msg("assistant", text[:-1] + "!")]
+
+    return plant
+
+
+EVERY_ROW = list(range(40))
+SCORED = set_meta(EVERY_ROW, score_chosen=8.0, score_rejected=5.5)  # UltraFeedback's meta
+CHOSEN_AS_SAFER = set_meta(EVERY_ROW, chosen_by="safer_response_id", is_chosen_safe=True, is_rejected_safe=False)
+
 LONG_TEXT = "x" * 40_000
 MANY_TURNS = [msg(role, f"turn {i}") for i in range(33) for role in ("user", "assistant")]  # 66 turns
 
@@ -90,10 +121,26 @@ CASES = [
     (Kind.PREFERENCE, replace_column(34, "rejected", [msg("assistant", "a 34"), msg("user", "more?")]), "ends_with_assistant[rejected_last_role]", 1, [34]),
     (Kind.PREFERENCE, replace_column(35, "rejected", [msg("assistant", "")]), "no_empty_text[rejected]", 1, [35]),
     (Kind.PREFERENCE, replace_column(36, "prompt", [*MANY_TURNS[:-1]]), "turns_in_bounds[prompt]", 1, [36]),
+    # 1 of 40 near-identical pairs is over the 1% allowed
+    (Kind.PREFERENCE, nearly_copy_chosen(10), "near_identical_pairs", 1, [10]),
+    (Kind.PREFERENCE, replace_column(12, "chosen", [msg("assistant", "good answer 12: use sorted(), itâ€™s cafÃ© grade.")]), "text_damage", 1, [12]),
+    (Kind.PREFERENCE, replace_column(19, "prompt", [msg("user", "question 19: how do I sort a \ufffd list?")]), "text_damage", 1, [19]),
+    (Kind.SUPERVISED, replace_column(27, "messages", [msg("user", "q 27"), msg("assistant", "naÃ¯ve \ufffd")]), "text_damage", 1, [27]),
+    (Kind.PREFERENCE, planted(SCORED, set_meta([7], score_chosen=3.0)), "chosen_score_not_lower", 1, [7]),
+    # 3 ties among 40 scored pairs are over the 5% allowed
+    (Kind.PREFERENCE, planted(SCORED, set_meta([4, 16, 28], score_rejected=8)), "score_ties", 3, [4, 16, 28]),
+    # row 11 was chosen as the more helpful answer: its safety labels may disagree
+    (
+        Kind.PREFERENCE,
+        planted(CHOSEN_AS_SAFER, set_meta([9, 11], is_chosen_safe=False, is_rejected_safe=True), set_meta([11], chosen_by="better_response_id")),
+        "safety_labels_consistent",
+        1,
+        [9],
+    ),
     (Kind.PROMPT_ONLY, replace_column(10, "prompt", [msg("user", "q 10"), msg("assistant", "a 10")]), "prompt_ends_with_user", 1, [10]),
     (Kind.PROMPT_ONLY, replace_column(11, "prompt", [msg("system", "s"), msg("assistant", "a"), msg("user", "q 11")]), "roles_alternate", 1, [11]),
     (Kind.PROMPT_ONLY, replace_column(12, "prompt", [msg("user", " ")]), "no_empty_text[prompt]", 1, [12]),
-    (Kind.UNPAIRED_PREFERENCE, set_field(14, "label", None), "label_not_null", 1, [14]),
+    (Kind.UNPAIRED_PREFERENCE, set_field(13, "label", None), "label_not_null", 1, [13]),  # an undesirable one: the balance holds
     (Kind.UNPAIRED_PREFERENCE, copy_sample(6, 37), "duplicate_samples", 1, [37]),
     (Kind.UNPAIRED_PREFERENCE, replace_column(15, "completion", [msg("user", "oops"), msg("assistant", "a 15")]), "responses_alternate", 1, [15]),
 ]
@@ -184,3 +231,86 @@ def test_verdicts_do_not_depend_on_the_chunk_size_or_threads(tmp_path):
         "id_unique": 1,
         "duplicate_prompts": 3,
     }
+
+
+def longer_chosen(rows: list[int]) -> Callable[[Samples], None]:
+    """Make chosen the longer answer in ``rows`` (clean samples: rejected is longer in the odd rows)."""
+
+    def plant(samples: Samples) -> None:
+        for row in rows:
+            samples[row]["rejected"] = [msg("assistant", f"bad answer {row}: no.")]
+
+    return plant
+
+
+@pytest.mark.parametrize("chosen_longer, passes", [(30, True), (31, False)])
+def test_length_bias_warns_above_three_quarters_of_pairs_with_the_longer_answer_chosen(tmp_path, chosen_longer, passes):
+    samples = clean_samples(Kind.PREFERENCE)  # the chosen answer is the longer one in the 20 even rows
+    longer_chosen([1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21][: chosen_longer - 20])(samples)
+
+    result = validate_dataset(write_dataset(tmp_path, Kind.PREFERENCE, samples))
+
+    failed = [r.name for r in result.results if not r.success]
+    assert failed == ([] if passes else ["length_bias"])
+    length_bias = {r.name: r for r in result.results}["length_bias"]
+    assert length_bias.observed_value == round(chosen_longer / 40, 4)
+    assert result.passed  # a warning
+
+
+def test_length_bias_leaves_out_ties_and_holds_over_chunks(tmp_path):
+    samples = clean_samples(Kind.PREFERENCE)
+    longer_chosen([1, 3, 5, 7, 9, 11, 13, 15])(samples)  # 28 of 40 chosen longer: 0.70
+    for row in (17, 19, 21, 23):  # 4 pairs where rejected was longer now tie: 28 of 36 -> 0.78, over 0.75
+        samples[row]["rejected"] = [msg("assistant", "x" * len(samples[row]["chosen"][0]["content"][0]["text"]))]
+    dataset_dir = write_dataset(tmp_path, Kind.PREFERENCE, samples)
+
+    whole, in_chunks_of_seven = validate_dataset(dataset_dir), validate_dataset(dataset_dir, chunk_rows=7, workers=1)
+
+    for result in (whole, in_chunks_of_seven):
+        length_bias = {r.name: r for r in result.results}["length_bias"]
+        assert (length_bias.success, length_bias.element_count, length_bias.observed_value) == (False, 36, round(28 / 36, 4))
+
+
+def test_length_bias_threshold_is_overridable(tmp_path):
+    samples = clean_samples(Kind.PREFERENCE)
+    longer_chosen([1, 3, 5, 7, 9, 11, 13, 15, 17, 19])(samples)  # 30 of 40
+
+    result = validate_dataset(write_dataset(tmp_path, Kind.PREFERENCE, samples), overrides={"length_bias.max_value": 0.7})
+
+    assert [r.name for r in result.results if not r.success] == ["length_bias"]
+
+
+def set_labels(rows: list[int], label: bool) -> Callable[[Samples], None]:
+    def plant(samples: Samples) -> None:
+        for row in rows:
+            samples[row]["label"] = label
+
+    return plant
+
+
+@pytest.mark.parametrize(
+    "plant, observed",
+    [
+        # 24 desirable of 40: 1.5 per undesirable, over 4/3 -> weigh undesirable ones 1.5 * 3/4 = 1.125, rounded up
+        (
+            set_labels([1, 3, 5, 7], True),
+            {"desirable_fraction": 0.6, "desirable_per_undesirable": 1.5, "kto_desirable_weight": 1.0, "kto_undesirable_weight": 1.13},
+        ),
+        # 10 desirable of 40: 1 per 3 undesirable -> weigh desirable ones 3
+        (
+            set_labels([0, 2, 4, 6, 8, 10, 12, 14, 16, 18], False),
+            {"desirable_fraction": 0.25, "desirable_per_undesirable": 0.3333, "kto_desirable_weight": 3.0, "kto_undesirable_weight": 1.0},
+        ),
+    ],
+)
+def test_kto_balance_warns_outside_the_papers_range_and_suggests_weights(tmp_path, plant, observed):
+    samples = clean_samples(Kind.UNPAIRED_PREFERENCE)  # 20 desirable, 20 undesirable
+    plant(samples)
+
+    result = validate_dataset(write_dataset(tmp_path, Kind.UNPAIRED_PREFERENCE, samples))
+
+    failed = {r.name: r for r in result.results if not r.success}
+    assert list(failed) == ["kto_balance"]
+    assert failed["kto_balance"].observed_value == observed
+    assert failed["kto_balance"].element_count == 40
+    assert result.passed  # a warning

@@ -85,7 +85,7 @@ def test_cli_passes_a_clean_dataset_with_exit_0(tmp_path):
     lines = outcome.output.splitlines()
     assert lines[0].split() == ["status", "expectation", "severity", "unexpected", "rows", "%", "mostly", "sample", "ids"]
     assert any(line.split()[:2] == ["PASS", "chosen_differs_from_rejected"] for line in lines)
-    assert "PASSED  (40 rows, preference, suite preference-v1-" in outcome.output
+    assert "PASSED  (40 rows, preference, suite preference-v2-" in outcome.output
     assert f"report: {dataset_dir / 'report.html'}" in outcome.output
 
 

@@ -136,7 +136,7 @@ def test_a_custom_suite_file_extends_the_built_in_fragments(tmp_path):
 @pytest.mark.parametrize(
     "entry, message",
     [
-        ("type: expect_column_mean_to_be_between\n    column: messages_turns\n    kwargs: {min_value: 1}", "aggregate check"),
+        ("type: expect_column_median_to_be_between\n    column: messages_turns\n    kwargs: {min_value: 1}", "aggregate check"),
         ("type: expect_column_values_to_be_in_set\n    column: messages_colour\n    kwargs: {value_set: [1]}", "reads messages_colour, which is not derived"),
         ("type: expect_columns_to_dance\n    column: messages_turns", "GX has no expectation type 'expect_columns_to_dance'"),
         ("type: expect_column_values_to_be_between\n    column: messages_turns\n    kwargs: {minimum: 1}", "invalid arguments"),

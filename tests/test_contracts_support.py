@@ -40,7 +40,8 @@ def clean_samples(kind: Kind, rows: int = 40, media: tuple[str, ...] = ()) -> li
         elif kind is Kind.PREFERENCE:
             sample["prompt"] = [*system, question]
             sample["chosen"] = [msg("assistant", f"good answer {i}: use sorted().")]
-            sample["rejected"] = [msg("assistant", f"bad answer {i}: you cannot.")]
+            # the longer answer is the chosen one in half the pairs: no length bias
+            sample["rejected"] = [msg("assistant", f"bad answer {i}: you cannot{', lists stay as they are' if i % 2 else ''}.")]
         elif kind is Kind.PROMPT_ONLY:
             sample["prompt"] = [*system, question]
         else:  # unpaired preference: KTO pairs each prompt with a desirable and an undesirable completion
