@@ -4,7 +4,7 @@ Per sequence (numpy over the memory-mapped token columns, so a million rows take
 
 - ``double_bos`` (error): the sequence starts with two BOS tokens (the chat template and the tokenizer
   both added one), which the model never saw in pretraining;
-- ``labels_end_without_stop`` (error): the last trained token is not a special token (EOS or an end of
+- ``labels_end_without_stop`` (error): the last trained span holds no special token (EOS or an end of
   turn): the model never learns to stop;
 - ``few_trained_tokens`` (warning): under ``min_trained_fraction`` of the sequence is trained;
 - ``truncation_rate`` (warning, whole cache): over ``max_truncated_share`` of the rows were truncated
@@ -114,13 +114,13 @@ def _sequence_findings(rows, prefix: str, bos: int | None, special: np.ndarray, 
         trained = labels != IGNORE_INDEX
         label_starts = label_offsets[:-1]
         nonempty = np.diff(label_offsets) > 0
-        positions = np.where(trained, np.arange(len(labels)), -1)
-        last = np.full(len(label_starts), -1)
-        if len(labels):
-            last[nonempty] = np.maximum.reduceat(positions, label_starts[nonempty])
-        has_trained = last >= 0
-        stops = np.isin(labels[np.maximum(last, 0)], special)
-        unstopped += list(ids[has_trained & ~stops])
+        # the last trained span (a run of trained tokens) must hold a stop token: its end may be a newline
+        # the template writes after the end of turn, as long as the end of turn itself is trained
+        previous = np.concatenate([[False], trained[:-1]])
+        previous[label_starts[nonempty]] = False  # a row's first token starts a run
+        last_run = _last_position(trained & ~previous, label_starts, nonempty, len(labels))
+        last_stop = _last_position(trained & np.isin(labels, special), label_starts, nonempty, len(labels))
+        unstopped += list(ids[(last_run >= 0) & (last_stop < last_run)])
         trained_counts = np.zeros(len(label_starts), dtype=np.int64)
         if len(labels):
             trained_counts[nonempty] = np.add.reduceat(trained.astype(np.int64), label_starts[nonempty])
@@ -129,12 +129,21 @@ def _sequence_findings(rows, prefix: str, bos: int | None, special: np.ndarray, 
     return [
         TokenFinding(f"double_bos{side}", "error", "the sequence starts with two BOS tokens (template and tokenizer "
                      "both add one)", len(double), checked, [str(i) for i in double[:SAMPLE_IDS]]),
-        TokenFinding(f"labels_end_without_stop{side}", "error", "the last trained token is no EOS or end-of-turn "
+        TokenFinding(f"labels_end_without_stop{side}", "error", "the last trained span holds no EOS or end-of-turn "
                      "token: the model would not learn to stop", len(unstopped), checked,
                      [str(i) for i in unstopped[:SAMPLE_IDS]]),
         TokenFinding(f"few_trained_tokens{side}", "warning", f"under {min_fraction:.0%} of the sequence's tokens "
                      "are trained", len(few), checked, [str(i) for i in few[:SAMPLE_IDS]]),
     ]
+
+
+def _last_position(flags: np.ndarray, starts: np.ndarray, nonempty: np.ndarray, size: int) -> np.ndarray:
+    """(rows,) the last position (absolute) where ``flags`` holds within each row, -1 where it never does."""
+    last = np.full(len(starts), -1)
+    if size:
+        positions = np.where(flags, np.arange(size), -1)
+        last[nonempty] = np.maximum.reduceat(positions, starts[nonempty])
+    return last
 
 
 def _template_mask_finding(rows, sample: int) -> TokenFinding | None:
