@@ -84,7 +84,7 @@ def materialize_media(tmp_path: Path, media_type: str, items: list[bytes]) -> Sh
     for index, data in enumerate(items):
         (root / f"item-{index}").write_bytes(data)
         question = {"question" if media_type == "image" else "prompt": f"What is in item {index}?"}
-        rows.append({**question, field: f"item-{index}", "response_1": f"a thing {index}", "response_2": "nothing", "overall_response": 1})
+        rows.append({**question, field: f"item-{index}", "response_1": f"a thing {index}", "response_2": f"nothing {index}", "overall_response": 1})  # same lengths: no length bias
     source = tmp_path / "rows.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     dataset = ShardDataset(materialize_dataset(source, template, "preference", tmp_path / "out", media_root=root, rows_per_shard=4))

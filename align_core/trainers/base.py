@@ -170,8 +170,9 @@ class Trainer:
                 raise UsageError(f"{folder}: a {kind.value} dataset; {reader} {expected} datasets")
         specs = tokenize_specs(self.config, dataset_dirs)
         caches = self.local_main_first(lambda: [spec.build() for spec in specs])
+        is_main = getattr(self, "dist", None) is None or self.dist.is_main  # datasets load before a run, too
         for cache in caches:  # tokens that would train silently wrong stop the run here, naming rows
-            require_token_checks(cache, warn=print if self.dist.is_main else lambda line: None)
+            require_token_checks(cache, warn=print if is_main else lambda line: None)
         parts = [TokenDataset(cache) for cache in caches]
         for folder, part in zip(dataset_dirs, parts):
             if len(part) == 0:
