@@ -11,6 +11,7 @@ collation, forward, backward, update, metrics). Variants:
 
   ours          align_core SFTTrainer, ZeRO-0, length-grouped batches (the shipped default)
   ours-random   the same loop with plain shuffled batches: engine overhead alone, like for like
+  ours-packed   ours-random with train_cfgs.packing: the same rows per batch packed padding-free
   plain         a hand-written torch loop over plain shuffled batches of the same rows
   trl           trl.SFTTrainer on the same token ids and labels (its default random sampler)
 
@@ -39,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 BATCH = 8
 LEARNING_RATE = 5e-4
-VARIANTS = ("ours", "ours-random", "plain", "trl")
+VARIANTS = ("ours", "ours-random", "ours-packed", "plain", "trl")
 
 
 # ----- setup (parent process) ------------------------------------------------------------------------
@@ -109,18 +110,18 @@ def throughput(tokens: list[float], seconds: list[float], warmup: int) -> float:
     return sum(tokens[warmup:]) / sum(seconds[warmup:])
 
 
-def worker_ours(setup: dict, steps: int, warmup: int, group: bool) -> float:
+def worker_ours(setup: dict, steps: int, warmup: int, group: bool, packing: bool = False) -> float:
     import yaml
 
     from align_core.launch import run
     from align_core.trainers.metrics import read_metrics
 
-    out = Path(setup["workdir"]) / f"run-ours-{group}-{os.getpid()}"
+    out = Path(setup["workdir"]) / f"run-ours-{group}-{packing}-{os.getpid()}"
     config = {
         "train_cfgs": {
             "algorithm": "sft", "max_steps": steps + warmup, "per_device_train_batch_size": BATCH,
             "learning_rate": LEARNING_RATE, "lr_scheduler_type": "cosine", "save_interval": 10_000,
-            "zero_stage": 0, "length_grouping": group, "max_grad_norm": 1.0,
+            "zero_stage": 0, "length_grouping": group, "max_grad_norm": 1.0, "packing": packing,
         },
         "data_cfgs": {"train_datasets": [setup["dataset"]], "max_length": 256, "truncation": "truncate_prompt_left",
                       "token_cache_dir": str(Path(setup["cache"]).parent)},
@@ -264,6 +265,7 @@ def worker(variant: str, setup_file: Path, steps: int, warmup: int) -> None:
     measure = {
         "ours": lambda: worker_ours(setup, steps, warmup, group=True),
         "ours-random": lambda: worker_ours(setup, steps, warmup, group=False),
+        "ours-packed": lambda: worker_ours(setup, steps, warmup, group=False, packing=True),
         "plain": lambda: worker_plain(setup, steps, warmup),
         "trl": lambda: worker_trl(setup, steps, warmup),
         "interleaved": lambda: worker_interleaved(setup, steps, warmup),
