@@ -42,6 +42,7 @@ from data_contracts.results import ValidationResult
 from flows.materialize import materialize
 from flows.pipeline_config import LauncherEntry, PipelineConfig, check_pipeline, job_sections, load_pipeline
 from tasks.artifacts import publish_markdown
+from tasks.contamination import check_contamination
 from tasks.crashed_runs import start_of_run
 from tasks.evaluate import evaluate_model
 from tasks.models import build_tiny, check_model_path
@@ -136,6 +137,10 @@ def submit_job(spec: PipelineConfig, name: str, model_dir: Callable[[str], str],
     for dataset in job.training_datasets():
         datasets.setdefault(dataset_dirs[dataset], dataset)
     prerequisites = []
+    sources = [dataset_dirs[dataset] for dataset in job.contamination_sources(spec)]
+    if sources:  # a warning with the overlapping row ids, before the training it concerns
+        names = {folder: dataset for dataset, folder in dataset_dirs.items()}
+        prerequisites += [check_contamination.submit(dataset_dirs[dataset], sources, names) for dataset in job.train]
     for token_spec in tokenize_specs(train_config, list(datasets)):
         with labelled(dataset=datasets[token_spec.dataset_dir]):
             tokenized = tokenize.submit(token_spec)
@@ -309,6 +314,8 @@ def shorten_output(result: Any, output_dir: str | Path) -> str:
         return f"sha256 {result.sha256[:12]}"
     if isinstance(result, ValidationResult):
         result = result.report_path
+    elif isinstance(result, dict) and "contaminated" in result:  # a contamination check's
+        return f"{result['contaminated']} of {result['rows']} rows overlap"
     elif isinstance(result, dict):  # a training result, or an evaluation's
         result = result.get("model_dir") or result.get("path")
     if not isinstance(result, (str, Path)):

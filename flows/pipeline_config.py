@@ -85,6 +85,8 @@ class DatasetEntry(_Strict):
     format: str | None = None
     suite: str | None = None
     media_root: str | None = Field(None, description="the folder media paths in the source are relative to")
+    benchmark: bool = Field(False, description="an evaluation benchmark: every job's training datasets are checked "
+                            "for n-gram overlap with it")
 
 
 # A job key naming a trained scoring model -> the training setting its score is added to as a source.
@@ -147,6 +149,11 @@ class JobEntry(_Strict):
 
     def training_datasets(self) -> list[str]:
         return [*self.train, *self.eval, *self.ptx]
+
+    def contamination_sources(self, spec: PipelineConfig) -> list[str]:
+        """What its training datasets must not overlap: its eval datasets and every benchmark dataset."""
+        benchmarks = [name for name, entry in spec.datasets.items() if entry.benchmark]
+        return [name for name in dict.fromkeys([*self.eval, *benchmarks]) if name not in self.train]
 
     def scorers(self) -> dict[str, str]:
         """``{key: models entry or job}`` of the scoring models this job names (keys of ``SCORER_SOURCES``)."""
