@@ -116,6 +116,25 @@ def launch_command(
     raise UsageError(f"unknown launcher {launcher!r}; expected one of {', '.join(LAUNCHERS)}")
 
 
+SHM_FOLDER = Path("/dev/shm")
+
+
+def release_shared_memory(command: Sequence[str]) -> list[Path]:
+    """Remove the shared-memory buffers a finished (or killed) multi-rank run on this machine left: DeepSpeed's
+    CPU allreduce creates ``deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` in /dev/shm per rank and
+    never unlinks it (tens of MB each; hundreds of runs filled a 24 GiB machine's memory). The port is the
+    launcher's ``--master_port``, unique to the run. Returns the files removed."""
+    args = list(command)
+    if "--master_port" not in args or not SHM_FOLDER.is_dir():
+        return []
+    port = args[args.index("--master_port") + 1]
+    removed = []
+    for path in SHM_FOLDER.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def launch_env(nproc: int) -> dict[str, str]:
     """The child's environment: ours minus any process-group settings, one OpenMP thread per rank if several."""
     configure_environment()
@@ -176,7 +195,10 @@ def launch_and_wait(
         else:
             emit(line)
 
-    exit_code = run_streaming(command, keep, launch_env(nproc))
+    try:
+        exit_code = run_streaming(command, keep, launch_env(nproc))
+    finally:
+        release_shared_memory(command)  # however the ranks ended
     if exit_code == USAGE_EXIT_CODE:
         if error_lines:
             raise UsageError(ERROR_LINE.match(error_lines[-1])["message"])

@@ -110,3 +110,25 @@ def test_two_ranks_learn_what_one_process_learns_from_the_same_global_batches(tm
     # the sampler's global batches do not depend on the split, and every token weighs the same
     assert [r["tokens"] for r in two] == [r["tokens"] for r in one]
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
+
+
+def test_the_shared_memory_a_multi_rank_run_leaves_is_released_by_its_port():
+    import os
+    from pathlib import Path
+
+    from align_core.launch import SHM_FOLDER, release_shared_memory
+
+    if not SHM_FOLDER.is_dir():
+        pytest.skip("no /dev/shm here")
+    uid = os.getuid()
+    ours = [SHM_FOLDER / f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_61001_{rank}" for rank in (0, 1)]
+    other = SHM_FOLDER / f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_61002_0"  # another run's, still running
+    try:
+        for path in [*ours, other]:
+            path.write_bytes(b"x")
+        removed = release_shared_memory(["deepspeed", "--num_gpus", "2", "--master_port", "61001", "--module", "x"])
+        assert sorted(removed) == sorted(ours) and not any(path.exists() for path in ours) and other.exists()
+        assert release_shared_memory(["python", "-m", "align_core.launch", "c.yaml"]) == []  # one rank: none made
+    finally:
+        for path in [*ours, other]:
+            Path(path).unlink(missing_ok=True)

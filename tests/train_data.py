@@ -101,17 +101,14 @@ def write_config(path: Path, model: Path, train: Sequence[Path], output_dir: Pat
 
 def launch(config: Path, *overrides: str, nproc: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run training as the launcher would, in a fresh process with a clean distributed environment."""
-    from align_core.launch import launch_command, launch_env
+    from align_core.launch import launch_command, launch_env, release_shared_memory
 
-    return subprocess.run(
-        launch_command(config, list(overrides), nproc=nproc),
-        check=False,
-        env=launch_env(nproc),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    command = launch_command(config, list(overrides), nproc=nproc)
+    try:
+        return subprocess.run(command, check=False, env=launch_env(nproc), cwd=REPO, capture_output=True, text=True,
+                              timeout=timeout)
+    finally:
+        release_shared_memory(command)
 
 
 @pytest.fixture(scope="session")
