@@ -49,12 +49,14 @@ def check_token_cache(cache_dir: str | Path, *, min_trained_fraction: float = 0.
                       sample: int = 32) -> list[TokenFinding]:
     """Every check's finding on the cache (see the module docstring)."""
     from align_core.data.token_dataset import TokenDataset
+    from align_core.models.registry import load_tokenizer
 
     rows = TokenDataset(cache_dir)
     manifest = rows.manifest
+    tokenizer = load_tokenizer(manifest["tokenizer_path"])  # once, for both checks that read it
     findings = []
     if has_labels(rows.kind):
-        special = _special_ids(manifest)
+        special = _special_ids(manifest, tokenizer)
         for prefix in SEQUENCE_PREFIXES[rows.kind]:
             findings += _sequence_findings(rows, prefix, manifest.get("bos_token_id"), special, min_trained_fraction)
     counts = manifest["counts"]
@@ -64,7 +66,7 @@ def check_token_cache(cache_dir: str | Path, *, min_trained_fraction: float = 0.
         f"at most {max_truncated_share:.0%} of the rows truncated or dropped by the truncation policy "
         f"({manifest['key_inputs'].get('truncation')}, max_length {manifest['key_inputs'].get('max_length')})",
         int(cut > max_truncated_share * counts["rows_in"]) and cut, counts["rows_in"]))
-    finding = _template_mask_finding(rows, sample)
+    finding = _template_mask_finding(rows, tokenizer, sample)
     if finding is not None:
         findings.append(finding)
     return findings
@@ -87,10 +89,7 @@ def describe(finding: TokenFinding) -> str:
     return f"{finding.name}: {finding.count} of {finding.checked}{ids}: {finding.description}"
 
 
-def _special_ids(manifest: dict[str, Any]) -> np.ndarray:
-    from align_core.models.registry import load_tokenizer
-
-    tokenizer = load_tokenizer(manifest["tokenizer_path"])
+def _special_ids(manifest: dict[str, Any], tokenizer: Any) -> np.ndarray:
     ids = set(tokenizer.all_special_ids) | {manifest.get("eos_token_id")}
     ids |= {token_id for token_id, token in tokenizer.added_tokens_decoder.items() if token.special}
     return np.array(sorted(i for i in ids if i is not None), dtype=np.int64)
@@ -146,17 +145,15 @@ def _last_position(flags: np.ndarray, starts: np.ndarray, nonempty: np.ndarray, 
     return last
 
 
-def _template_mask_finding(rows, sample: int) -> TokenFinding | None:
+def _template_mask_finding(rows, tokenizer: Any, sample: int) -> TokenFinding | None:
     """The chat template's assistant mask against the labels on the first ``sample`` comparable rows of a
     supervised cache with ``assistant_turns: all``; None where it cannot be compared."""
-    from align_core.models.registry import load_tokenizer
     from align_core.shards.dataset import ShardDataset
     from align_core.shards.schema import Kind
 
     manifest = rows.manifest
     if rows.kind is not Kind.SUPERVISED or manifest.get("media") or manifest["key_inputs"].get("assistant_turns") != "all":
         return None
-    tokenizer = load_tokenizer(manifest["tokenizer_path"])
     if "generation" not in (tokenizer.chat_template or "") or manifest.get("chat_format_source") != "tokenizer":
         return None
     dataset_dir = Path(manifest["dataset"]["path"])
