@@ -27,8 +27,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# every benchmark then one summary table (bench/suite.py); TRL is the bench extra, a baseline for SFT and DPO
 bench: $(STAMP)
-	$(BIN)/python bench/materialize.py
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/suite.py
 
 clean:
 	rm -rf .alignflow outputs demo_out bench_out .pytest_cache

@@ -44,6 +44,7 @@ from bench.harness import (
     parse_arguments,
     run_rounds,
     run_worker,
+    save_results,
     setup_or_work,
     summarize,
     tiny_model_and_cache,
@@ -210,6 +211,7 @@ def main() -> None:
         if {ours, "trl"} <= set(medians):
             wall, cpu = (medians[ours][key] / medians["trl"][key] for key in ("tokens_per_second", "tokens_per_cpu_second"))
             print(f"target: {ours} / trl (precomputed reference) tokens/s {wall:.2f}x wall, {cpu:.2f}x CPU (>= 1.3)")
+    save_results("dpo", {"variants": medians, "reference_seconds": setup["reference_seconds"]})
 
 
 if __name__ == "__main__":

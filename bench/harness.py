@@ -126,3 +126,45 @@ def setup_or_work(args: argparse.Namespace, prepare: Callable[[Path, int], dict]
     setup["file"] = str(workdir / "setup.json")
     Path(setup["file"]).write_text(json.dumps(setup))
     return setup
+
+
+# ----- results every benchmark saves for `make bench` ---------------------------------------------
+
+RESULTS_DIR = REPO / "bench" / "results"  # ignored by git: measurements belong to a machine and a date
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import platform
+
+    import torch
+
+    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def save_results(name: str, results: dict) -> Path:
+    """``bench/results/NAME.json``: ``results`` with the date and machine, written atomically."""
+    from align_core.io import atomic_write_text
+
+    path = RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(), "results": results}
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True))
+    return path
+
+
+def matmul_flops_per_second(size: int = 1024, repeats: int = 20) -> float:
+    """This process's fp32 matmul FLOP/s on square ``size`` matrices (median of ``repeats``): the ceiling a
+    training step's achieved FLOP/s is compared with, under the same thread count as the worker."""
+    import torch
+
+    left, right = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(left, right)  # warm the kernels and the allocator
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(left, right)
+        seconds.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(seconds)

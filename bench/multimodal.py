@@ -29,6 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.harness import save_results
 
 BATCH = 8
 MODALITIES = {  # sample set, media column, tiny model arch
@@ -125,7 +126,7 @@ def main() -> None:
     configure_environment()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-multimodal-"))
     written = write_media_samples(workdir / "samples", rows=args.rows, seed=0)
-    models = {}
+    models, results = {}, {}
     print(f"{'modality':<8} {'materialise rows/s':>19} {'text-only rows/s':>17} {'SFT samples/s':>14} {'step ms':>8} "
           f"{'collate ms (media / tokens)':>28}")
     for modality, (set_name, media_field, arch) in MODALITIES.items():
@@ -143,6 +144,9 @@ def main() -> None:
         media_ms, tokens_ms = collation_ms(dataset, models[arch], root)
         print(f"{modality:<8} {media_rate:>19.0f} {text_rate:>17.0f} {sft['samples_per_second']:>14.1f} "
               f"{sft['step_ms']:>8.0f} {media_ms:>14.1f} / {tokens_ms:<11.1f}", flush=True)
+        results[modality] = {"materialise_rows_per_second": media_rate, "text_only_rows_per_second": text_rate,
+                             **sft, "collate_ms_media": media_ms, "collate_ms_tokens": tokens_ms}
+    save_results("multimodal", results)
 
 
 if __name__ == "__main__":

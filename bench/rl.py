@@ -31,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.harness import save_results
 
 PROMPTS, GENERATIONS, NEW_TOKENS = 4, 4, 32
 REWARD_MODULE = '''
@@ -193,6 +194,7 @@ def main() -> None:
               f"{values['update_tokens_per_second']:8.0f} tok/s   step {values['step_seconds'] * 1000:6.0f} ms")
     for key in ("rollout_tokens_per_second", "update_tokens_per_second"):
         print(f"ours / plain, {key}: {medians['ours'][key] / medians['plain'][key]:.2f}x")
+    save_results("rl", {"variants": medians})
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.harness import matmul_flops_per_second, save_results
 
 BATCH = 8
 LEARNING_RATE = 5e-4
@@ -79,7 +80,15 @@ def prepare(workdir: Path, rows: int) -> dict:
     dataset_dir = materialize_dataset(source, "Messages", "supervised", workdir / "datasets", workers=1)
     cache = tokenize_dataset(dataset_dir, model_dir, 256, "truncate_prompt_left", workdir / "token_cache")
     lengths = TokenDataset(cache).lengths
-    return {"model": str(model_dir), "dataset": str(dataset_dir), "cache": str(cache), "lengths": lengths.tolist()}
+    return {"model": str(model_dir), "dataset": str(dataset_dir), "cache": str(cache), "lengths": lengths.tolist(),
+            "parameters": parameter_count(model_dir)}
+
+
+def parameter_count(model_dir: Path) -> int:
+    """Trainable parameters of the model: 6 x this x tokens is a training step's FLOPs."""
+    from transformers import AutoModelForCausalLM
+
+    return sum(parameter.numel() for parameter in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
 
 
 def pad_fractions(lengths: list[int]) -> tuple[float, float]:
@@ -322,6 +331,15 @@ def main() -> None:
     if {"ours", "plain", "trl"} <= set(medians):
         print(f"\ntargets: ours/plain {medians['ours'] / medians['plain']:.2f} (>= 0.9), "
               f"ours/trl {medians['ours'] / medians['trl']:.2f} (>= 1.2)")
+    matmul = matmul_flops_per_second()
+    achieved = {variant: 6 * setup["parameters"] * value for variant, value in medians.items()}
+    print(f"\nachieved FLOP/s (6 x {setup['parameters'] / 1e6:.1f}M parameters x tokens/s) as a fraction of this "
+          f"machine's fp32 matmul {matmul / 1e9:.1f} GFLOP/s: "
+          + ", ".join(f"{variant} {flops / matmul:.1%}" for variant, flops in achieved.items()))
+    save_results("train", {"tokens_per_second": medians, "interleaved_engine_vs_plain": interleaved,
+                           "pad_fraction": {"shuffled": shuffled, "length_grouped": grouped},
+                           "flops_fraction": {variant: flops / matmul for variant, flops in achieved.items()},
+                           "matmul_flops_per_second": matmul, "parameters": setup["parameters"]})
 
 
 if __name__ == "__main__":
