@@ -23,6 +23,8 @@ changes the version and with it the validation cache key.
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -298,9 +300,16 @@ def _check_unique(specs: list[ExpectationSpec], where: str) -> None:
 
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return copy.deepcopy(_parse_yaml(path.read_text()))  # a copy: callers may change what they get
     except (OSError, yaml.YAMLError) as error:
         raise UsageError(f"suite file {path}: unreadable ({error})") from error
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_yaml(text: str) -> Any:
+    """Parsed once per distinct text: a pipeline resolves suites hundreds of times (every suite file is read
+    to list the suites), and parsing them all each time took ~4 s of a warm pipeline rerun."""
+    return yaml.safe_load(text)
 
 
 def _read_mapping(path: Path, allowed: set[str]) -> dict[str, Any]:
