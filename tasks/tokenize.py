@@ -16,6 +16,7 @@ from align_core.io import sha256_json
 from align_core.markdown import markdown_table
 from tasks.artifacts import publish_markdown
 from tasks.caching import disk_output_key
+from tasks.parallel import map_parts
 from tasks.prefect_env import prefect_result_storage
 
 
@@ -29,7 +30,7 @@ def _task_key(context, parameters: dict) -> str:
 def tokenize(spec: TokenizeSpec) -> str:
     """Token cache folder for the spec's dataset; attaches tables of kept/truncated/dropped counts and of the
     token-level checks (``align_core.data.token_checks``)."""
-    cache_dir = spec.build()
+    cache_dir = spec.build(map_parts=map_parts)  # per dataset shard, over the Dask cluster when the flow runs on one
     manifest = read_token_manifest(cache_dir)
     findings = check_token_cache(cache_dir)  # the trainer refuses a cache whose error-severity checks fail
     publish_markdown(

@@ -18,9 +18,12 @@ a cache larger than RAM still trains. ``TokenDataset`` checks each file's sha256
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,8 @@ DAMAGED = "the token cache is damaged; delete its folder and it is tokenised aga
 MANIFEST_NAME = "manifest.json"
 SHARDS_SUBDIR = "shards"
 DEFAULT_ROWS_PER_SHARD = 200_000
+# runs a per-shard part job over shard numbers, yielding the parts' results in order (builtin ``map`` by default)
+MapParts = Callable[[Callable[[int], dict[str, Any]], Sequence[int]], Iterable[dict[str, Any]]]
 
 # Files that define a tokenizer and its chat formatting; model weights are deliberately not among
 # them, so training a model further does not invalidate the token cache of its tokenizer.
@@ -198,11 +203,11 @@ class TokenizeSpec(BaseModel):
         """Where the cache is (complete once its manifest exists), without tokenising anything."""
         return self.root() / self.key()
 
-    def build(self) -> Path:
-        """The cache folder, tokenised now unless it is already complete."""
+    def build(self, map_parts: MapParts = map) -> Path:
+        """The cache folder, tokenised now unless it is already complete (``map_parts``: ``tokenize_dataset``)."""
         return tokenize_dataset(
             self.dataset_dir, self.tokenizer_path, self.max_length, self.truncation, self.root(),
-            assistant_turns=self.assistant_turns, trust_remote_code=self.trust_remote_code,
+            assistant_turns=self.assistant_turns, trust_remote_code=self.trust_remote_code, map_parts=map_parts,
         )
 
 
@@ -245,19 +250,21 @@ def verify_token_cache(cache_dir: str | Path) -> list[str]:
 
 
 class _ShardSink:
-    """Writes token record batches into uncompressed Arrow IPC files of at most ``rows_per_shard`` rows."""
+    """Writes token record batches into uncompressed Arrow IPC files of at most ``rows_per_shard`` rows,
+    named ``tokens-PPPPP-KKK.arrow`` after the dataset shard ``P`` they come from."""
 
-    def __init__(self, folder: Path, arrow_schema: pa.Schema, rows_per_shard: int):
+    def __init__(self, folder: Path, arrow_schema: pa.Schema, rows_per_shard: int, part: int):
         self.folder = folder
         self.schema = arrow_schema
         self.rows_per_shard = rows_per_shard
+        self.part = part
         self.entries: list[dict[str, Any]] = []
         self._writer = None
         self._rows = 0
         (folder / SHARDS_SUBDIR).mkdir(parents=True, exist_ok=True)
 
     def _path(self, number: int) -> Path:
-        return self.folder / SHARDS_SUBDIR / f"tokens-{number:05d}.arrow"
+        return self.folder / SHARDS_SUBDIR / f"tokens-{self.part:05d}-{number:03d}.arrow"
 
     def write(self, batch: pa.RecordBatch) -> None:
         while batch.num_rows:
@@ -293,6 +300,58 @@ def _token_counts(kind, batch: pa.RecordBatch) -> tuple[int, int]:
     return tokens, labelled
 
 
+def _encoder(dataset_dir: str, tokenizer_path: str, max_length: int, truncation: str, assistant_turns: str,
+             trust_remote_code: bool) -> ConversationEncoder:
+    """One encoder per process and inputs: the parts of one cache tokenised in this process share it. Keyed
+    by the dataset's and the tokenizer files' digests too, so a tokenizer changed in place is loaded again."""
+    digests = ShardDataset(dataset_dir).digest, tokenizer_files_digest(tokenizer_path)
+    return _cached_encoder(dataset_dir, tokenizer_path, max_length, truncation, assistant_turns, trust_remote_code, digests)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_encoder(dataset_dir: str, tokenizer_path: str, max_length: int, truncation: str, assistant_turns: str,
+                    trust_remote_code: bool, digests: tuple[str, str]) -> ConversationEncoder:
+    return conversation_encoder(ShardDataset(dataset_dir), tokenizer_path, max_length, truncation, assistant_turns,
+                                trust_remote_code)
+
+
+@dataclass(frozen=True)
+class TokenizePart:
+    """Tokenises one dataset shard into the staging folder: a picklable job, so the parts of a large
+    dataset can run in other processes or on a Dask cluster's workers (sharing the staging folder's file
+    system). Each part's files and counts depend on its shard alone, so the cache's bytes are the same
+    whatever ran the parts, and in whichever order."""
+
+    dataset_dir: str
+    tokenizer_path: str
+    max_length: int
+    truncation: str
+    assistant_turns: str
+    trust_remote_code: bool
+    staging: str
+    rows_per_shard: int
+    batch_rows: int
+
+    def __call__(self, part: int) -> dict[str, Any]:
+        """``{"shards": token file entries, "outcomes": kept/truncated/dropped counts, "tokens", "label_tokens"}``."""
+        dataset = ShardDataset(self.dataset_dir)
+        encoder = _encoder(self.dataset_dir, self.tokenizer_path, self.max_length, self.truncation,
+                           self.assistant_turns, self.trust_remote_code)
+        kind = dataset.kind
+        has_media = encoder.media is not None
+        sink = _ShardSink(Path(self.staging), token_schema(kind, has_media), self.rows_per_shard, part)
+        outcomes: Counter[str] = Counter({outcome: 0 for outcome in OUTCOMES})
+        tokens = labelled = 0
+        for record_batch in dataset.iter_batches(shards=[part]):
+            for start in range(0, record_batch.num_rows, self.batch_rows):
+                rows = record_batch.slice(start, self.batch_rows).to_pylist()
+                tokenized = token_record_batch(kind, encoder.encode_rows(kind, rows, outcomes), has_media)
+                batch_tokens, batch_labelled = _token_counts(kind, tokenized)
+                tokens, labelled = tokens + batch_tokens, labelled + batch_labelled
+                sink.write(tokenized)
+        return {"shards": sink.close(), "outcomes": dict(outcomes), "tokens": tokens, "label_tokens": labelled}
+
+
 def tokenize_dataset(
     dataset_dir: str | Path,
     tokenizer_path: str | Path,
@@ -304,15 +363,18 @@ def tokenize_dataset(
     trust_remote_code: bool = False,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     batch_rows: int = 1024,
+    map_parts: MapParts = map,
 ) -> Path:
     """Tokenise a materialised dataset folder into the token cache; returns the cache folder.
 
     A complete folder for the same key is returned as is. ``truncation`` is ``drop``,
     ``truncate_prompt_left`` or ``error``; ``assistant_turns`` (supervised) ``all`` or ``last``.
+    ``map_parts(part_job, shard_numbers)`` runs the per-shard parts, in order, here by default
+    (``tasks.parallel.map_parts`` spreads them over the Dask cluster a Prefect task runs on).
     """
     dataset = ShardDataset(dataset_dir)
     dataset.require_intact()  # also on a hit: the shard digests are the key, so they must be the bytes
-    encoder = conversation_encoder(dataset, tokenizer_path, max_length, truncation, assistant_turns, trust_remote_code)
+    encoder = _encoder(str(dataset_dir), str(tokenizer_path), max_length, truncation, assistant_turns, trust_remote_code)
     formatter, media = encoder.formatter, encoder.media
     key_inputs = cache_key_inputs(dataset, formatter, tokenizer_path, max_length, truncation, assistant_turns, media)
     cache_key = sha256_json(key_inputs)
@@ -323,28 +385,21 @@ def tokenize_dataset(
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(root)
     staging = staging_dir(final)
-    kind = dataset.kind
-    has_media = media is not None
-    sink = _ShardSink(staging, token_schema(kind, has_media), rows_per_shard)
-    outcomes: Counter[str] = Counter({outcome: 0 for outcome in OUTCOMES})
-    tokens = labelled = 0
-    for record_batch in dataset.iter_batches():
-        for start in range(0, record_batch.num_rows, batch_rows):
-            rows = record_batch.slice(start, batch_rows).to_pylist()
-            tokenized = token_record_batch(kind, encoder.encode_rows(kind, rows, outcomes), has_media)
-            batch_tokens, batch_labelled = _token_counts(kind, tokenized)
-            tokens, labelled = tokens + batch_tokens, labelled + batch_labelled
-            sink.write(tokenized)
-    shards = sink.close()
+    job = TokenizePart(str(dataset_dir), str(tokenizer_path), max_length, truncation, assistant_turns, trust_remote_code,
+                       str(staging), rows_per_shard, batch_rows)
+    parts = list(map_parts(job, range(len(dataset.manifest.shards))))
+    shards = [entry for part in parts for entry in part["shards"]]
+    outcomes = {outcome: sum(part["outcomes"][outcome] for part in parts) for outcome in OUTCOMES}
+    tokens, labelled = sum(part["tokens"] for part in parts), sum(part["label_tokens"] for part in parts)
     rows_out = sum(entry["rows"] for entry in shards)
     tokenizer = formatter.tokenizer
     manifest = {
         "format": CACHE_FORMAT_VERSION,
         "cache_key": cache_key,
         "key_inputs": key_inputs,
-        "kind": kind.value,
+        "kind": dataset.kind.value,
         "dataset": {"path": str(Path(dataset_dir).resolve()), "digest": dataset.digest, "rows": dataset.num_rows},
-        "media": has_media,  # sequences name their media items, read from the dataset's media store
+        "media": media is not None,  # sequences name their media items, read from the dataset's media store
         "tokenizer_path": str(Path(tokenizer_path).resolve()),
         "chat_format_source": formatter.source,
         "pad_token_id": tokenizer.pad_token_id,

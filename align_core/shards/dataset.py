@@ -64,8 +64,10 @@ class ShardDataset:
         with pa.memory_map(str(self.shard_paths[0])) as source:
             return pa.ipc.open_file(source).schema
 
-    def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
-        for entry, path in zip(self.manifest.shards, self.shard_paths):
+    def iter_batches(self, columns: Sequence[str] | None = None, shards: Sequence[int] | None = None) -> Iterator[pa.RecordBatch]:
+        """Record batches of every shard, or of the shards numbered in ``shards`` (one part of a parallel job)."""
+        numbers = range(len(self.manifest.shards)) if shards is None else shards
+        for entry, path in ((self.manifest.shards[number], self.shard_paths[number]) for number in numbers):
             require_sha256(path, entry.sha256, DAMAGED)
             with pa.memory_map(str(path)) as source:
                 reader = pa.ipc.open_file(source)

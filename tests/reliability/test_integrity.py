@@ -52,7 +52,7 @@ def first_shard(dataset_dir: Path) -> Path:
 
 
 def first_token_file(cache: Path) -> Path:
-    return cache / "shards" / "tokens-00000.arrow"
+    return cache / "shards" / "tokens-00000-000.arrow"
 
 
 # ----- shards ---------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_cache_verify_passes_intact_caches_and_exits_1_naming_a_damaged_file(tmp
     damaged = runner.invoke(app, ["cache", "verify", str(tmp_path / "cache")])
     assert damaged.exit_code == 1
     first_line = damaged.output.splitlines()[0]
-    assert first_line.startswith(f"MISMATCH  token cache  {cache}: shards/tokens-00000.arrow: sha256 mismatch (manifest says ")
+    assert first_line.startswith(f"MISMATCH  token cache  {cache}: shards/tokens-00000-000.arrow: sha256 mismatch (manifest says ")
     assert f"ok        reference    {folder}" in damaged.output
     assert runner.invoke(app, ["cache", "verify", str(folder)]).exit_code == 0  # one reference column alone
     assert runner.invoke(app, ["cache", "verify", str(cache)]).exit_code == 1  # one token cache (+ its columns)
