@@ -171,8 +171,8 @@ def test_a_key_the_algorithm_does_not_read_names_the_algorithm_and_the_keys_it_r
         build_config({**MINIMAL, "train_cfgs": {"algorithm": "simpo", "kto_desirable_weight": 2.0}})
     message = str(error.value)
     assert "train_cfgs.kto_desirable_weight: simpo does not read this key (read by kto)" in message
-    assert "simpo reads beta, simpo_gamma and the common keys" in message
-    with pytest.raises(UsageError, match=r"sft does not read this key \(read by dpo, ipo, kto\).*sft reads packing and the common keys"):
+    assert "simpo reads beta, liger_kernel, packing, simpo_gamma, torch_compile and the common keys" in message
+    with pytest.raises(UsageError, match=r"sft does not read this key \(read by dpo, ipo, kto\).*sft reads liger_kernel, packing, torch_compile and the common keys"):
         build_config(MINIMAL, ["train_cfgs.reference=live"])
     with pytest.raises(UsageError, match=r"unknown config key 'train_cfgs.betta' \(did you mean 'beta'\?\)"):
         build_config({**MINIMAL, "train_cfgs": {"algorithm": "dpo", "betta": 0.2}})

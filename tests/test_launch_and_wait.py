@@ -29,7 +29,7 @@ def test_a_bad_config_key_exits_2_and_raises_the_childs_error_message(tmp_path):
     lines: list[str] = []
     with pytest.raises(UsageError) as raised:
         launch.launch_and_wait(config, emit=lines.append)
-    assert str(raised.value) == f"{config}: unknown config key 'train_cfgs.max_step' (did you mean 'max_steps'?) (sft reads packing and the common keys)"
+    assert str(raised.value) == f"{config}: unknown config key 'train_cfgs.max_step' (did you mean 'max_steps'?) (sft reads liger_kernel, packing, torch_compile and the common keys)"
     assert lines[0].startswith("launching: ") and not any(line.startswith("error:") for line in lines)
 
 

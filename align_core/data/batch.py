@@ -10,7 +10,10 @@ so one forward pass scores every sequence. Beside the tokens it carries
   for any input without a trainer knowing its name;
 - ``values``: (n,) per-sequence values that are not model inputs (cached reference log-probs, KTO's
   desirable labels);
-- ``companions``: other batches that belong to these rows (KTO's mismatched pairs), selected with them.
+- ``companions``: other batches that belong to these rows (KTO's mismatched pairs), selected with them;
+- ``packing``: set on a padding-free packed batch (``align_core.data.packing``), whose tensor rows are
+  bins of whole sequences: it maps every position back to its sequence, so counts and per-sequence
+  values are the unpacked batch's (``num_sequences``, ``trained_tokens``, a scorer's log-probs).
 
 ``forward(model, batch)`` is the one place a model is called with a batch.
 """
@@ -68,6 +71,30 @@ class ModelInput:
         return replace(self, value=self.value.to(device), counts=counts)
 
 
+@dataclass(frozen=True)
+class Packing:
+    """Where a packed batch's tokens come from.
+
+    Attributes:
+        sequence_index: (n_bins, L) the unpacked sequence (its index in the sequence-major order of the
+            rows packed) each position belongs to; -1 on padding.
+        num_sequences: sequences packed: the unpacked batch's n.
+    """
+
+    sequence_index: torch.Tensor
+    num_sequences: int
+
+    def label_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """(num_sequences,) sums of ``values`` (n_bins, L-1) at label positions: position t predicts
+        token t+1 and counts for that token's sequence (0 expected on padding, which counts for none)."""
+        owners = self.sequence_index[:, 1:]
+        keep = owners >= 0
+        return values.new_zeros(self.num_sequences).index_add(0, owners[keep], values[keep])
+
+    def to(self, device: torch.device | str) -> Packing:
+        return replace(self, sequence_index=self.sequence_index.to(device))
+
+
 @dataclass
 class Batch:
     """``n = rows * sequences_per_row`` sequences of length L.
@@ -80,6 +107,7 @@ class Batch:
         model_inputs: extra keyword inputs of the model's forward.
         values: (n,) per-sequence values beside the model inputs.
         companions: batches aligned row by row with this one.
+        packing: set when the tensors' rows are bins of packed sequences (n is then the sequences packed).
     """
 
     input_ids: torch.Tensor
@@ -89,10 +117,11 @@ class Batch:
     model_inputs: dict[str, ModelInput] = field(default_factory=dict)
     values: dict[str, torch.Tensor] = field(default_factory=dict)
     companions: dict[str, Batch] = field(default_factory=dict)
+    packing: Packing | None = None
 
     @property
     def num_sequences(self) -> int:
-        return self.input_ids.shape[0]
+        return self.input_ids.shape[0] if self.packing is None else self.packing.num_sequences
 
     @property
     def num_rows(self) -> int:
@@ -110,7 +139,8 @@ class Batch:
         """(k,) label tokens that predict a next token (what a causal LM loss sums over), per sequence group."""
         if self.labels is None:
             return torch.zeros(self.sequences_per_row, dtype=torch.long, device=self.input_ids.device)
-        per_sequence = (self.labels[:, 1:] != IGNORE_INDEX).sum(-1)
+        trained = self.labels[:, 1:] != IGNORE_INDEX
+        per_sequence = trained.sum(-1) if self.packing is None else self.packing.label_sums(trained.long())
         return per_sequence.view(self.sequences_per_row, self.num_rows).sum(-1)
 
     def non_pad_tokens(self) -> torch.Tensor:
@@ -123,6 +153,8 @@ class Batch:
 
     def select_rows(self, rows: torch.Tensor | list[int]) -> Batch:
         """A batch of the given rows (all sequences of each), with their inputs, values and companions."""
+        if self.packing is not None:
+            raise ValueError("a packed batch holds bins, not rows: select rows before packing them")
         rows = torch.as_tensor(rows, dtype=torch.long)
         sequences = self.sequence_indices(rows)
         on_device = sequences.to(self.input_ids.device)
@@ -143,6 +175,8 @@ class Batch:
 
     def sequence_group(self, index: int) -> Batch:
         """The ``index``-th sequence of every row as a one-sequence-per-row batch (0: chosen, 1: rejected)."""
+        if self.packing is not None:
+            raise ValueError("a packed batch holds bins, not rows: take sequence groups before packing them")
         sequences = torch.arange(index * self.num_rows, (index + 1) * self.num_rows)
         on_device = sequences.to(self.input_ids.device)
         return Batch(
@@ -162,6 +196,7 @@ class Batch:
             model_inputs={name: model_input.to(device) for name, model_input in self.model_inputs.items()},
             values={name: value.to(device) for name, value in self.values.items()},
             companions={name: companion.to(device) for name, companion in self.companions.items()},
+            packing=None if self.packing is None else self.packing.to(device),
         )
 
 

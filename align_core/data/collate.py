@@ -15,6 +15,8 @@ here by its processor from each sequence's media refs (``align_core.data.media_i
 
 Padding: ``pad_token_id`` in ``input_ids``, 0 in ``attention_mask``, -100 in ``labels``.
 ``pad_to_multiple_of`` rounds L up (GPU-friendly shapes; fewer distinct shapes to compile).
+``pack_capacity``: the sequences are packed padding-free into rows of at most that many tokens instead
+(``align_core.data.packing``; kinds with labels, without media).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 
 from align_core.data.batch import Batch
 from align_core.data.media_inputs import MediaProcessor, MediaRef
+from align_core.data.packing import pack_sequences
 from align_core.data.schema import SEQUENCE_PREFIXES, has_labels
 from align_core.data.truncation import IGNORE_INDEX
 from align_core.shards.schema import Kind
@@ -68,21 +71,32 @@ class Collator:
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     media: MediaProcessor | None = None  # for a cache whose sequences name media items
+    pack_capacity: int | None = None  # pack padding-free into rows of at most this many tokens
+
+    def __post_init__(self) -> None:
+        if self.pack_capacity is not None and (self.media is not None or not has_labels(self.kind)):
+            what = "rows with media inputs" if self.media is not None else f"{self.kind.value} rows"
+            raise ValueError(f"{what} are not packed")
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> Batch:
         side = "left" if self.kind is Kind.PROMPT_ONLY else "right"
         prefixes = SEQUENCE_PREFIXES[self.kind]
         # Sequence-major order: all chosen rows, then all rejected rows.
         input_ids = [row[f"{prefix}input_ids"] for prefix in prefixes for row in rows]
+        values = {}
+        if self.kind is Kind.UNPAIRED_PREFERENCE:
+            values["desirable"] = torch.tensor([bool(row["desirable"]) for row in rows])
+        if self.pack_capacity is not None:
+            labels = [row[f"{prefix}labels"] for prefix in prefixes for row in rows]
+            batch = pack_sequences(input_ids, labels, self.pad_token_id, self.pack_capacity, len(prefixes))
+            batch.values = values
+            return batch
         ones = [np.ones(len(sequence), dtype=np.int64) for sequence in input_ids]
         labels = None
         if has_labels(self.kind):
             labels = pad_sequences(
                 [row[f"{prefix}labels"] for prefix in prefixes for row in rows], IGNORE_INDEX, side, self.pad_to_multiple_of
             )
-        values = {}
-        if self.kind is Kind.UNPAIRED_PREFERENCE:
-            values["desirable"] = torch.tensor([bool(row["desirable"]) for row in rows])
         model_inputs = {}
         if self.media is not None:
             refs = [[MediaRef.parse(str(key)) for key in row[f"{prefix}media"]] for prefix in prefixes for row in rows]

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from align_core.data.batch import Batch, forward
 from align_core.losses import IGNORE_INDEX, sequence_logps
+from align_core.losses.logps import label_owners, linear_token_logps, per_sequence_sums
 
 # Causal LMs whose forward is exactly ``lm_head(base_model(...).last_hidden_state)``.
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2"})
@@ -52,43 +52,60 @@ class SequenceLogps:
         return SequenceLogps(sums[0], means[0], counts[0]), SequenceLogps(sums[1], means[1], counts[1])
 
 
-def response_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor) -> SequenceLogps:
+def response_logps(
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    labels: torch.Tensor,
+    sequence_index: torch.Tensor | None = None,
+    num_sequences: int | None = None,
+    fused: bool = False,
+) -> SequenceLogps:
     """``sequence_logps`` from last hidden states, projecting only the positions that predict a label.
 
     Args:
-        hidden: (n, L, H) final hidden states; position t predicts token t+1.
+        hidden: (b, L, H) final hidden states; position t predicts token t+1.
         lm_head: (H -> V) output projection.
-        labels: (n, L), -100 off the response.
+        labels: (b, L), -100 off the response.
+        sequence_index, num_sequences: a packed batch's map of positions to its n sequences; None: n = b.
+        fused: Liger's fused linear cross-entropy (``linear_token_logps``).
     """
     shifted = labels[:, 1:]
     mask = shifted != IGNORE_INDEX
-    rows = mask.nonzero()[:, 0]
-    # fp32 log-softmax, as sequence_logps: bf16 logits would lose the differences preference losses compare
-    token_logps = -F.cross_entropy(lm_head(hidden[:, :-1][mask]).float(), shifted[mask], reduction="none")
-    sums = torch.zeros(len(labels), dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
-    n_tokens = mask.sum(-1)
-    return SequenceLogps(sums, sums / n_tokens.clamp(min=1), n_tokens)
+    token_logps = linear_token_logps(hidden[:, :-1][mask], lm_head, shifted[mask], fused)
+    count = len(labels) if num_sequences is None else num_sequences
+    return SequenceLogps(*per_sequence_sums(token_logps, label_owners(mask, sequence_index), count))
 
 
 class ResponseScorer(torch.nn.Module):
     """A causal LM whose forward gives ``SequenceLogps`` of the label tokens; saves and loads as the LM."""
 
-    def __init__(self, causal_lm: torch.nn.Module):
+    def __init__(self, causal_lm: torch.nn.Module, fused_head: bool = False):
+        """``fused_head``: score through Liger's fused linear cross-entropy (a plain-head model on CUDA)."""
         super().__init__()
         self.causal_lm = causal_lm
         self.plain_head = getattr(causal_lm.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
+        self.fused_head = fused_head
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **model_inputs: Any
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        sequence_index: torch.Tensor | None = None,
+        num_sequences: int | None = None,
+        **model_inputs: Any,
     ) -> SequenceLogps:
-        """input_ids, attention_mask, labels: (n, L), + any extra input the model takes -> SequenceLogps of (n,)."""
+        """input_ids, attention_mask, labels: (b, L), + any extra input the model takes -> SequenceLogps of
+        (n,): one per row, or, for a packed batch, per sequence ``sequence_index`` maps positions to."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False, **model_inputs}
         if self.plain_head:
             # under LoRA the model with its adapters injected sits inside peft's wrapper
             causal_lm = self.causal_lm.get_base_model() if hasattr(self.causal_lm, "get_base_model") else self.causal_lm
             hidden = causal_lm.base_model(**inputs).last_hidden_state
-            return response_logps(hidden, causal_lm.get_output_embeddings(), labels)
-        return SequenceLogps(*sequence_logps(self.causal_lm(**inputs).logits, labels))
+            head = causal_lm.get_output_embeddings()
+            return response_logps(hidden, head, labels, sequence_index, num_sequences, self.fused_head)
+        logits = self.causal_lm(**inputs).logits
+        return SequenceLogps(*sequence_logps(logits, labels, IGNORE_INDEX, sequence_index, num_sequences))
 
     def adapt(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> ResponseScorer:
         """Replace the language model by ``wrap(it)`` (LoRA adapters): the scorer stays the trained module."""
@@ -108,9 +125,12 @@ def score_sequences(scorer: Callable[..., SequenceLogps], batch: Batch) -> Seque
 
     Args:
         scorer: a ``ResponseScorer``, or the DeepSpeed engine wrapping one.
-        batch: n sequences with labels (-100 off the response) and any extra model inputs.
+        batch: n sequences with labels (-100 off the response) and any extra model inputs, padded or packed.
     """
-    return forward(scorer, batch, labels=batch.labels)
+    if batch.packing is None:
+        return forward(scorer, batch, labels=batch.labels)
+    packing = batch.packing
+    return forward(scorer, batch, labels=batch.labels, sequence_index=packing.sequence_index, num_sequences=packing.num_sequences)
 
 
 def load_frozen_scorer(path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> ResponseScorer:

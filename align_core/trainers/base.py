@@ -50,6 +50,7 @@ from align_core.trainers.rundir import (
     run_digest,
     run_dir_lock,
 )
+from align_core.trainers.throughput import check_kernels, compile_decoder, packing_collate
 
 Metrics = dict[str, torch.Tensor]  # name -> () share of the step's value, summed over micro-batches and ranks
 
@@ -186,8 +187,16 @@ class Trainer:
 
     def train_collate(self, collate: Any) -> Any:
         """The collate function of training micro-batches, from the datasets' (evaluation keeps that one):
-        SFT's packing replaces it."""
-        return collate
+        with ``train_cfgs.packing`` (where the algorithm's settings have it), the same rows packed."""
+        if not getattr(self.train_cfgs, "packing", False):
+            return collate
+        # the same rows per micro-batch, so the same losses; only the padding goes
+        return packing_collate(collate, self.config.data_cfgs.max_length)
+
+    @property
+    def fused_head(self) -> bool:
+        """``train_cfgs.liger_kernel`` (where the algorithm's settings have it): score through Liger's fused head."""
+        return getattr(self.train_cfgs, "liger_kernel", False)
 
     def compute_loss(self, batch: Batch, totals: StepTotals) -> tuple[torch.Tensor, Metrics]:
         """The micro-batch's share of the step loss (its sum over the step's count), and metric shares."""
@@ -255,6 +264,8 @@ class Trainer:
         """Data, models, checkpoints (restored when resuming) and metrics, in the order ranks must agree on."""
         dist = self.dist
         self.load_options()  # a model setting this machine cannot run fails before any data is read
+        model_cfgs = self.config.model_cfgs
+        check_kernels(self.train_cfgs, model_cfgs.model_name_or_path, model_cfgs.trust_remote_code)
         train_rows, train_lengths, collate = self.load_datasets(self.config.data_cfgs.train_datasets)
         self.collate = self.train_collate(collate)
         # The order is a pure function of (seed, epoch, rank): a resume skips batches without reading them.
@@ -434,6 +445,8 @@ class Trainer:
                     model = apply_lora(model, self.config.model_cfgs.lora)
                 if self.train_cfgs.gradient_checkpointing:
                     model.gradient_checkpointing_enable()
+                if getattr(self.train_cfgs, "torch_compile", False):
+                    compile_decoder(model)
                 self.engines[role.name] = Engine(
                     model, self.train_cfgs, ds_config, total_steps * self.updates_per_step, role.learning_rate
                 )

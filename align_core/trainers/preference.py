@@ -1,7 +1,8 @@
 """Paired preference trainers: DPO, IPO, SimPO and ORPO, one trainer parameterised by its loss.
 
 Each step scores chosen and rejected responses in one policy forward pass over the 2b stacked rows
-(log-probs of response tokens only), takes the reference log-probs from the cached column or the live
+(log-probs of response tokens only; with ``train_cfgs.packing`` the 2b sequences packed padding-free and
+their log-probs unpacked to (2b,), see ``align_core.trainers.throughput``), takes the reference log-probs from the cached column or the live
 model (DPO, IPO), and hands both to the pure loss in ``align_core.losses``. An algorithm is the
 ``pair_losses`` method of a small subclass, and its settings class.
 
@@ -15,13 +16,13 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from align_core.config import TrainCfgs
 from align_core.data.batch import Batch
 from align_core.losses import dpo_loss, ipo_loss, orpo_odds_ratio_loss, simpo_loss
 from align_core.reference import SequenceLogps
 from align_core.shards.schema import Kind
 from align_core.trainers.base import Metrics, StepTotals
 from align_core.trainers.response_logps import PerExample, ReferenceSettings, ResponseLogpsTrainer
+from align_core.trainers.throughput import ThroughputSettings
 
 STANDARD_VALUES = {"loss", "chosen_rewards", "rejected_rewards", "chosen_logps", "rejected_logps"}
 
@@ -64,7 +65,7 @@ class PreferenceTrainer(ResponseLogpsTrainer):
         return pair_metrics(values, count)
 
 
-class DPOSettings(ReferenceSettings):
+class DPOSettings(ReferenceSettings, ThroughputSettings):
     beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward")
     label_smoothing: float = Field(0.0, ge=0, le=0.5, description="> 0: conservative DPO (cDPO)")
 
@@ -84,7 +85,7 @@ class DPOTrainer(PreferenceTrainer):
         return {"loss": losses, "chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
 
 
-class IPOSettings(ReferenceSettings):
+class IPOSettings(ReferenceSettings, ThroughputSettings):
     beta: float = Field(0.1, gt=0, description="the paper's tau: the margin target is 1 / (2 beta)")
 
 
@@ -102,7 +103,7 @@ class IPOTrainer(PreferenceTrainer):
         return {"loss": losses, "chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
 
 
-class SimPOSettings(TrainCfgs):
+class SimPOSettings(ThroughputSettings):
     beta: float = Field(2.0, gt=0, description="reward scale")
     simpo_gamma: float = Field(0.5, ge=0, description="target reward margin")
 
@@ -119,7 +120,7 @@ class SimPOTrainer(PreferenceTrainer):
         return {"loss": losses, "chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
 
 
-class ORPOSettings(TrainCfgs):
+class ORPOSettings(ThroughputSettings):
     orpo_lambda: float = Field(0.1, ge=0, description="weight of the odds-ratio term")
 
 

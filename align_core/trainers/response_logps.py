@@ -63,7 +63,7 @@ class ResponseLogpsTrainer(Trainer):
         """The policy inside a ``ResponseScorer``: the engine's forward returns response log-probs."""
         from align_core.models.registry import load_causal_lm
 
-        return ResponseScorer(load_causal_lm(path, **self.load_options()))
+        return ResponseScorer(load_causal_lm(path, **self.load_options()), fused_head=self.fused_head)
 
     def models(self) -> list[ModelRole]:
         roles = super().models()

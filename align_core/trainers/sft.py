@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
-from pydantic import Field
 
-from align_core.config import TrainCfgs
 from align_core.data.batch import Batch, forward
-from align_core.data.packing import packed_batch
-from align_core.errors import UsageError
 from align_core.losses import sequence_logps, sft_loss
+from align_core.reference.scoring import ResponseScorer, score_sequences
 from align_core.shards.schema import Kind
 from align_core.trainers.base import Metrics, StepTotals, Trainer
+from align_core.trainers.throughput import ThroughputSettings
 
 
-class SFTSettings(TrainCfgs):
-    packing: bool = Field(False, description="pack each micro-batch's rows end to end into sequences of at most "
-                          "data_cfgs.max_length tokens, padding-free (align_core.data.packing)")
+class SFTSettings(ThroughputSettings):
+    """SFT reads the common keys and the throughput switches (``align_core.trainers.throughput``)."""
 
 
 class SFTTrainer(Trainer):
@@ -29,28 +25,29 @@ class SFTTrainer(Trainer):
     dataset_kinds = (Kind.SUPERVISED,)
     settings = SFTSettings
 
-    def train_collate(self, collate):
-        if not getattr(self.train_cfgs, "packing", False):  # a subclass may bring settings of its own
-            return collate
-        if collate.media is not None:
-            raise UsageError("train_cfgs.packing: rows with media inputs are not packed; set packing: false")
-        # the same rows per micro-batch, so the same losses; only the padding goes
-        return functools.partial(packed_batch, pad_token_id=collate.pad_token_id, capacity=self.config.data_cfgs.max_length)
-
     def load_model(self, path: str) -> torch.nn.Module:
         from align_core.models.registry import load_causal_lm
 
-        return load_causal_lm(path, **self.load_options())
+        model = load_causal_lm(path, **self.load_options())
+        # fused: the label tokens' log-probs straight from hidden states (the scorer), no logits tensor
+        return ResponseScorer(model, fused_head=True) if self.fused_head else model
 
     def _logits(self, batch: Batch) -> torch.Tensor:
         """(b, L, V) logits; the loss is ours (not the model's), so every algorithm shifts labels alike."""
         return forward(self.engine, batch, use_cache=False).logits
 
     def compute_loss(self, batch: Batch, totals: StepTotals) -> tuple[torch.Tensor, Metrics]:
-        nll_sum, n_label_tokens = sft_loss(self._logits(batch), batch.labels)
+        if self.fused_head:
+            scores = score_sequences(self.engine, batch)
+            nll_sum, n_label_tokens = -scores.sum.sum(), scores.n_tokens.sum()
+        else:
+            nll_sum, n_label_tokens = sft_loss(self._logits(batch), batch.labels)
         return nll_sum / max(totals.all_trained_tokens, 1.0), {"label_tokens": n_label_tokens.float()}
 
     def eval_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.fused_head:
+            scores = score_sequences(self.engine, batch)
+            return {"nll": -scores.sum, "label_tokens": scores.n_tokens}
         sum_logps, _, n_tokens = sequence_logps(self._logits(batch), batch.labels)
         return {"nll": -sum_logps, "label_tokens": n_tokens}
 
