@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import csv
 import json
+import operator
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -249,42 +251,94 @@ def stat_key(path: str | os.PathLike) -> str:
     return "|".join(parts)
 
 
+@dataclass(frozen=True)
+class ChunkRef:
+    """Where a chunk lies, so that whoever formats it reads it (a worker process, a Dask worker): a byte
+    range of a JSON Lines file, or rows of one record batch of an Arrow file. Sources that cannot be
+    entered mid-way (a JSON array, CSV, Parquet, an Arrow stream) carry the chunk itself in ``chunk``."""
+
+    path: str
+    format: str
+    start_index: int
+    offset: int = 0  # jsonl: first byte; arrow: first row within the record batch
+    length: int = 0  # jsonl: bytes; arrow: rows
+    batch: int = 0  # arrow: the record batch's number in the file
+    chunk: Chunk | None = None
+
+
 def iter_chunks(path: str | os.PathLike, source_format: str) -> Iterator[Chunk]:
     """Stream the source as chunks of bounded size, in source order."""
+    for ref in plan_chunks(path, source_format):
+        yield read_chunk(ref)
+
+
+def plan_chunks(path: str | os.PathLike, source_format: str) -> Iterator[ChunkRef]:
+    """The source's chunks in source order, as references where the format allows (JSON Lines, Arrow
+    files): the same chunks ``iter_chunks`` reads, so a worker reading its reference formats the same rows."""
     path = Path(path)
     _require_file_or_folder(path)
-    readers = {
-        "jsonl": _jsonl_chunks,
-        "json": _json_array_chunks,
-        "csv": _csv_chunks,
-        "parquet": _parquet_chunks,
-        "arrow": _arrow_chunks,
-        "hf_disk": _hf_disk_chunks,
-    }
-    try:
-        yield from readers[source_format](path)
-    except (pa.ArrowException, OSError, ValueError, csv.Error) as error:  # ValueError: invalid JSON or UTF-8
-        raise UsageError(f"cannot read {path} as {source_format}: {_one_line(error)}") from None
+    with _read_errors(path, source_format):
+        if source_format == "jsonl":
+            for start_index, offset, length in _jsonl_ranges(path):
+                yield ChunkRef(str(path), source_format, start_index, offset, length)
+        elif source_format == "arrow" and _is_arrow_file(path):
+            yield from _arrow_file_refs(path)
+        else:
+            readers = {"json": _json_array_chunks, "csv": _csv_chunks, "parquet": _parquet_chunks}
+            readers |= {"arrow": _arrow_chunks, "hf_disk": _hf_disk_chunks}
+            for chunk in readers[source_format](path):
+                yield ChunkRef(str(path), source_format, chunk.start_index, chunk=chunk)
 
 
-def _jsonl_chunks(path: Path) -> Iterator[Chunk]:
+def read_chunk(ref: ChunkRef) -> Chunk:
+    """The chunk a reference points at."""
+    if ref.chunk is not None:
+        return ref.chunk
+    with _read_errors(Path(ref.path), ref.format):
+        if ref.format == "jsonl":
+            with open(ref.path, "rb") as handle:
+                handle.seek(ref.offset)
+                return Chunk(start_index=ref.start_index, jsonl=handle.read(ref.length))
+        with pa.memory_map(ref.path) as source:
+            batch = pa.ipc.open_file(source).get_batch(ref.batch).slice(ref.offset, ref.length)
+            return Chunk(start_index=ref.start_index, batch=batch)
+
+
+class _read_errors:
+    """A reader's error (invalid JSON, UTF-8, a damaged page) as a one-line ``UsageError``."""
+
+    def __init__(self, path: Path, source_format: str):
+        self.path, self.format = path, source_format
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if isinstance(error, (pa.ArrowException, OSError, ValueError, csv.Error)):  # ValueError: invalid JSON or UTF-8
+            raise UsageError(f"cannot read {self.path} as {self.format}: {_one_line(error)}") from None
+
+
+def _jsonl_ranges(path: Path) -> Iterator[tuple[int, int, int]]:
+    """``(first line number, byte offset, byte length)`` of each chunk: whole lines, about
+    ``JSONL_CHUNK_BYTES`` each (a longer line is one chunk), the byte-order mark left out."""
     line_number = 0
+    block = bytearray(JSONL_CHUNK_BYTES)  # read into, not allocated per block: the planner reads the whole file
     with open(path, "rb") as handle:
-        carry = handle.read(len(UTF8_BOM)).removeprefix(UTF8_BOM)  # a byte-order mark is not part of the first row
-        while True:
-            block = handle.read(JSONL_CHUNK_BYTES)
-            if not block:
-                break
-            block = carry + block
-            end = block.rfind(b"\n") + 1
-            if end == 0:  # one line longer than a chunk: keep reading
-                carry = block
+        head = handle.read(len(UTF8_BOM))
+        start = len(UTF8_BOM) if head == UTF8_BOM else 0  # a byte-order mark is not part of the first row
+        position = len(head)
+        while size := handle.readinto(block):
+            last = block.rfind(b"\n", 0, size)
+            position += size
+            if last < 0:  # one line longer than a chunk: keep reading
                 continue
-            carry = block[end:]
-            yield Chunk(start_index=line_number, jsonl=block[:end])
-            line_number += block.count(b"\n", 0, end)
-    if carry.strip():
-        yield Chunk(start_index=line_number, jsonl=carry)
+            end = position - size + last + 1
+            yield line_number, start, end - start
+            line_number += block.count(b"\n", 0, size)  # the lines before ``end``: none after the last newline
+            start = end
+        handle.seek(start)
+        if handle.read().strip():
+            yield line_number, start, position - start
 
 
 def _json_array_chunks(path: Path, rows_per_chunk: int = 5_000) -> Iterator[Chunk]:
@@ -459,6 +513,25 @@ def _parquet_chunks(path: Path) -> Iterator[Chunk]:
         index += batch.num_rows
 
 
+def _is_arrow_file(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(ARROW_FILE_MAGIC)) == ARROW_FILE_MAGIC
+
+
+def _arrow_file_refs(path: Path) -> Iterator[ChunkRef]:
+    """The chunks of an Arrow IPC file as row ranges of its record batches (the footer says where each is)."""
+    index = 0
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        for number in range(reader.num_record_batches):
+            batch = reader.get_batch(number)
+            rows_per_chunk = _rows_per_chunk(batch.num_rows, batch.nbytes)
+            for offset in range(0, batch.num_rows, rows_per_chunk):
+                rows = min(rows_per_chunk, batch.num_rows - offset)
+                yield ChunkRef(str(path), "arrow", index, offset, rows, number)
+                index += rows
+
+
 def _arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
     with pa.memory_map(str(path)) as source:
         if source.read(6) == ARROW_FILE_MAGIC:
@@ -514,22 +587,46 @@ def _require_object(value: Any) -> dict | RowRejected:
 
 
 def _jsonl_rows(chunk: Chunk) -> list[tuple[int, dict | RowRejected, Any]]:
+    lines = chunk.jsonl.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the newline ending the last line
+    clean = _clean_jsonl_rows(lines, chunk.start_index)
+    return clean if clean is not None else _jsonl_rows_one_by_one(lines, chunk.start_index)
+
+
+def _clean_jsonl_rows(lines: list[bytes], start_index: int) -> list[tuple[int, dict, dict]] | None:
+    """The rows of a chunk whose every line is a JSON object nested at most ``MAX_NESTING`` deep (the usual
+    case), decoded without a Python loop per line; None when any line is otherwise (blank, invalid, deep)."""
+    if not lines or max(map(operator.add, map(bytes.count, lines, repeat(b"[")), map(bytes.count, lines, repeat(b"{")))) > MAX_NESTING:
+        return None
+    try:
+        values = list(map(orjson.loads, lines))  # a blank line is invalid JSON too
+    except orjson.JSONDecodeError:
+        return None
+    if set(map(type, values)) != {dict}:
+        return None
+    return list(zip(range(start_index, start_index + len(values)), values, values))
+
+
+def _jsonl_rows_one_by_one(lines: list[bytes], start_index: int) -> list[tuple[int, dict | RowRejected, Any]]:
     rows = []
-    for offset, line in enumerate(chunk.jsonl.split(b"\n")):
-        if not line.strip():
+    append, loads = rows.append, orjson.loads  # locals: this loop runs once per line of every source
+    index = start_index - 1
+    for line in lines:
+        index += 1
+        if not line or line.isspace():
             continue
-        index = chunk.start_index + offset
         try:
-            value = orjson.loads(line)
+            value = loads(line)
         except orjson.JSONDecodeError as error:
             raw = line.decode("utf-8", errors="replace")
-            rows.append((index, RowRejected(UNDECODABLE, f"line {index}: not valid JSON or UTF-8 ({error})"), raw))
+            append((index, RowRejected(UNDECODABLE, f"line {index}: not valid JSON or UTF-8 ({error})"), raw))
             continue
         if _may_nest_too_deep(line) and _nesting_depth(value) > MAX_NESTING:
             rejection = RowRejected(UNDECODABLE, f"line {index}: nested deeper than {MAX_NESTING} levels")
-            rows.append((index, rejection, line.decode("utf-8", errors="replace")))
+            append((index, rejection, line.decode("utf-8", errors="replace")))
             continue
-        rows.append((index, _require_object(value), value))
+        append((index, value if type(value) is dict else _require_object(value), value))
     return rows
 
 
@@ -583,12 +680,15 @@ __all__ = [
     "FORMATS",
     "MAX_NESTING",
     "Chunk",
+    "ChunkRef",
     "SourceInfo",
     "check_source",
     "chunk_rows",
     "detect_format",
     "fingerprint_source",
     "iter_chunks",
+    "plan_chunks",
+    "read_chunk",
     "read_source_rows",
     "stat_key",
 ]

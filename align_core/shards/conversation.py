@@ -14,6 +14,7 @@ path of materialisation, and this is several times faster than ``pa.array(list_o
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -119,6 +120,36 @@ def conversation_text(messages: Conversation) -> str:
     )
 
 
+@dataclass(frozen=True)
+class FixedTurns:
+    """Conversations of many rows that all have the same turns, each message one text part, column-wise:
+    message ``j`` of row ``i`` has role ``roles[j]`` and text ``texts[j][i]`` (Alpaca: user, assistant)."""
+
+    roles: tuple[str, ...]
+    texts: tuple[list[str], ...]
+
+    def __len__(self) -> int:
+        return len(self.texts[0])
+
+    def slice(self, start: int, stop: int) -> FixedTurns:
+        return FixedTurns(self.roles, tuple(column[start:stop] for column in self.texts))
+
+
+@dataclass(frozen=True)
+class VaryingTurns:
+    """Conversations of many rows whose turns differ (transcripts), each message one text part:
+    row ``i`` has roles ``roles[i]`` and texts ``texts[i]``."""
+
+    roles: list[list[str]]
+    texts: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def slice(self, start: int, stop: int) -> VaryingTurns:
+        return VaryingTurns(self.roles[start:stop], self.texts[start:stop])
+
+
 class ConversationColumn:
     """Accumulates normalised conversations and builds one Arrow ``CONVERSATION`` array."""
 
@@ -146,6 +177,30 @@ class ConversationColumn:
     def extend(self, conversations: Iterable[Conversation]) -> None:
         for messages in conversations:
             self.append(messages)
+
+    def extend_turns(self, turns: FixedTurns | VaryingTurns) -> None:
+        """Append text-only conversations in bulk: the same lists (so the same arrays) as ``append`` of
+        each conversation's messages, built with list operations rather than a dict per message."""
+        if isinstance(turns, VaryingTurns):
+            for roles, texts in zip(turns.roles, turns.texts):
+                self._extend_messages(roles, texts)
+                self._message_offsets.append(len(self._roles))
+            return
+        per_row = len(turns.roles)
+        texts: list[str | None] = [None] * (per_row * len(turns))
+        for position, column in enumerate(turns.texts):
+            texts[position::per_row] = column
+        start = len(self._roles)
+        self._extend_messages(list(turns.roles) * len(turns), texts)
+        self._message_offsets.extend(range(start + per_row, len(self._roles) + 1, per_row))
+
+    def _extend_messages(self, roles: list[str], texts: list) -> None:
+        """Messages of one text part each."""
+        start = len(self._part_types)
+        self._roles.extend(roles)
+        self._part_types.extend([TEXT_PART] * len(texts))
+        self._part_texts.extend(texts)
+        self._part_offsets.extend(range(start + 1, start + len(texts) + 1))
 
     def to_array(self) -> pa.Array:
         parts = pa.StructArray.from_arrays(

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from align_core.io import sha256_file
-from align_core.shards.conversation import ConversationColumn
+from align_core.shards.conversation import ConversationColumn, FixedTurns, VaryingTurns
 from align_core.shards.manifest import QUARANTINE_NAME, SHARDS_SUBDIR, FileEntry
 from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, QUARANTINE_SCHEMA, Kind, shard_schema
 
@@ -55,6 +55,26 @@ class SampleBatch:
         self.metas.append(sample.get("meta"))
         for column, items in self.media_items.items():
             items.append(sample.get(column) or [])
+
+    def add_turns(
+        self,
+        ids: list[str],
+        source_indices: list[int],
+        conversations: dict[str, FixedTurns | VaryingTurns],
+        metas: list[str | None],
+        labels: list[bool] | None = None,
+    ) -> None:
+        """Append samples formatted column-wise (a template's batch method): the same columns as ``add``
+        of each sample in turn."""
+        self.ids.extend(ids)
+        self.source_indices.extend(source_indices)
+        for column, builder in self.conversations.items():
+            builder.extend_turns(conversations[column])
+        if self.kind is Kind.UNPAIRED_PREFERENCE:
+            self.labels.extend(labels)
+        self.metas.extend(metas)
+        for items in self.media_items.values():
+            items.extend([] for _ in ids)
 
     def to_record_batch(self, schema: pa.Schema) -> pa.RecordBatch:
         arrays: dict[str, pa.Array] = {

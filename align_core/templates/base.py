@@ -12,6 +12,12 @@ and raises ``RowRejected`` with a reason for a row it cannot format. ``meta`` is
 
 Options are declared as a class attribute ``options = {"name": default}`` and given to the
 constructor; they are part of the dataset digest.
+
+A template may also format many rows at once, column-wise (``format_<kind>_batch(rows) ->
+FormattedBatch``): the built-in text templates do, to skip building a dict per message. A batch method
+formats only the rows it is sure of, exactly as the row method would, and leaves every other row (a
+bad one, an unusual one) to the row method, which gives its reason. It is used only where the
+template's own class defines it, so a subclass that changes the row method never inherits it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from align_core.errors import (
@@ -31,7 +38,13 @@ from align_core.errors import (
     RowRejected,
     UsageError,
 )
-from align_core.shards.conversation import Conversation, conversation_text, normalize_conversation
+from align_core.shards.conversation import (
+    Conversation,
+    FixedTurns,
+    VaryingTurns,
+    conversation_text,
+    normalize_conversation,
+)
 from align_core.shards.schema import CONVERSATION_COLUMNS, TEXT_PART, Kind, parse_kind
 
 FORMAT_METHODS = {
@@ -40,6 +53,27 @@ FORMAT_METHODS = {
     Kind.PROMPT_ONLY: "format_prompt_only_sample",
     Kind.UNPAIRED_PREFERENCE: "format_unpaired_preference_sample",
 }
+
+BATCH_METHODS = {kind: method.removesuffix("_sample") + "_batch" for kind, method in FORMAT_METHODS.items()}
+
+
+@dataclass
+class FormattedBatch:
+    """The rows a batch method formatted: ``positions`` (ascending) in the rows it was given, and for those
+    rows each conversation column's turns, the meta JSON (``meta_json``) and, for unpaired preference, the label."""
+
+    positions: list[int]
+    conversations: dict[str, FixedTurns | VaryingTurns]
+    metas: list[str | None]
+    labels: list[bool] | None = None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+def meta_json(meta: dict | None) -> str | None:
+    """A sample's ``meta`` column: sorted-key JSON, or null for no meta."""
+    return json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str) if meta else None
 
 
 class Template:
@@ -93,8 +127,16 @@ class Template:
             raise RowRejected(IDENTICAL_PAIR, "chosen and rejected are identical")
         if self.media_types():
             collect_media(sample, columns)
-        sample["meta"] = json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str) if meta else None
+        sample["meta"] = meta_json(meta)
         return sample
+
+    def format_batch(self, kind: Kind, rows: list[dict]) -> FormattedBatch | None:
+        """The rows of ``rows`` this template formats column-wise, or None when it has no batch method for
+        ``kind`` (or carries media): every row then takes ``format``."""
+        name = BATCH_METHODS[kind]
+        if self.media_types() or name not in type(self).__dict__:
+            return None
+        return getattr(self, name)(rows)
 
 
 def collect_media(sample: dict[str, Any], columns: tuple[str, ...]) -> None:

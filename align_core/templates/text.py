@@ -20,9 +20,16 @@ from align_core.errors import (
     RowRejected,
     UsageError,
 )
-from align_core.shards.conversation import Conversation, conversation_text, normalize_conversation, text_message
+from align_core.shards.conversation import (
+    Conversation,
+    FixedTurns,
+    conversation_text,
+    normalize_conversation,
+    text_message,
+)
 from align_core.shards.schema import MEDIA_COLUMNS
 from align_core.templates.base import (
+    FormattedBatch,
     Template,
     attach_media,
     bool_field,
@@ -53,6 +60,35 @@ class Alpaca(Template):
 
     def format_prompt_only_sample(self, raw: dict):
         return self._prompt(raw), None
+
+    def _prompt_texts(self, rows: list[dict], also: str | None = None) -> tuple[list[int], list[str], list[str]]:
+        """``(positions, prompts, also_texts)`` of the rows ``_prompt`` (and ``text_field(also)``) accept:
+        the row methods' checks, in one loop over the rows."""
+        positions, prompts, others = [], [], []
+        for position, raw in enumerate(rows):
+            instruction, extra_input = raw.get("instruction"), raw.get("input")
+            other = raw.get(also) if also else "-"
+            if not (
+                type(instruction) is str
+                and instruction.strip()
+                and (extra_input is None or type(extra_input) is str)
+                and type(other) is str
+                and other.strip()
+            ):
+                continue  # the row method gives the reason
+            positions.append(position)
+            prompts.append(f"{instruction}\n\n{extra_input}" if extra_input and extra_input.strip() else instruction)
+            others.append(other)
+        return positions, prompts, others
+
+    def format_supervised_batch(self, rows: list[dict]) -> FormattedBatch:
+        positions, prompts, outputs = self._prompt_texts(rows, also="output")
+        messages = FixedTurns(("user", "assistant"), (prompts, outputs))
+        return FormattedBatch(positions, {"messages": messages}, [None] * len(positions))
+
+    def format_prompt_only_batch(self, rows: list[dict]) -> FormattedBatch:
+        positions, prompts, _ = self._prompt_texts(rows)
+        return FormattedBatch(positions, {"prompt": FixedTurns(("user",), (prompts,))}, [None] * len(positions))
 
 
 class ResponsePair(Template):
