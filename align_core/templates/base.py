@@ -14,10 +14,11 @@ Options are declared as a class attribute ``options = {"name": default}`` and gi
 constructor; they are part of the dataset digest.
 
 A template may also format many rows at once, column-wise (``format_<kind>_batch(rows) ->
-FormattedBatch``): the built-in text templates do, to skip building a dict per message. A batch method
-formats only the rows it is sure of, exactly as the row method would, and leaves every other row (a
-bad one, an unusual one) to the row method, which gives its reason. It is used only where the
-template's own class defines it, so a subclass that changes the row method never inherits it.
+FormattedBatch``, or ``batch_kinds`` for ``rows_as_batch``): the built-in text templates do, to skip
+building and checking a dict per message. A batch method formats only the rows it is sure of, exactly
+as the row method would, and leaves every other row (a bad one, an unusual one) to the row method,
+which gives its reason. It is used only where the template's own class declares it, so a subclass
+that changes the row method never inherits it.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from align_core.shards.conversation import (
     VaryingTurns,
     conversation_text,
     normalize_conversation,
+    text_message,
 )
-from align_core.shards.schema import CONVERSATION_COLUMNS, TEXT_PART, Kind, parse_kind
+from align_core.shards.schema import CONVERSATION_COLUMNS, ROLES, TEXT_PART, Kind, parse_kind
 
 FORMAT_METHODS = {
     Kind.SUPERVISED: "format_supervised_sample",
@@ -83,6 +85,8 @@ class Template:
     code_version: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
     media: ClassVar[tuple[str, ...]] = ()  # the media types its samples carry: image, audio, video
+    # kinds whose rows ``rows_as_batch`` may format in bulk; read from the class itself, never a base
+    batch_kinds: ClassVar[tuple[Kind, ...]] = ()
 
     def media_types(self) -> tuple[str, ...]:
         """The media columns of the datasets this template (with its options) builds."""
@@ -130,13 +134,73 @@ class Template:
         sample["meta"] = meta_json(meta)
         return sample
 
+    def rows_as_batch(self, kind: Kind, rows: list[dict]) -> FormattedBatch:
+        """A batch method for a template whose row method returns text messages: each row through the row
+        method, its conversations kept where every message is one text part (as the normaliser would keep
+        them); what ``sample`` adds per message is skipped. Other rows are left to the row method."""
+        method = getattr(self, FORMAT_METHODS[kind])
+        columns = CONVERSATION_COLUMNS[kind]
+        positions, metas, labels = [], [], []
+        roles: dict[str, list] = {column: [] for column in columns}
+        texts: dict[str, list] = {column: [] for column in columns}
+        for position, raw in enumerate(rows):
+            try:
+                *values, meta = method(raw)
+                turns = [text_turns(value) for value in values[: len(columns)]]
+            except Exception:  # noqa: BLE001, S112  (the row method, run again, gives the reason)
+                continue
+            if None in turns or (kind is Kind.PREFERENCE and _same_text(turns[1], turns[2])):
+                continue
+            positions.append(position)
+            for column, (column_roles, column_texts) in zip(columns, turns):
+                roles[column].append(column_roles)
+                texts[column].append(column_texts)
+            metas.append(meta_json(meta))
+            if kind is Kind.UNPAIRED_PREFERENCE:
+                labels.append(bool(values[-1]))
+        conversations = {column: VaryingTurns(roles[column], texts[column]) for column in columns}
+        return FormattedBatch(positions, conversations, metas, labels if kind is Kind.UNPAIRED_PREFERENCE else None)
+
     def format_batch(self, kind: Kind, rows: list[dict]) -> FormattedBatch | None:
         """The rows of ``rows`` this template formats column-wise, or None when it has no batch method for
         ``kind`` (or carries media): every row then takes ``format``."""
-        name = BATCH_METHODS[kind]
-        if self.media_types() or name not in type(self).__dict__:
+        own = type(self).__dict__  # never inherited: a subclass may have changed the row method
+        if self.media_types():
             return None
-        return getattr(self, name)(rows)
+        if BATCH_METHODS[kind] in own:
+            return getattr(self, BATCH_METHODS[kind])(rows)
+        if kind in own.get("batch_kinds", ()):
+            return self.rows_as_batch(kind, rows)
+        return None
+
+
+def text_turns(messages: Any) -> tuple[list[str], list[str]] | None:
+    """``(roles, texts)`` of a conversation whose messages each hold one text part (a string content, or one
+    ``{"type": "text", "text": str}`` part) with a known role: exactly what ``normalize_conversation`` keeps
+    as it is. None for anything else, which the row path then normalises or rejects."""
+    if type(messages) is not list:
+        return None
+    roles, texts = [], []
+    for message in messages:
+        role = message.get("role") if type(message) is dict else None
+        if type(role) is not str or role not in ROLES:
+            return None
+        content = message.get("content")
+        if type(content) is list and len(content) == 1 and type(content[0]) is dict and len(content[0]) == 2:
+            part = content[0]
+            content = part.get("text") if part.get("type") == TEXT_PART else None
+        if type(content) is not str:
+            return None
+        roles.append(role)
+        texts.append(content)
+    return roles, texts
+
+
+def _same_text(first: tuple[list[str], list[str]], second: tuple[list[str], list[str]]) -> bool:
+    """``conversation_text`` equality of two text-only conversations (what ``sample`` rejects as identical)."""
+    return conversation_text([text_message(*turn) for turn in zip(*first)]) == conversation_text(
+        [text_message(*turn) for turn in zip(*second)]
+    )
 
 
 def collect_media(sample: dict[str, Any], columns: tuple[str, ...]) -> None:

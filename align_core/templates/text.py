@@ -27,7 +27,7 @@ from align_core.shards.conversation import (
     normalize_conversation,
     text_message,
 )
-from align_core.shards.schema import MEDIA_COLUMNS
+from align_core.shards.schema import MEDIA_COLUMNS, Kind
 from align_core.templates.base import (
     FormattedBatch,
     Template,
@@ -127,6 +127,8 @@ class AA_T2T(ResponsePair):
     fine-grained ratings (``safety_rate_1`` ...), which go to meta.
     """
 
+    batch_kinds = (Kind.SUPERVISED, Kind.PROMPT_ONLY, Kind.PREFERENCE)
+
     RATINGS = (
         "prompt_following_rate",
         "objective_rules_rate",
@@ -163,6 +165,8 @@ class PKUSafeRLHF(ResponsePair):
     criterion used, and the safety labels a safe-RLHF cost model trains on, per response and relative
     to the chosen/rejected pair; severity levels, harm categories and sources when the release has them.
     """
+
+    batch_kinds = (Kind.PREFERENCE, Kind.PROMPT_ONLY)
 
     options = {"preference": "better"}
     CRITERIA = {"better": "better_response_id", "safer": "safer_response_id"}
@@ -212,6 +216,8 @@ class GSM8K(Template):
     The assistant learns the whole worked answer; meta ``final_answer`` (the number after ``####``,
     thousands separators removed) is what a GRPO-style reward compares a generation against.
     """
+
+    batch_kinds = (Kind.SUPERVISED, Kind.PROMPT_ONLY)
 
     FINAL_ANSWER = re.compile(r"####\s*(.*?)\s*$", re.DOTALL)
     NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)")
@@ -278,6 +284,8 @@ class HHRLHF(ChatTemplate):
     """Anthropic/hh-rlhf: ``chosen`` and ``rejected`` are whole transcripts
     ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` that share all but the final assistant answer."""
 
+    batch_kinds = (Kind.PREFERENCE, Kind.SUPERVISED, Kind.PROMPT_ONLY)
+
     SPEAKERS = {"Human": "user", "Assistant": "assistant"}
     TURN_MARKER = re.compile(r"(?:\A|\n\n)(Human|Assistant):")
 
@@ -307,6 +315,8 @@ class UltraFeedback(ChatTemplate):
     """HuggingFaceH4/ultrafeedback_binarized: ``prompt``, ``prompt_id``, ``chosen``/``rejected`` message
     lists ending with the assistant's answer, ``score_chosen``/``score_rejected`` (kept in meta)."""
 
+    batch_kinds = (Kind.PREFERENCE, Kind.SUPERVISED, Kind.PROMPT_ONLY)
+
     def _list(self, raw: dict, name: str) -> Conversation:
         return self._conversation(list_field(raw, name), name)
 
@@ -333,6 +343,8 @@ class UltraFeedback(ChatTemplate):
 @register_template("ShareGPT")
 class ShareGPT(ChatTemplate):
     """ShareGPT dumps: ``conversations`` = ``[{"from": "system"|"human"|"gpt", "value": str}, ...]``."""
+
+    batch_kinds = (Kind.SUPERVISED, Kind.PROMPT_ONLY)
 
     ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 
@@ -370,6 +382,8 @@ class Messages(ChatTemplate):
     ``{"type": "image", "image": value}`` carry their own item, or bare ``{"type": "image"}`` parts of
     ``messages``/``prompt`` take the row's ``images``/``audios``/``videos`` list in order (TRL's vision rows).
     """
+
+    batch_kinds = (Kind.SUPERVISED, Kind.PROMPT_ONLY, Kind.PREFERENCE, Kind.UNPAIRED_PREFERENCE)
 
     options = {"media": ""}
 
