@@ -1,0 +1,51 @@
+"""bench/gpu.py: the peak table and MFU arithmetic by hand, variant names, and its smoke path in-process
+(a tiny Llama built offline, the plain loop and our packed engine on the same rows, equal first losses)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import gpu
+
+
+def test_the_peak_of_a_known_card_comes_from_the_table_and_an_override_wins():
+    assert gpu.peak_flops("NVIDIA H100 80GB HBM3") == (989e12, "H100 bf16 dense")
+    assert gpu.peak_flops("NVIDIA H100 PCIe")[0] == 756e12 and gpu.peak_flops("NVIDIA L40S")[0] == 362e12
+    assert gpu.peak_flops("NVIDIA H100 80GB HBM3", override_tflops=500) == (500e12, "--peak-tflops")
+    assert gpu.peak_flops("Some Future GPU") == (None, "unknown device: pass --peak-tflops")
+
+
+def test_mfu_is_six_n_flops_per_token_over_the_peak():
+    # 158M parameters at 36,555 tokens/s: 6 * 158e6 * 36555 = 3.4655e13 FLOP/s, 3.5% of 989 TFLOP/s
+    assert gpu.mfu(36_555, 158_000_000, 989e12) == pytest.approx(0.035040, rel=1e-4)
+    assert gpu.mfu(36_555, 158_000_000, None) is None
+
+
+def test_variant_names_parse_into_loop_algorithm_and_switches():
+    assert gpu.parse_variant("ours-dpo-packed-liger") == {
+        "loop": "ours", "algorithm": "dpo", "packed": True, "liger": True, "compile": False}
+    with pytest.raises(ValueError, match="the plain loop has no switches"):
+        gpu.parse_variant("plain-sft-packed")
+    with pytest.raises(ValueError, match="unknown variant 'ours-kto'"):
+        gpu.parse_variant("ours-kto")
+
+
+@pytest.mark.slow
+def test_the_smoke_path_measures_the_plain_loop_and_our_packed_engine_on_the_same_rows(tmp_path):
+    from align_core.paths import configure_environment
+
+    configure_environment()
+    setup = gpu.prepare(tmp_path, "tiny", smoke=True)
+    assert setup["parameters"] > 0 and len(setup["lengths"]["sft"]) == gpu.shape(True)["rows"]
+    plain = gpu.measure("plain-sft", setup, steps=2, warmup=0)
+    packed = gpu.measure("ours-sft-packed", setup, steps=2, warmup=0)
+    for measured in (plain, packed):
+        assert measured["tokens_per_second"] > 0 and measured["step_seconds"] > 0
+    assert packed["first_loss"] == pytest.approx(plain["first_loss"], rel=1e-5)  # same model, same first rows
+    rows = gpu.report(setup, {"plain-sft": plain, "ours-sft-packed": packed}, "cpu", 1e12, "test")
+    assert rows["plain-sft"]["vs_plain"] == 1.0
+    assert rows["ours-sft-packed"]["mfu"] == pytest.approx(6 * setup["parameters"] * packed["tokens_per_second"] / 1e12)
