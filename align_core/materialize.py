@@ -29,9 +29,11 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 import align_core
@@ -180,18 +182,28 @@ def _format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str, batch
     template = _template_for(spec)
     schema = shard_schema(spec.kind, spec.media)
     samples = SampleBatch(spec.kind, spec.media)
-    quarantine = []
+    quarantine: list[tuple[int, str, str, Any]] = []
     media: dict[str, MediaBlob] = {}
     rows = chunk_rows(chunk)
     batch, batch_rows = _format_batch(template, spec, rows) if batch_formatting else (None, [])
-    done = run_start = 0  # batch rows passed, and where the current run of consecutive batch rows began
-    for position, (index, row, raw) in enumerate(rows):
-        if done < len(batch_rows) and batch_rows[done] == position:
-            done += 1
-            if done == len(batch_rows) or batch_rows[done] != position + 1:  # in source order, so runs are added whole
-                _add_batch_run(samples, batch, [rows[at][0] for at in batch_rows[run_start:done]], run_start, source_sha256)
-                run_start = done
-            continue
+    done = 0  # rows before this position are in ``samples`` or ``quarantine``, in source order
+    for start, stop in _runs(batch_rows):  # batch rows ``start:stop`` sit at consecutive positions
+        first = batch_rows[start]
+        _format_rows(template, spec, rows[done:first], source_sha256, samples, quarantine, media)
+        done = first + stop - start
+        _add_batch_run(samples, batch, [index for index, _, _ in rows[first:done]], start, source_sha256)
+    _format_rows(template, spec, rows[done:], source_sha256, samples, quarantine, media)
+    if not len(samples):
+        return FormattedChunk(None, quarantine)
+    try:
+        return FormattedChunk(samples.to_record_batch(schema), quarantine, media)
+    except (pa.ArrowException, UnicodeError):
+        return _format_rows_individually(chunk, spec, source_sha256, schema, quarantine)
+
+
+def _format_rows(template: Template, spec: MaterializeSpec, rows: list, source_sha256: str, samples, quarantine, media) -> None:
+    """The row method on each of ``rows``: good ones into ``samples``, bad ones into ``quarantine``."""
+    for index, row, raw in rows:
         if isinstance(row, RowRejected):
             quarantine.append((index, row.reason, row.detail, raw))
             continue
@@ -206,12 +218,15 @@ def _format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str, batch
             quarantine.append((index, TEMPLATE_EXCEPTION, f"{type(error).__name__}: {error}", raw))
             continue
         samples.add(sample_id(source_sha256, index), index, sample)
-    if not len(samples):
-        return FormattedChunk(None, quarantine)
-    try:
-        return FormattedChunk(samples.to_record_batch(schema), quarantine, media)
-    except (pa.ArrowException, UnicodeError):
-        return _format_rows_individually(chunk, spec, source_sha256, schema, quarantine)
+
+
+def _runs(positions: list[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of consecutive values in ascending ``positions``."""
+    if not positions:
+        return []
+    breaks = (np.flatnonzero(np.diff(positions) != 1) + 1).tolist()
+    bounds = [0, *breaks, len(positions)]
+    return list(pairwise(bounds))
 
 
 def _format_batch(template: Template, spec: MaterializeSpec, rows: list) -> tuple[FormattedBatch | None, list[int]]:

@@ -29,6 +29,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -590,20 +591,25 @@ def _jsonl_rows(chunk: Chunk) -> list[tuple[int, dict | RowRejected, Any]]:
     lines = chunk.jsonl.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()  # the newline ending the last line
-    clean = _clean_jsonl_rows(lines, chunk.start_index)
+    clean = _clean_jsonl_rows(chunk.jsonl, lines, chunk.start_index)
     return clean if clean is not None else _jsonl_rows_one_by_one(lines, chunk.start_index)
 
 
-def _clean_jsonl_rows(lines: list[bytes], start_index: int) -> list[tuple[int, dict, dict]] | None:
+def _clean_jsonl_rows(data: bytes, lines: list[bytes], start_index: int) -> list[tuple[int, dict, dict]] | None:
     """The rows of a chunk whose every line is a JSON object nested at most ``MAX_NESTING`` deep (the usual
     case), decoded without a Python loop per line; None when any line is otherwise (blank, invalid, deep)."""
-    if not lines or max(map(operator.add, map(bytes.count, lines, repeat(b"[")), map(bytes.count, lines, repeat(b"{")))) > MAX_NESTING:
-        return None
     try:
         values = list(map(orjson.loads, lines))  # a blank line is invalid JSON too
     except orjson.JSONDecodeError:
         return None
-    if set(map(type, values)) != {dict}:
+    if not values or set(map(type, values)) != {dict}:
+        return None
+    # Each line holds at least its own '{', so a line with more than MAX_NESTING brackets needs the chunk
+    # to hold MAX_NESTING more brackets than lines; only then are the lines counted one by one.
+    as_bytes = np.frombuffer(data, np.uint8)
+    extra_brackets = np.count_nonzero(as_bytes == ord("{")) + np.count_nonzero(as_bytes == ord("[")) - len(lines)
+    per_line = map(operator.add, map(bytes.count, lines, repeat(b"[")), map(bytes.count, lines, repeat(b"{")))
+    if extra_brackets >= MAX_NESTING and max(per_line) > MAX_NESTING:
         return None
     return list(zip(range(start_index, start_index + len(values)), values, values))
 
