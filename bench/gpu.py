@@ -23,8 +23,8 @@ every ratio compares numbers from the same run. Variants are ``LOOP-ALGO[-packed
 Unit: non-pad tokens per second over the timed steps (SFT: the rows' tokens; DPO: the chosen and the
 rejected sequences' tokens), everything between two optimizer steps counted. MFU = 6 x N x tokens/s over
 the device's peak dense bf16 FLOP/s (N: every parameter of the model; a table of known cards, or
-``--peak-tflops``); on CPU the peak is this process's measured fp32 matmul rate, so MFU there only
-checks the arithmetic.
+``--peak-tflops``); on CPU the peak is a measured one-thread fp32 matmul rate, so MFU there only checks
+the arithmetic (at the tiny size attention, which 6N leaves out, is most of a step's FLOPs).
 """
 
 from __future__ import annotations
@@ -280,7 +280,8 @@ def device_peak(override_tflops: float | None) -> tuple[str, float | None, str]:
         return (name, *peak_flops(name, override_tflops))
     if override_tflops:
         return ("cpu", *peak_flops(None, override_tflops))
-    return "cpu", matmul_flops_per_second(), "this CPU's measured fp32 matmul"
+    torch.set_num_threads(1)  # as the workers run (bench/harness.py)
+    return "cpu", matmul_flops_per_second(), "this CPU's measured one-thread fp32 matmul"
 
 
 def report(setup: dict, medians: dict[str, dict], device: str, peak: float | None, source: str) -> dict:
@@ -305,7 +306,10 @@ def pad_fractions(setup: dict) -> dict[str, float]:
     """Padding share of an epoch of shuffled batches, per algorithm: what packing removes."""
     from align_core.data import LengthGroupedSampler, pad_fraction
 
-    return {algorithm: pad_fraction(lengths, LengthGroupedSampler(lengths, setup[f"{algorithm}_batch"], seed=0).batches())
+    def shuffled(lengths: list[int], batch: int) -> list[list[int]]:
+        return LengthGroupedSampler(lengths, batch, seed=0, group_by_length=False).batches()
+
+    return {algorithm: pad_fraction(lengths, shuffled(lengths, setup[f"{algorithm}_batch"]))
             for algorithm, lengths in setup["lengths"].items()}
 
 
