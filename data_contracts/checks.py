@@ -6,6 +6,8 @@ many chunks gets the verdict it would get as one frame. Only row-wise ("map") ex
 like this; whole-table row counts are judged by ``table_result`` over the total, and column means
 (``expect_column_mean_to_be_between``, e.g. the share of pairs whose longer answer is chosen) by
 ``MeanTally`` from a sum and a count that add up over chunks: GX would judge each chunk's mean alone.
+The share of near-duplicate prompts (``prompt_near_duplicate``, a dataset column) is a column mean too,
+judged from the clusters found at the end (``near_duplicate_result``).
 
 GX is imported lazily: it takes seconds, and the gate and the CLI's other commands never need it.
 """
@@ -19,11 +21,18 @@ from typing import Any
 import pandas as pd
 
 from align_core.errors import UsageError
+from data_contracts.derive import DATASET_COLUMNS
+from data_contracts.near_duplicates import NearDuplicates
 from data_contracts.results import ExpectationResult
 from data_contracts.suite import ExpectationSpec, Suite
+from data_contracts.text_checks import SCRIPTS
 
 SAMPLE_IDS = 5
 GX_SEVERITY = {"error": "critical", "warning": "warning"}
+# kwargs that set how a dataset column is derived, not GX arguments: the similarity above which prompts
+# are near-duplicates (estimated Jaccard of word bigrams)
+DERIVATION_KWARGS = ("similarity",)
+DEFAULT_SIMILARITY = 0.8
 
 
 @dataclass
@@ -82,19 +91,57 @@ class MeanTally:
         if not self.count:
             return _result(self.spec, success=True, element_count=0, unexpected_count=0, unexpected_percent=0.0)
         mean = self.total / self.count
-        kwargs = self.spec.kwargs
-        low, high = kwargs.get("min_value"), kwargs.get("max_value")
-        above_low = low is None or (mean > low if kwargs.get("strict_min") else mean >= low)
-        below_high = high is None or (mean < high if kwargs.get("strict_max") else mean <= high)
         observed = kto_balance(mean) if self.spec.columns == ["label"] else round(mean, 4)
         return _result(
             self.spec,
-            success=above_low and below_high,
+            success=_mean_within(mean, self.spec.kwargs),
             element_count=self.count,
             unexpected_count=0,
             unexpected_percent=0.0,
             observed_value=observed,
         )
+
+
+def _mean_within(mean: float, kwargs: dict[str, Any]) -> bool:
+    """GX's rule for a mean: within [min_value, max_value] (strict_min/strict_max exclude the bound)."""
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    above_low = low is None or (mean > low if kwargs.get("strict_min") else mean >= low)
+    return above_low and (high is None or (mean < high if kwargs.get("strict_max") else mean <= high))
+
+
+def near_duplicate_result(spec: ExpectationSpec, found: NearDuplicates | None, rows: int) -> ExpectationResult:
+    """The share of rows whose prompt is a near-duplicate of an earlier row's (beyond the first of its
+    cluster), judged with GX's column-mean rule; the observed value also counts the clusters."""
+    flagged = found.near_duplicates if found else 0
+    fraction = flagged / rows if rows else 0.0
+    return _result(
+        spec,
+        success=_mean_within(fraction, spec.kwargs),
+        element_count=rows,
+        unexpected_count=flagged,
+        unexpected_percent=100.0 * fraction,
+        sample_ids=found.sample_ids if found else [],
+        observed_value={"fraction": round(fraction, 4), "clusters": found.cluster_count if found else 0},
+    )
+
+
+def near_duplicate_similarity(suite: Suite) -> float | None:
+    """The similarity above which prompts are near-duplicates, from the suite's expectation on
+    ``prompt_near_duplicate`` (the lowest, if several); None when no expectation reads it."""
+    values = [spec.kwargs.get("similarity", DEFAULT_SIMILARITY) for spec in suite.expectations if "prompt_near_duplicate" in spec.columns]
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise UsageError(f"suite {suite.name}: near-duplicate similarity must be a number between 0 and 1 (exclusive), got {value!r}")
+    return min(values) if values else None
+
+
+def check_scripts(suite: Suite) -> None:
+    """Expectations on ``text_script`` name scripts the derivation knows."""
+    for spec in suite.expectations:
+        if spec.columns == ["text_script"]:
+            unknown = [name for name in spec.kwargs.get("value_set") or [] if name not in SCRIPTS]
+            if unknown:
+                raise UsageError(f"expectation {spec.name!r}: unknown script(s) {', '.join(map(str, unknown))}; scripts: {', '.join(SCRIPTS)}")
 
 
 def kto_balance(desirable_fraction: float) -> dict[str, Any]:
@@ -126,7 +173,11 @@ class GXChecks:
         self.suite = suite
         row_wise = [spec for spec in suite.expectations if not spec.table_level and not spec.dataset_aggregate]
         self.tallies = {spec.name: Tally(spec) for spec in row_wise}
-        self.means = {spec.name: MeanTally(spec) for spec in suite.expectations if spec.dataset_aggregate}
+        self.dataset_columns = {spec.name for spec in suite.expectations if set(spec.columns) & set(DATASET_COLUMNS)}
+        for name in self.dataset_columns:
+            if not suite.expectation(name).dataset_aggregate:
+                raise UsageError(f"expectation {name!r}: {', '.join(DATASET_COLUMNS)} can only be checked with expect_column_mean_to_be_between")
+        self.means = {spec.name: MeanTally(spec) for spec in suite.expectations if spec.dataset_aggregate and spec.name not in self.dataset_columns}
         for spec in suite.expectations:
             missing = [column for column in spec.columns if column not in derived_columns]
             if missing:
@@ -142,8 +193,8 @@ class GXChecks:
         asset = context.data_sources.add_pandas("alignflow").add_dataframe_asset("derived")
         self._batch_definition = asset.add_batch_definition_whole_dataframe("chunk")
         expectations = [_gx_expectation(tally.spec) for tally in self.tallies.values()]
-        for mean in self.means.values():
-            _gx_expectation(mean.spec)  # checks its arguments; the runner judges it over the dataset
+        for spec in [mean.spec for mean in self.means.values()] + [suite.expectation(name) for name in self.dataset_columns]:
+            _gx_expectation(spec)  # checks its arguments; the runner judges it over the dataset
         self._gx_suite = gx.ExpectationSuite(name=suite.version, expectations=expectations)
 
     def validate(self, frame: pd.DataFrame) -> None:
@@ -167,10 +218,12 @@ class GXChecks:
                 raise UsageError(f"suite {self.suite.name}: expectation {name!r} could not run: {error}")
             self.tallies[name].add(gx_result.result, frame)
 
-    def results(self, rows: int) -> list[ExpectationResult]:
+    def results(self, rows: int, near_duplicates: NearDuplicates | None = None) -> list[ExpectationResult]:
         """Every expectation's verdict, in suite order; ``rows`` is the dataset's total row count."""
         return [
-            table_result(spec, rows) if spec.table_level else (self.means.get(spec.name) or self.tallies[spec.name]).result()
+            table_result(spec, rows) if spec.table_level
+            else near_duplicate_result(spec, near_duplicates, rows) if spec.name in self.dataset_columns
+            else (self.means.get(spec.name) or self.tallies[spec.name]).result()
             for spec in self.suite.expectations
         ]
 
@@ -220,7 +273,7 @@ def _gx_expectation(spec: ExpectationSpec):
     try:
         return expectation_class(
             **spec.domain,
-            **spec.kwargs,
+            **{key: value for key, value in spec.kwargs.items() if key not in DERIVATION_KWARGS},
             **({"mostly": spec.mostly} if row_wise else {}),
             severity=GX_SEVERITY[spec.severity],
             meta={"alignflow_name": spec.name},

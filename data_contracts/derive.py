@@ -23,6 +23,11 @@ column                              meaning
 ``sample_repeat``                   the whole sample (all conversations + label) was seen before
 ``id_repeat``                       the id was seen before
 ``damaged_text_parts``              text parts (all columns) holding mojibake or U+FFFD characters
+``{c}_chars``                       characters of all text parts of column ``c`` (the report's histograms)
+``text_script``                     the Unicode script holding most of the row's letters (all columns),
+                                    e.g. "Latin", "Cyrillic", "Han"; null without letters
+``prompt_near_duplicate``           judged over the whole dataset, not per row (no values in the frames):
+                                    the prompt is a near-duplicate of an earlier one (``near_duplicates``)
 ``chosen_equals_rejected``          preference only: the two continuations are identical
 ``length_difference_chars``         preference only: characters of chosen's text minus rejected's
 ``longer_is_chosen``                preference only: chosen's text is the longer one (null on a tie)
@@ -53,7 +58,15 @@ import xxhash
 
 from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind, shard_schema
 from data_contracts.media_checks import MediaProber, media_columns
-from data_contracts.text_checks import damaged_parts, preference_labels, utf8_rows, utf8_trigram_similarity
+from data_contracts.near_duplicates import NearDuplicateIndex, shingle_hashes, signatures
+from data_contracts.text_checks import (
+    damaged_parts,
+    dominant_script,
+    preference_labels,
+    script_letters,
+    utf8_rows,
+    utf8_trigram_similarity,
+)
 
 # Extra per-row columns for a media type beyond the built-in measurements (decodable, sizes, durations:
 # ``data_contracts.media_checks``): register a function of the row's media items (``list<MEDIA_ITEM>``,
@@ -63,6 +76,8 @@ MEDIA_COLUMN_DERIVERS: dict[str, list[MediaColumns]] = {}
 
 ROLE_LETTERS = {"system": "S", "user": "U", "assistant": "A"}
 UNKNOWN_ROLE = "?"
+# Judged over the whole dataset by the runner (``checks.DatasetTally``), never present in the streamed frames.
+DATASET_COLUMNS = ("prompt_near_duplicate",)
 # Separators that cannot occur in ordinary text keep "a|b" + "c" distinct from "a" + "b|c" when hashing.
 PART_SEPARATOR, MESSAGE_SEPARATOR = "\x1f", "\x1e"
 
@@ -140,6 +155,13 @@ class FlatConversations:
         """Each conversation's text parts run together, as UTF-8 bytes and (rows + 1,) offsets (``utf8_rows``)."""
         return utf8_rows(self.part_texts, self.part_offsets[self.message_offsets])
 
+    def user_text(self) -> pa.Array:
+        """(rows,) the text parts of the user's messages, one line each: what a prompt asks."""
+        part_counts = np.diff(self.part_offsets)
+        is_user = np.repeat(_mask(pc.equal(self.roles, "user")), part_counts) & _mask(pc.equal(self.part_types, "text"))
+        per_row = np.bincount(self.part_row[is_user], minlength=len(self.turns))
+        return pc.binary_join(_lists(_offsets(per_row), self.part_texts.filter(pa.array(is_user))), "\n")
+
     def max_turn_chars(self) -> np.ndarray:
         part_chars = self.part_chars
         message_chars = np.add.reduceat(np.append(part_chars, 0), self.part_offsets[:-1]) if len(self.roles) else part_chars[:0]
@@ -196,13 +218,20 @@ class DerivedBatch:
 
     columns: dict[str, pa.Array | np.ndarray]
     hashes: dict[str, np.ndarray]  # "id", "prompt", "sample" -> (rows,) uint64
+    prompt_signatures: np.ndarray | None = None  # (rows, NUM_PERM) uint32 MinHash of the prompts' user text
+    prompt_texts: pa.Array | None = None  # (rows,) that text
 
 
 def derive_batch(
-    batch: pa.RecordBatch, kind: Kind, media: tuple[str, ...] = (), prober: MediaProber | None = None
+    batch: pa.RecordBatch,
+    kind: Kind,
+    media: tuple[str, ...] = (),
+    prober: MediaProber | None = None,
+    near_duplicates: bool = False,
 ) -> DerivedBatch:
     """Everything that depends on this batch alone: safe to run for many batches in parallel threads.
-    ``prober`` measures the dataset's stored media (without one, the measurement columns are null)."""
+    ``prober`` measures the dataset's stored media (without one, the measurement columns are null);
+    ``near_duplicates`` adds the prompts' MinHash signatures."""
     columns: dict[str, pa.Array | np.ndarray] = {"id": batch.column("id"), "source_index": batch.column("source_index")}
     flats = {name: FlatConversations.from_column(batch.column(name)) for name in CONVERSATION_COLUMNS[kind]}
     texts = {name: flat.texts() for name, flat in flats.items()}
@@ -213,6 +242,10 @@ def derive_batch(
         columns[f"{name}_last_role"] = flat.edge_role(last=True)
         columns[f"{name}_empty_parts"] = flat.empty_text_parts()
         columns[f"{name}_max_turn_chars"] = flat.max_turn_chars()
+        columns[f"{name}_chars"] = flat.text_chars()
+    columns["text_script"] = dominant_script(
+        script_letters([(flat.part_texts, flat.part_row) for flat in flats.values()], batch.num_rows)
+    )
     columns["damaged_text_parts"] = sum(flat.per_row(damaged_parts(flat.part_texts)) for flat in flats.values())
     columns["unbacked_media_placeholders"] = sum(flat.unbacked_media_parts(media) for flat in flats.values())
     for media_type in media:
@@ -241,7 +274,13 @@ def derive_batch(
         "prompt": _combine([prompt_hash, *media_hashes]) if media_hashes else prompt_hash,
         "sample": _combine(sample_parts + media_hashes),
     }
-    return DerivedBatch(columns, hashes)
+    derived = DerivedBatch(columns, hashes)
+    if near_duplicates:
+        prompt = flats["messages" if kind is Kind.SUPERVISED else "prompt"]
+        derived.prompt_texts = prompt.user_text()
+        salts = _combine(media_hashes) if media_hashes else None  # the same question about other media is another prompt
+        derived.prompt_signatures = signatures(*shingle_hashes(derived.prompt_texts, salts))
+    return derived
 
 
 def _pair_columns(chosen: FlatConversations, rejected: FlatConversations, identical: np.ndarray) -> dict[str, pa.Array]:
@@ -262,19 +301,26 @@ class RowDeriver:
     Keep one deriver per dataset pass: its repeat columns remember every earlier batch.
     """
 
-    def __init__(self, kind: Kind, media: tuple[str, ...] = ()):
+    def __init__(self, kind: Kind, media: tuple[str, ...] = (), near_duplicate_similarity: float | None = None):
         self.kind = kind
         self.media = tuple(media)
         self._seen = {key: SeenHashes() for key in ("id", "prompt", "sample")}
+        # fed each distinct prompt in dataset order; the runner asks it for the clusters at the end
+        self.near_duplicates = NearDuplicateIndex(near_duplicate_similarity) if near_duplicate_similarity else None
 
     def frame(self, batch: pa.RecordBatch) -> pd.DataFrame:
-        return self.with_repeats(derive_batch(batch, self.kind, self.media))
+        return self.with_repeats(derive_batch(batch, self.kind, self.media, near_duplicates=bool(self.near_duplicates)))
 
     def with_repeats(self, derived: DerivedBatch) -> pd.DataFrame:
         """The batch's frame with ``*_repeat`` columns; call in dataset order."""
         columns = dict(derived.columns)
         for key, hashes in derived.hashes.items():
             columns[f"{key}_repeat"] = self._repeats(key, hashes)
+        if self.near_duplicates is not None and derived.prompt_signatures is not None:
+            first = pa.array(np.flatnonzero(~columns["prompt_repeat"]), pa.int64())  # exact repeats: duplicate_prompts
+            self.near_duplicates.add(
+                derived.prompt_signatures[first.to_numpy()], derived.columns["id"].take(first), derived.prompt_texts.take(first)
+            )
         return pa.table({name: _as_arrow(values) for name, values in columns.items()}).to_pandas()
 
     def _repeats(self, key: str, hashes: np.ndarray) -> np.ndarray:
@@ -342,7 +388,7 @@ class SeenHashes:
 def derived_columns(kind: Kind, media: tuple[str, ...] = ()) -> list[str]:
     """Names of the derived columns for a dataset of ``kind`` with ``media``."""
     empty = pa.RecordBatch.from_pylist([], schema=shard_schema(kind, media))
-    return list(RowDeriver(kind, media).frame(empty).columns)
+    return [*RowDeriver(kind, media).frame(empty).columns, *DATASET_COLUMNS]
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:

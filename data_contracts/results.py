@@ -55,6 +55,10 @@ class ValidationResult:
     seconds: float
     alignflow_version: str
     format_version: int = RESULT_FORMAT_VERSION
+    # the report's extras (absent from results recorded before them): the largest clusters of near-duplicate
+    # prompts ({prompts, ids, sample}) and histograms of derived columns (``distributions.Distributions``)
+    near_duplicate_clusters: list[dict[str, Any]] = field(default_factory=list)
+    distributions: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[ExpectationResult]:

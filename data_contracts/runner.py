@@ -25,8 +25,9 @@ import align_core
 from align_core.io import atomic_write_json, atomic_write_text
 from align_core.shards.dataset import ShardDataset
 from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind
-from data_contracts.checks import GXChecks
+from data_contracts.checks import GXChecks, check_scripts, near_duplicate_similarity
 from data_contracts.derive import DerivedBatch, RowDeriver, derive_batch, derived_columns
+from data_contracts.distributions import Distributions
 from data_contracts.gate import check_validation
 from data_contracts.media_checks import MediaProber, failing_images
 from data_contracts.report import render_html
@@ -59,13 +60,18 @@ def validate_dataset(
     media = tuple(dataset.manifest.media)
     resolved = load_suite(suite, dataset.kind, media, overrides)
     checks = GXChecks(resolved, derived_columns(dataset.kind, media))
+    check_scripts(resolved)
+    deriver = RowDeriver(dataset.kind, media, near_duplicate_similarity(resolved))
     # Each distinct stored item is probed once, when a batch first references it.
     prober = MediaProber(dataset.media_store()) if dataset.manifest.media_store else None
+    distributions = Distributions(dataset.kind)
     rows = 0
-    for frame in _chunks(_derived_frames(dataset, workers or default_workers(), prober), chunk_rows):
+    for frame in _chunks(_derived_frames(dataset, deriver, workers or default_workers(), prober), chunk_rows):
         checks.validate(frame)
+        distributions.add(frame)
         rows += len(frame)
-    results = checks.results(rows)
+    near_duplicates = deriver.near_duplicates.finish() if deriver.near_duplicates else None
+    results = checks.results(rows, near_duplicates)
     result = ValidationResult(
         dataset_dir=str(dataset.path.absolute()),
         dataset_digest=dataset.digest,
@@ -80,6 +86,8 @@ def validate_dataset(
         validated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         seconds=round(time.perf_counter() - started, 3),
         alignflow_version=align_core.__version__,
+        near_duplicate_clusters=[cluster.to_dict() for cluster in near_duplicates.clusters] if near_duplicates else [],
+        distributions=distributions.to_dict(),
     )
     atomic_write_text(result.report_path, render_html(result, failing_images(dataset, results)))
     atomic_write_json(result.validation_path, result.to_dict())  # last: the record the gate reads
@@ -108,16 +116,18 @@ def default_workers() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
-def _derived_frames(dataset: ShardDataset, workers: int, prober: MediaProber | None) -> Iterator[pd.DataFrame]:
+def _derived_frames(dataset: ShardDataset, deriver: RowDeriver, workers: int, prober: MediaProber | None) -> Iterator[pd.DataFrame]:
     """Derived frames in dataset order. Threads read and flatten batches (Arrow's decompression and
-    kernels release the GIL); the repeat columns are then marked in order, on this thread."""
+    kernels release the GIL); the repeat columns are then marked (and the prompts' near-duplicate
+    signatures indexed) in order, on this thread."""
     kind, media = dataset.kind, tuple(dataset.manifest.media)
     columns = _input_columns(kind, media)
-    deriver = RowDeriver(kind, media)
+    signatures = deriver.near_duplicates is not None
 
     def read_and_derive(path: Path, index: int) -> DerivedBatch:
         with pa.memory_map(str(path)) as source:  # an uncompressed batch points into the map: derive inside
-            return derive_batch(pa.ipc.open_file(source).get_batch(index).select(columns), kind, media, prober)
+            batch = pa.ipc.open_file(source).get_batch(index).select(columns)
+            return derive_batch(batch, kind, media, prober, near_duplicates=signatures)
 
     with ThreadPoolExecutor(workers) as pool:
         pending: deque[Future] = deque()

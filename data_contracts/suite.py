@@ -40,7 +40,8 @@ SEVERITIES = ("error", "warning")
 # Bump when a derived column (data_contracts/derive.py) changes meaning: it is part of every suite version.
 # 2: unbacked_media_placeholders; messages without parts count as empty. 3: damaged_text_parts; preference
 # pairs' length_difference_chars, longer_is_chosen, pair_similarity, score_margin, safety_label_conflict.
-DERIVED_COLUMNS_VERSION = 3
+# 4: {column}_chars, text_script, prompt_near_duplicate.
+DERIVED_COLUMNS_VERSION = 4
 # Whole-dataset expectations the runner evaluates over the total row count (GX sees one chunk at a time).
 TABLE_EXPECTATIONS = ("expect_table_row_count_to_be_between", "expect_table_row_count_to_equal")
 # Column aggregates the runner judges over the whole dataset from sums that add up over chunks.

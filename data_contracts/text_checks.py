@@ -137,3 +137,83 @@ def _label_fields(meta: pa.Array) -> dict[str, pa.Array]:
     if table.num_rows != len(meta):
         raise ValueError(f"meta: {len(meta)} rows gave {table.num_rows} JSON objects; each row's meta must be one object")
     return {field.name: table.column(field.name).combine_chunks() for field in LABEL_FIELDS}
+
+
+# Letters of the scripts the script check knows, by Unicode block (the letter blocks of each script; digits,
+# punctuation, symbols and emoji belong to none). Names as Unicode's script property (RE2's \p{...}).
+SCRIPT_RANGES = [
+    ("Latin", 0x41, 0x5A), ("Latin", 0x61, 0x7A), ("Latin", 0xAA, 0xAA), ("Latin", 0xBA, 0xBA),
+    ("Latin", 0xC0, 0xD6), ("Latin", 0xD8, 0xF6), ("Latin", 0xF8, 0x24F), ("Latin", 0x1E00, 0x1EFF),
+    ("Latin", 0x2C60, 0x2C7F), ("Latin", 0xA720, 0xA7FF), ("Latin", 0xFF21, 0xFF3A), ("Latin", 0xFF41, 0xFF5A),
+    ("Greek", 0x370, 0x3FF), ("Greek", 0x1F00, 0x1FFF),
+    ("Cyrillic", 0x400, 0x52F), ("Cyrillic", 0x2DE0, 0x2DFF), ("Cyrillic", 0xA640, 0xA69F),
+    ("Armenian", 0x530, 0x58F), ("Hebrew", 0x590, 0x5FF), ("Hebrew", 0xFB1D, 0xFB4F),
+    ("Arabic", 0x600, 0x6FF), ("Arabic", 0x750, 0x77F), ("Arabic", 0x8A0, 0x8FF), ("Arabic", 0xFB50, 0xFDFF),
+    ("Arabic", 0xFE70, 0xFEFF),
+    ("Devanagari", 0x900, 0x97F), ("Bengali", 0x980, 0x9FF), ("Gurmukhi", 0xA00, 0xA7F), ("Gujarati", 0xA80, 0xAFF),
+    ("Oriya", 0xB00, 0xB7F), ("Tamil", 0xB80, 0xBFF), ("Telugu", 0xC00, 0xC7F), ("Kannada", 0xC80, 0xCFF),
+    ("Malayalam", 0xD00, 0xD7F), ("Sinhala", 0xD80, 0xDFF), ("Thai", 0xE00, 0xE7F), ("Lao", 0xE80, 0xEFF),
+    ("Tibetan", 0xF00, 0xFFF), ("Myanmar", 0x1000, 0x109F), ("Georgian", 0x10A0, 0x10FF),
+    ("Hangul", 0x1100, 0x11FF), ("Hangul", 0x3130, 0x318F), ("Hangul", 0xAC00, 0xD7AF),
+    ("Ethiopic", 0x1200, 0x137F), ("Khmer", 0x1780, 0x17FF),
+    ("Hiragana", 0x3040, 0x309F), ("Katakana", 0x30A0, 0x30FF), ("Katakana", 0x31F0, 0x31FF), ("Katakana", 0xFF66, 0xFF9F),
+    ("Han", 0x3400, 0x4DBF), ("Han", 0x4E00, 0x9FFF), ("Han", 0xF900, 0xFAFF), ("Han", 0x20000, 0x2FA1F),
+]
+SCRIPTS = tuple(dict.fromkeys(name for name, _, _ in SCRIPT_RANGES))
+_RANGE_STARTS = np.array([start for _, start, _ in sorted(SCRIPT_RANGES, key=lambda r: r[1])], np.int64)
+_RANGE_ENDS = np.array([end for _, _, end in sorted(SCRIPT_RANGES, key=lambda r: r[1])], np.int64)
+_RANGE_SCRIPTS = np.array([SCRIPTS.index(name) for name, _, _ in sorted(SCRIPT_RANGES, key=lambda r: r[1])], np.int64)
+
+
+def script_letters(columns: list[tuple[pa.Array, np.ndarray]], rows: int) -> np.ndarray:
+    """(rows, len(SCRIPTS)) letters of each script in each row's text, from ``columns``: each conversation
+    column's (P,) text parts and (P,) rows they belong to.
+
+    A row whose text is all ASCII can hold Latin letters only: it counts 1 if it has any (RE2 finds the
+    first); a row with any non-ASCII text is decoded from UTF-8 with numpy and counted letter by letter.
+    """
+    latin = SCRIPTS.index("Latin")
+    counts = np.zeros((rows, len(SCRIPTS)), np.int64)
+    decode = np.zeros(rows, bool)
+    for part_texts, part_row in columns:
+        ascii_parts = pc.fill_null(pc.string_is_ascii(part_texts), True).to_numpy(zero_copy_only=False)
+        decode[part_row[~ascii_parts]] = True
+        has_letter = pc.fill_null(pc.match_substring_regex(part_texts, "[A-Za-z]"), False).to_numpy(zero_copy_only=False)
+        counts[part_row[ascii_parts & has_letter], latin] = 1
+    counts[decode] = 0
+    for part_texts, part_row in columns:
+        parts = np.flatnonzero(decode[part_row])
+        if not len(parts):
+            continue
+        data, offsets = utf8_rows(part_texts.take(pa.array(parts)))
+        code_points = _code_points(data, offsets[-1])
+        block = np.searchsorted(_RANGE_STARTS, code_points[:, 1], side="right") - 1
+        letter = (block >= 0) & (code_points[:, 1] <= _RANGE_ENDS[np.maximum(block, 0)])
+        char_row = part_row[parts][np.searchsorted(offsets, code_points[letter, 0], side="right") - 1]
+        flat = np.bincount(char_row * len(SCRIPTS) + _RANGE_SCRIPTS[block[letter]], minlength=rows * len(SCRIPTS))
+        counts += flat.reshape(rows, len(SCRIPTS))
+    return counts
+
+
+def _code_points(data: np.ndarray, size: int) -> np.ndarray:
+    """(characters, 2): each character's byte position and code point, decoded from UTF-8 ``data`` (padded
+    by 3 bytes, as ``utf8_rows`` gives it)."""
+    leads = np.flatnonzero((data[:size] & 0xC0) != 0x80)
+    b0, b1, b2, b3 = (data[leads + shift].astype(np.int64) & (0xFF if shift == 0 else 0x3F) for shift in range(4))
+    code_points = np.where(
+        b0 < 0x80,
+        b0,
+        np.where(
+            b0 < 0xE0,
+            (b0 & 0x1F) << 6 | b1,
+            np.where(b0 < 0xF0, (b0 & 0x0F) << 12 | b1 << 6 | b2, (b0 & 0x07) << 18 | b1 << 12 | b2 << 6 | b3),
+        ),
+    )
+    return np.stack([leads, code_points], axis=1)
+
+
+def dominant_script(letters: np.ndarray) -> pa.Array:
+    """(rows,) the script holding most of a row's letters (``script_letters`` summed over its columns);
+    null for a row without letters."""
+    names = pa.array(SCRIPTS, pa.string()).take(pa.array(np.argmax(letters, axis=1)))
+    return pc.if_else(pa.array(letters.sum(axis=1) > 0), names, pa.scalar(None, pa.string()))

@@ -1,0 +1,231 @@
+"""Near-duplicate prompts across a dataset: MinHash signatures of word bigrams, LSH banding, clusters.
+
+Per record batch (threads, vectorised): each prompt's user text is lower-cased and split into words
+(letters and digits; Arrow's RE2 and dictionary encoding, so only distinct words are hashed in Python),
+its word bigrams hashed to 32 bits, and the MinHash signature computed as datasketch's ``MinHash``
+(``scheme="affine32"``, ``num_perm=NUM_PERM``, ``seed=SEED``) would compute it from those hashes:
+deterministic, and the same permutations (``tests/test_contracts_v2_near_duplicates.py`` checks it).
+
+In dataset order (``NearDuplicateIndex.add``), each distinct prompt is compared with the earlier ones
+that share an LSH band with it (bands and rows from datasketch's ``MinHashLSH`` for the threshold, with
+false negatives weighted 0.8 since candidates are verified), and joins the cluster of the most similar
+one when the signatures' estimated Jaccard similarity is above the threshold. The state is per distinct
+prompt: 1 byte per permutation (b-bit minwise hashing, the low 8 bits of each minimum), 8 bytes per LSH
+band, its id and its first SAMPLE_CHARS characters (~250 bytes for a short prompt).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data_contracts.text_checks import utf8_rows
+
+NUM_PERM = 64
+SEED = 1
+LSH_WEIGHTS = (0.2, 0.8)  # (false positive, false negative): candidates are verified, so favour recall
+CLUSTERS_LISTED = 10
+IDS_LISTED = 10
+SAMPLE_CHARS = 160
+SAMPLE_IDS = 5
+_BIGRAM_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_WORD_MULTIPLIER = np.uint64(0x100000001B3)  # FNV-1a's 64-bit prime
+# byte -> itself lower-cased if it belongs to a word (ASCII letters and digits, any byte of a non-ASCII
+# character), else 0
+_WORD_BYTES = np.array(
+    [c + 32 if 65 <= c <= 90 else c if (97 <= c <= 122 or 48 <= c <= 57 or c >= 128) else 0 for c in range(256)], np.uint8
+)
+
+
+@functools.cache
+def permutations(num_perm: int = NUM_PERM, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutation parameters ``(a, b)``, each (num_perm,) uint32."""
+    from datasketch import MinHash
+
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    return a.astype(np.uint32), b.astype(np.uint32)
+
+
+@functools.cache
+def lsh_bands(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
+    """(bands, rows per band) that datasketch's ``MinHashLSH`` picks for ``threshold``."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
+    return lsh.b, lsh.r
+
+
+# MurmurHash3's finalizers (shift, multiplier, shift, multiplier, shift) by width, as datasketch's _fmix has them
+_FMIX = {
+    32: (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16)),
+    64: (np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(33), np.uint64(0xC4CEB9FE1A85EC53), np.uint64(33)),
+}
+
+
+def fmix(values: np.ndarray, width: int = 32) -> np.ndarray:
+    """MurmurHash3's finalizer: the pre-mix datasketch's affine32 scheme applies to every 32-bit hash (and,
+    at 64 bits, what makes every bit of a shingle's hash reach the high 32 bits it keeps)."""
+    shift1, multiplier1, shift2, multiplier2, shift3 = _FMIX[width]
+    values = (values ^ (values >> shift1)) * multiplier1
+    values = (values ^ (values >> shift2)) * multiplier2
+    return values ^ (values >> shift3)
+
+
+def shingle_hashes(texts: pa.Array, salts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's word bigrams (its one word, for a one-word row) as 32-bit hashes, and (rows + 1,) offsets.
+
+    Words are runs of ASCII letters and digits and of non-ASCII characters, ASCII lower-cased: case,
+    punctuation and spacing do not tell prompts apart. ``salts`` (rows,) uint64 are mixed into every
+    hash of a row (its media items' digests: the same question about another image shares no shingle).
+    Numpy over the UTF-8 bytes; a word's hash is a polynomial of its bytes mod 2^64.
+    """
+    data, offsets = utf8_rows(texts)
+    data = _WORD_BYTES[data[: offsets[-1]]]  # 0 for a separator, the lower-cased byte otherwise
+    is_word = data != 0
+    starts = is_word.copy()
+    starts[1:] &= ~is_word[:-1]
+    starts[offsets[:-1][np.diff(offsets) > 0]] = is_word[offsets[:-1][np.diff(offsets) > 0]]  # never across rows
+    word_bytes = data[is_word].astype(np.uint64)
+    word_starts = np.flatnonzero(starts[is_word])  # in word_bytes
+    row = np.searchsorted(offsets, np.flatnonzero(starts), side="right") - 1
+    if len(word_starts):
+        position = np.arange(len(word_bytes)) - np.repeat(word_starts, np.diff(np.append(word_starts, len(word_bytes))))
+        powers = np.cumprod(np.full(int(position.max()) + 1, _WORD_MULTIPLIER, np.uint64)) if len(position) else position
+        hashes = fmix(np.add.reduceat(word_bytes * powers[position], word_starts), 64)
+    else:
+        hashes = np.zeros(0, np.uint64)
+    rows = len(offsets) - 1
+    counts = np.bincount(row, minlength=rows)
+    first_word = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    same_row = row[1:] == row[:-1]
+    bigrams = (hashes[:-1] * _BIGRAM_MULTIPLIER + hashes[1:])[same_row]
+    single = counts == 1
+    shingles = np.concatenate([bigrams, hashes[first_word[single]]])
+    shingle_row = np.concatenate([row[1:][same_row], np.flatnonzero(single)])
+    order = np.argsort(shingle_row, kind="stable")
+    shingles, shingle_row = shingles[order], shingle_row[order]
+    if salts is not None:
+        shingles = fmix(shingles ^ salts[shingle_row], 64)
+    shingle_offsets = np.concatenate([[0], np.cumsum(np.bincount(shingle_row, minlength=rows))]).astype(np.int64)
+    return (shingles >> np.uint64(32)).astype(np.uint32), shingle_offsets
+
+
+def signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = NUM_PERM, seed: int = SEED) -> np.ndarray:
+    """(rows, num_perm) uint32 MinHash signatures of each row's shingle ``hashes`` (as datasketch's
+    ``MinHash(scheme="affine32").update_batch``); a row without shingles keeps the empty value 2^32 - 1."""
+    a, b = permutations(num_perm, seed)
+    counts = np.diff(offsets)
+    order = np.argsort(-counts, kind="stable")  # longest rows first: the rows with a j-th shingle are a prefix
+    starts, counts = offsets[:-1][order], counts[order]
+    mixed = fmix(hashes)
+    minima = np.full((len(counts), num_perm), np.uint32(0xFFFFFFFF))
+    buffer = np.empty_like(minima)  # one allocation: fresh arrays of this size cost more in page faults than math
+    for position in range(int(counts[0]) if len(counts) else 0):
+        rows = int(np.searchsorted(-counts, -position, side="left"))  # rows with more than `position` shingles
+        permuted = buffer[:rows]
+        np.multiply(mixed[starts[:rows] + position, None], a, out=permuted)
+        np.add(permuted, b, out=permuted)
+        np.minimum(minima[:rows], permuted, out=minima[:rows])
+    result = np.empty_like(minima)
+    result[order] = minima
+    return result
+
+
+@dataclass
+class Cluster:
+    """Prompts that are near-duplicates of its first one (transitively), as the report lists them."""
+
+    prompts: int  # distinct prompts (exact repeats are duplicate_prompts' finding, not counted here)
+    ids: list[str]  # the rows of the first IDS_LISTED prompts, in dataset order
+    sample: str  # the first prompt, cut to SAMPLE_CHARS
+
+    def to_dict(self) -> dict:
+        return {"prompts": self.prompts, "ids": self.ids, "sample": self.sample}
+
+
+@dataclass
+class NearDuplicates:
+    """What ``NearDuplicateIndex.finish`` found over the dataset."""
+
+    near_duplicates: int  # prompts in a cluster beyond its first one
+    sample_ids: list[str]  # the first few of them, in dataset order
+    clusters: list[Cluster]  # the largest CLUSTERS_LISTED
+    cluster_count: int
+
+
+class NearDuplicateIndex:
+    """Near-duplicate prompts over a whole dataset: fed each distinct prompt's signature in dataset order,
+    clustered once at the end (a sort per LSH band)."""
+
+    def __init__(self, threshold: float, num_perm: int = NUM_PERM):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise ValueError(f"near-duplicate similarity must be a number between 0 and 1 (exclusive), got {threshold!r}")
+        self.threshold = float(threshold)
+        self.bands, self.band_rows = lsh_bands(self.threshold, num_perm)
+        multipliers = np.random.RandomState(SEED).randint(1, 1 << 62, self.band_rows, np.int64) * 2 + 1
+        self._band_multipliers = multipliers.astype(np.uint64)
+        self._keys: list[np.ndarray] = []  # per batch: (prompts, bands) uint64 LSH band hashes
+        self._signatures: list[np.ndarray] = []  # per batch: (prompts, num_perm) uint8, the low bits of each minimum
+        self._ids: list[pa.Array] = []
+        self._samples: list[pa.Array] = []
+
+    def add(self, signatures: np.ndarray, ids: pa.Array, texts: pa.Array) -> None:
+        """Index the first occurrences of prompts (exact repeats left out), in dataset order; a prompt
+        without words (all minima empty) is never a near-duplicate."""
+        keep = (signatures != np.uint32(0xFFFFFFFF)).any(axis=1)
+        signatures = signatures[keep]
+        keys = np.empty((len(signatures), self.bands), np.uint64)
+        for band in range(self.bands):
+            columns = signatures[:, band * self.band_rows : (band + 1) * self.band_rows].astype(np.uint64)
+            keys[:, band] = (columns * self._band_multipliers).sum(axis=1)  # wraps mod 2^64: a hash of the band
+        self._keys.append(keys)
+        self._signatures.append((signatures & np.uint32(0xFF)).astype(np.uint8))  # b-bit minwise hashing, b = 8
+        rows = pa.array(np.flatnonzero(keep), pa.int64())
+        self._ids.append(ids.take(rows))
+        self._samples.append(pc.utf8_slice_codeunits(pc.fill_null(texts.take(rows), ""), 0, SAMPLE_CHARS))
+
+    def finish(self, listed: int = SAMPLE_IDS) -> NearDuplicates:
+        """Each prompt joins the cluster of the most similar earlier prompt that shares an LSH band with it
+        (the first to hold that band), when their estimated similarity is above the threshold."""
+        keys = np.concatenate(self._keys) if self._keys else np.zeros((0, self.bands), np.uint64)
+        count = len(keys)
+        candidates = np.full((count, self.bands), -1, np.int64)
+        for band in range(self.bands):
+            order = np.argsort(keys[:, band], kind="stable")  # stable: the earliest holder leads each run of a key
+            sorted_keys = keys[order, band]
+            run_starts = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]) if count else np.zeros(0, bool)
+            first_holder = order[np.flatnonzero(run_starts)][np.cumsum(run_starts) - 1]
+            candidates[order, band] = np.where(first_holder < order, first_holder, -1)
+        similarity = self._estimate(candidates)
+        best = np.argmax(similarity, axis=1) if count else np.zeros(0, np.int64)
+        linked = similarity[np.arange(count), best] > self.threshold
+        parent = np.where(linked, candidates[np.arange(count), best], np.arange(count))
+        while count and (parent[parent] != parent).any():  # pointer jumping: every prompt to its cluster's first
+            parent = parent[parent]
+        ids = pa.concat_arrays(self._ids) if self._ids else pa.array([], pa.string())
+        samples = pa.concat_arrays(self._samples) if self._samples else pa.array([], pa.string())
+        prompts = np.bincount(parent, minlength=count)
+        roots = np.flatnonzero(prompts > 1)
+        largest = roots[np.lexsort((roots, -prompts[roots]))][:CLUSTERS_LISTED]
+        clusters = [
+            Cluster(int(prompts[root]), ids.take(pa.array(np.flatnonzero(parent == root)[:IDS_LISTED])).to_pylist(),
+                    samples[int(root)].as_py())
+            for root in largest
+        ]
+        flagged = np.flatnonzero(linked)
+        return NearDuplicates(len(flagged), ids.take(pa.array(flagged[:listed], pa.int64())).to_pylist(), clusters, len(roots))
+
+    def _estimate(self, candidates: np.ndarray) -> np.ndarray:
+        """(n, bands) estimated Jaccard similarity to each candidate (0 where there is none): the share of
+        equal 8-bit minima, less the 1/256 chance that two different minima agree in their low bits."""
+        stored = np.concatenate(self._signatures) if self._signatures else np.zeros((0, 0), np.uint8)
+        estimate = np.zeros(candidates.shape)
+        rows, bands = np.nonzero(candidates >= 0)
+        if len(rows):
+            equal = (stored[rows] == stored[candidates[rows, bands]]).mean(axis=1)
+            estimate[rows, bands] = np.clip((equal - 1 / 256) / (1 - 1 / 256), 0.0, 1.0)
+        return estimate
