@@ -1,12 +1,16 @@
 """Data-contract throughput: validation time as a fraction of materialisation, measured in one run.
 
-    python bench/validate.py [--rows 200000] [--repeats 3] [--workdir bench_out/validate]
+    python bench/validate.py [--rows 200000] [--repeats 3] [--kind supervised|preference] [--workdir bench_out/validate]
 
-Materialises Alpaca-shaped rows into supervised shards (``materialize_dataset``, the library call
-the flow wraps; in one process and with its default worker count), then validates the folder with
-its suite (``validate_dataset``, one process). All timed in this process, medians over
+Materialises Alpaca-shaped rows into supervised shards, or UltraFeedback-shaped pairs (prompts of 6-20
+words, answers of 20-120 and 20-80 words, scores in meta) into preference shards (``materialize_dataset``,
+the library call the flow wraps; in one process and with its default worker count), then validates the
+folder with its suite (``validate_dataset``, one process). All timed in this process, medians over
 ``--repeats``; GX's one-time import is reported apart because a long-lived worker pays it once.
 Prints rows/s and the ratios (target <= 25%).
+
+To compare validation with another version of the contracts, run the same command with
+``PYTHONPATH=<a checkout's root>`` in front: ``data_contracts`` then comes from there.
 """
 
 from __future__ import annotations
@@ -30,10 +34,38 @@ def timed(function, repeats: int) -> tuple[float, object]:
     return statistics.median(seconds), value
 
 
+def write_ultrafeedback_rows(path: Path, rows: int, seed: int = 0) -> None:
+    """UltraFeedback-shaped pairs (HuggingFaceH4/ultrafeedback_binarized's fields) of realistic length."""
+    import json
+    import random
+
+    from bench.materialize import WORDS
+
+    rng = random.Random(seed)
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+
+    with open(path, "w") as handle:
+        for index in range(rows):
+            prompt = text(rng.randint(6, 20))
+            turns = [{"role": "user", "content": prompt}]
+            row = {
+                "prompt": prompt,
+                "prompt_id": str(index),
+                "chosen": [*turns, {"role": "assistant", "content": text(rng.randint(20, 120))}],
+                "rejected": [*turns, {"role": "assistant", "content": text(rng.randint(20, 80))}],
+                "score_chosen": 8.0,
+                "score_rejected": 5.0,
+            }
+            handle.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--kind", choices=("supervised", "preference"), default="supervised")
     parser.add_argument("--workdir", type=Path, default=Path("bench_out/validate"))
     args = parser.parse_args()
 
@@ -43,14 +75,15 @@ def main() -> None:
     workdir = args.workdir.absolute()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    source = workdir / "alpaca.jsonl"
-    write_alpaca_rows(source, args.rows)
-    print(f"source: {args.rows} Alpaca rows, {source.stat().st_size / 1e6:.0f} MB", flush=True)
+    template = "Alpaca" if args.kind == "supervised" else "UltraFeedback"
+    source = workdir / f"{template.lower()}.jsonl"
+    (write_alpaca_rows if args.kind == "supervised" else write_ultrafeedback_rows)(source, args.rows)
+    print(f"source: {args.rows} {template} rows, {source.stat().st_size / 1e6:.0f} MB", flush=True)
 
     attempt = iter(range(2 * args.repeats))  # a fresh out root each time: a second build would be a cache hit
 
     def materialize(workers: int | None):
-        return materialize_dataset(source, "Alpaca", "supervised", workdir / f"shards-{next(attempt)}", workers=workers)
+        return materialize_dataset(source, template, args.kind, workdir / f"shards-{next(attempt)}", workers=workers)
 
     materialize_seconds, dataset_dir = timed(lambda: materialize(1), args.repeats)
     print(f"materialize (1 process):   {materialize_seconds:6.2f} s  {args.rows / materialize_seconds:9.0f} rows/s", flush=True)
@@ -70,5 +103,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: a baseline checkout may come first
     main()

@@ -7,18 +7,21 @@ reads the same offline as online; GX's own Data Docs fetch their CSS from a CDN.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
 from align_core.markdown import markdown_report, markdown_table
 from data_contracts.results import ExpectationResult, ValidationResult
 
 TEMPLATE = "report.html.jinja"
 THUMBNAIL_PX = 96  # the longer side of a failing image's thumbnail
+CHART_WIDTH, CHART_HEIGHT, AXIS_HEIGHT = 560, 150, 34  # px of a histogram's inline SVG
 
 
 @dataclass
@@ -100,7 +103,7 @@ def render_markdown(result: ValidationResult) -> str:
         f"dataset: `{result.dataset_digest}` ({result.kind}, {result.rows} rows)",
         f"folder: `{result.dataset_dir}`",
         f"suite: `{result.suite_version}`" + (f" with overrides `{json.dumps(result.overrides)}`" if result.overrides else ""),
-        f"report: `{Path(result.dataset_dir) / 'report.html'}`",
+        f"report: [{result.report_path.name}]({result.report_path.absolute().as_uri()}) (`{result.report_path}`)",
     ]
     return markdown_report(f"Data contract {verdict(result)}", bullets, [table])
 
@@ -127,6 +130,32 @@ def thumbnail(sample_id: str, data: bytes) -> Thumbnail:
     return Thumbnail(sample_id, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
 
 
+def histogram_svg(histogram: dict) -> Markup:
+    """One histogram (``distributions.Histogram.to_dict``) as an inline SVG bar chart: no script, no library,
+    nothing fetched; each bar's count shows on hover."""
+    bins = histogram["bins"]
+    peak = max([b["count"] for b in bins] + [1])
+    width = CHART_WIDTH / max(len(bins), 1)
+    label_every = max(1, round(len(bins) / 8))  # about 8 labels fit under the axis
+    size = f'width="{CHART_WIDTH}" height="{CHART_HEIGHT + AXIS_HEIGHT}"'
+    parts = [f'<svg {size} role="img" aria-label="{html.escape(histogram["title"])}">']
+    for index, item in enumerate(bins):
+        height = CHART_HEIGHT * item["count"] / peak
+        x = index * width
+        parts.append(
+            f'<rect x="{x + 1:.1f}" y="{CHART_HEIGHT - height:.1f}" width="{max(width - 2, 1):.1f}" height="{height:.1f}" '
+            f'fill="#4c78a8"><title>{html.escape(item["label"])}: {item["count"]}</title></rect>'
+        )
+        if index % label_every == 0:
+            parts.append(
+                f'<text x="{x + width / 2:.1f}" y="{CHART_HEIGHT + 14}" font-size="10" text-anchor="middle" '
+                f'fill="#5a6268">{html.escape(item["label"])}</text>'
+            )
+    parts.append(f'<line x1="0" y1="{CHART_HEIGHT}" x2="{CHART_WIDTH}" y2="{CHART_HEIGHT}" stroke="#adb5bd"/>')
+    parts.append(f'<text x="0" y="{CHART_HEIGHT + 30}" font-size="10" fill="#5a6268">max bar {peak} rows</text></svg>')
+    return Markup("".join(parts))
+
+
 def render_html(result: ValidationResult, images: dict[str, list[tuple[str, bytes]]] | None = None) -> str:
     """The page; ``images`` (expectation name -> (sample id, image bytes) of failing samples) are shown
     as small inline thumbnails beside the expectation."""
@@ -136,6 +165,7 @@ def render_html(result: ValidationResult, images: dict[str, list[tuple[str, byte
         autoescape=True,  # ids and descriptions come from data: never let them become markup
         undefined=jinja2.StrictUndefined,
     )
+    charts = [(h, histogram_svg(h)) for h in result.distributions.get("histograms", []) if h["total"]]
     return environment.get_template(TEMPLATE).render(
-        result=result, rows=rows(result), verdict=verdict(result), thumbnails=thumbnails
+        result=result, rows=rows(result), verdict=verdict(result), thumbnails=thumbnails, charts=charts
     )

@@ -10,7 +10,10 @@ Per sequence (numpy over the memory-mapped token columns, so a million rows take
 - ``truncation_rate`` (warning, whole cache): over ``max_truncated_share`` of the rows were truncated
   or dropped by the truncation policy;
 - ``template_mask_disagrees`` (error, supervised caches whose chat template marks ``{% generation %}``):
-  on the first ``sample`` rows, the tokens the template calls the assistant's differ from the labels.
+  on the first ``sample`` rows, the tokens the template calls the assistant's differ from the labels;
+- ``token_length_bias`` (warning, preference caches, whole cache): in over ``max_length_bias`` of the pairs
+  (ties aside) the answer with more trained tokens is the chosen one: the data contract's ``length_bias``
+  in the model's tokens rather than characters. It reports that share and the mean difference in tokens.
 
 ``require_token_checks`` raises ``UsageError`` naming each failed error-severity check with row ids; the
 trainer calls it on every cache before any model loads.
@@ -27,6 +30,7 @@ import numpy as np
 from align_core.data.schema import SEQUENCE_PREFIXES, has_labels
 from align_core.data.truncation import IGNORE_INDEX
 from align_core.errors import UsageError
+from align_core.shards.schema import Kind
 
 SAMPLE_IDS = 5
 
@@ -39,6 +43,7 @@ class TokenFinding:
     count: int  # sequences (or rows) that break the check
     checked: int
     sample_ids: list[str] = field(default_factory=list)
+    observed: dict[str, float] = field(default_factory=dict)  # a whole-cache statistic, where the check measures one
 
     @property
     def failed(self) -> bool:
@@ -46,7 +51,7 @@ class TokenFinding:
 
 
 def check_token_cache(cache_dir: str | Path, *, min_trained_fraction: float = 0.02, max_truncated_share: float = 0.1,
-                      sample: int = 32) -> list[TokenFinding]:
+                      sample: int = 32, max_length_bias: float = 0.75) -> list[TokenFinding]:
     """Every check's finding on the cache (see the module docstring)."""
     from align_core.data.token_dataset import TokenDataset
     from align_core.models.registry import load_tokenizer
@@ -69,6 +74,8 @@ def check_token_cache(cache_dir: str | Path, *, min_trained_fraction: float = 0.
     finding = _template_mask_finding(rows, tokenizer, sample)
     if finding is not None:
         findings.append(finding)
+    if rows.kind is Kind.PREFERENCE:
+        findings.append(_length_bias_finding(rows, max_length_bias))
     return findings
 
 
@@ -86,7 +93,33 @@ def require_token_checks(cache_dir: str | Path, warn=print) -> list[TokenFinding
 
 def describe(finding: TokenFinding) -> str:
     ids = f" (e.g. {', '.join(finding.sample_ids)})" if finding.sample_ids else ""
-    return f"{finding.name}: {finding.count} of {finding.checked}{ids}: {finding.description}"
+    observed = f" (observed {', '.join(f'{key} {value}' for key, value in finding.observed.items())})" if finding.observed else ""
+    return f"{finding.name}: {finding.count} of {finding.checked}{ids}: {finding.description}{observed}"
+
+
+def _length_bias_finding(rows, max_share: float) -> TokenFinding:
+    """Trained tokens of chosen minus rejected per pair: the share of untied pairs where chosen has more
+    (counted, with the first ids, only when over ``max_share``) and the mean difference."""
+    differences, ids = [], []
+    for batch in rows._batches:
+        trained = []
+        for prefix in ("chosen_", "rejected_"):
+            offsets, labels = batch.token_lists[f"{prefix}labels"]
+            running = np.concatenate([[0], np.cumsum(labels != IGNORE_INDEX)])
+            trained.append(running[offsets[1:]] - running[offsets[:-1]])
+        differences.append(trained[0] - trained[1])
+        ids.append(np.asarray(batch.scalars["id"]))
+    difference = np.concatenate(differences) if differences else np.zeros(0, np.int64)
+    chosen_longer = np.concatenate(ids)[difference > 0] if ids else np.zeros(0, str)
+    untied = int(np.count_nonzero(difference))
+    share = len(chosen_longer) / untied if untied else 0.0
+    over = share > max_share
+    return TokenFinding(
+        "token_length_bias", "warning",
+        f"in at most {max_share:.0%} of pairs (ties aside) has the chosen answer more trained tokens than the rejected one",
+        len(chosen_longer) if over else 0, untied, [str(i) for i in chosen_longer[:SAMPLE_IDS]] if over else [],
+        {"longer_is_chosen": round(share, 4), "mean_token_difference": round(float(difference.mean()), 2) if len(difference) else 0.0},
+    )
 
 
 def _special_ids(manifest: dict[str, Any], tokenizer: Any) -> np.ndarray:
@@ -149,7 +182,6 @@ def _template_mask_finding(rows, tokenizer: Any, sample: int) -> TokenFinding | 
     """The chat template's assistant mask against the labels on the first ``sample`` comparable rows of a
     supervised cache with ``assistant_turns: all``; None where it cannot be compared."""
     from align_core.shards.dataset import ShardDataset
-    from align_core.shards.schema import Kind
 
     manifest = rows.manifest
     if rows.kind is not Kind.SUPERVISED or manifest.get("media") or manifest["key_inputs"].get("assistant_turns") != "all":
