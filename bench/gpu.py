@@ -265,7 +265,7 @@ def measure(variant: str, setup: dict, steps: int, warmup: int) -> dict:
 
 
 def worker(variant: str, setup_file: Path, steps: int, warmup: int) -> None:
-    emit({"variant": variant, **measure(variant, json.loads(setup_file.read_text()), steps, warmup)})
+    emit(measure(variant, json.loads(setup_file.read_text()), steps, warmup))  # numbers only: rounds take medians
 
 
 # ----- main ----------------------------------------------------------------------------------------
@@ -285,19 +285,22 @@ def device_peak(override_tflops: float | None) -> tuple[str, float | None, str]:
 
 
 def report(setup: dict, medians: dict[str, dict], device: str, peak: float | None, source: str) -> dict:
-    """Print the table (tokens/s, step, vs the same algorithm's plain loop, MFU); the rows it printed."""
+    """Print the table (tokens/s per wall and per CPU second, step, vs the same algorithm's plain loop, MFU);
+    the rows it printed. On a shared CPU the per-CPU-second ratio is the steadier one; on a GPU, wall."""
     parameters = setup["parameters"]
     peak_text = f"{peak / 1e12:.1f} TFLOP/s" if peak else "none"
     print(f"\n{device}; peak {peak_text} ({source}); N = {parameters / 1e6:.1f}M parameters")
-    print("variant                   tokens/s   step ms   vs plain      MFU   first loss")
+    print("variant                tokens/s  per CPU s   step ms   vs plain (wall, CPU)      MFU   first loss")
     rows = {}
     for variant, values in medians.items():
         plain = medians.get(f"plain-{parse_variant(variant)['algorithm']}")
-        versus = values["tokens_per_second"] / plain["tokens_per_second"] if plain else None
+        versus = {key: values[key] / plain[key] if plain else None for key in ("tokens_per_second", "tokens_per_cpu_second")}
         utilisation = mfu(values["tokens_per_second"], parameters, peak)
-        rows[variant] = {**values, "vs_plain": versus, "mfu": utilisation}
-        print(f"{variant:22s} {values['tokens_per_second']:11.0f} {values['step_seconds'] * 1000:9.1f} "
-              f"{f'{versus:8.2f}x' if versus else '        -'} {f'{utilisation:8.2%}' if utilisation is not None else '       -'}"
+        rows[variant] = {**values, "vs_plain": versus["tokens_per_second"], "vs_plain_cpu": versus["tokens_per_cpu_second"],
+                         "mfu": utilisation}
+        ratios = ", ".join(f"{ratio:.2f}x" for ratio in versus.values()) if plain else "-"
+        print(f"{variant:20s} {values['tokens_per_second']:10.0f} {values['tokens_per_cpu_second']:10.0f} "
+              f"{values['step_seconds'] * 1000:9.1f}   {ratios:20s} {f'{utilisation:8.2%}' if utilisation is not None else '       -'}"
               f"   {values['first_loss']:.4f}")
     return rows
 

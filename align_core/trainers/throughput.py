@@ -37,19 +37,14 @@ from align_core.errors import UsageError
 LIGER_MIN_VERSION = (0, 8, 5)
 
 
-class PackingSettings(TrainCfgs):
+class ThroughputSettings(TrainCfgs):
+    """The switches of this module: a trainer that supports them has its settings class derive from this."""
+
     packing: bool = Field(False, description="pack each micro-batch's sequences end to end into rows of at most "
                           "data_cfgs.max_length tokens, padding-free (align_core.data.packing)")
-
-
-class KernelSettings(TrainCfgs):
     liger_kernel: bool = Field(False, description="CUDA: Liger's fused linear cross-entropy for the label tokens' "
                                "log-probs (the gpu extra)")
     torch_compile: bool = Field(False, description="CUDA: torch.compile the model's decoder body")
-
-
-class ThroughputSettings(PackingSettings, KernelSettings):
-    """Every switch of this module: the settings of a trainer that supports them all."""
 
 
 def packing_collate(collate: Any, capacity: int) -> Any:
