@@ -282,13 +282,17 @@ def check_materialize(
     suite: str | None = None,
     contract_overrides: dict[str, Any] | None = None,
     media_root: str | Path | None = None,
+    runner: str | None = None,
 ) -> MaterializeSpec:
     """What the ``materialize`` flow needs, checked before a row is read: the template, its options and
-    kind, the media root, the source (``check_source``), the contract's suite and override keys, the output root."""
+    kind, the media root, the source (``check_source``), the contract's suite and override keys, the output
+    root, the runner."""
     from data_contracts.suite import load_suite
+    from flows.materialize import parse_runner
 
     if workers is not None and workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}")
+    parse_runner(runner)
     spec = MaterializeSpec.checked(template, kind, template_options, template_module, rows_per_shard, media_root)
     check_source(source, source_format)
     if validate_contract:

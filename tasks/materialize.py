@@ -12,9 +12,21 @@ import hashlib
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from align_core.markdown import markdown_table
-from align_core.materialize import MaterializeSpec, build_dataset, dataset_digest
+from align_core.materialize import (
+    FormattedPart,
+    MaterializeResult,
+    MaterializeSpec,
+    Part,
+    PartPlan,
+    build_dataset,
+    dataset_digest,
+    format_part,
+    merge_parts,
+    plan_parts,
+)
 from align_core.sources import SourceInfo, fingerprint_source, stat_key
 from tasks.artifacts import publish_markdown
 from tasks.caching import disk_output_key
@@ -54,6 +66,32 @@ def fingerprint(source: str, source_format: str | None = None) -> SourceInfo:
 def build_shards(source: SourceInfo, spec: MaterializeSpec, out_root: str, workers: int | None = None) -> str:
     """Format the source into shards + quarantine + manifest, published atomically; returns the folder."""
     result = build_dataset(source, spec, out_root, workers)
+    _publish_artifact(source, result)
+    return str(result.path)
+
+
+@task(name="plan-parts")
+def plan_dataset_parts(source: SourceInfo, spec: MaterializeSpec, out_root: str) -> PartPlan:
+    """The parts to format (none when the dataset is already published) and their staging folder."""
+    return plan_parts(source, spec, out_root)
+
+
+# A part's result (its quarantine rows and media) goes straight to the merge: nothing to cache or persist.
+@task(name="format-part", cache_policy=NO_CACHE, persist_result=False)
+def format_dataset_part(source: SourceInfo, spec: MaterializeSpec, part: Part) -> FormattedPart:
+    """One part's chunks formatted into its Arrow file in the staging folder."""
+    return format_part(source, spec, part)
+
+
+@task(name="merge-parts", cache_policy=NO_CACHE, persist_result=False)
+def merge_dataset_parts(source: SourceInfo, spec: MaterializeSpec, plan: PartPlan, parts: list[FormattedPart]) -> str:
+    """The formatted parts written in order as shards + quarantine + manifest, published atomically; returns the folder."""
+    result = merge_parts(source, spec, plan, parts)
+    _publish_artifact(source, result)
+    return str(result.path)
+
+
+def _publish_artifact(source: SourceInfo, result: MaterializeResult) -> None:
     manifest = result.manifest
     reasons = list(manifest.quarantine_reasons.items()) or [("(none)", 0)]
     publish_markdown(
@@ -69,4 +107,3 @@ def build_shards(source: SourceInfo, spec: MaterializeSpec, out_root: str, worke
         ],
         tables=[markdown_table(["quarantine reason", "rows"], reasons)],
     )
-    return str(result.path)

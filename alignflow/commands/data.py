@@ -41,6 +41,9 @@ def materialize_command(
     validate: bool = typer.Option(True, "--validate/--no-validate", help="run the data contract (default on)"),
     contract_set: list[str] = typer.Option([], "--contract-set", help="contract override EXPECTATION.SETTING=VALUE (repeatable)"),
     media_root: Path | None = typer.Option(None, "--media-root", help="folder that media paths in the rows are relative to"),
+    runner: str = typer.Option(
+        "local", "--runner", help="local (worker processes here) | dask (a LocalCluster of --workers) | dask:ADDRESS"
+    ),
 ) -> None:
     """Materialise SOURCE into content-addressed conversation shards; prints the dataset folder last."""
     from data_contracts.suite import parse_override_pairs
@@ -53,14 +56,14 @@ def materialize_command(
         "template_options": parse_options(option), "template_module": template_module, "source_format": source_format,
         "rows_per_shard": rows_per_shard, "workers": workers, "validate_contract": validate,
         "contract_overrides": parse_override_pairs(contract_set) if contract_set else None,
-        "media_root": str(media_root) if media_root is not None else None,
+        "media_root": str(media_root) if media_root is not None else None, "runner": runner,
     }
     arguments["template_options"] = check_materialize(**arguments).template_options
 
     from alignflow.cli import run_flow
-    from flows.materialize import materialize
+    from flows.materialize import materialize_on
 
-    dataset_dir = run_flow(materialize, **arguments)
+    dataset_dir = run_flow(materialize_on(runner, workers), **arguments)
     manifest = ShardDataset(dataset_dir).manifest
     typer.echo(f"rows {manifest.rows}, quarantined {manifest.quarantined}, shards {len(manifest.shards)}", err=True)
     typer.echo(dataset_dir)

@@ -1,0 +1,100 @@
+"""Materialising in parts on a Dask cluster (prefect-dask's DaskTaskRunner on a real LocalCluster) gives the
+same dataset, byte for byte, and the same contract result as the one-machine build, whatever the number
+of workers and parts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect_dask import DaskTaskRunner
+from rows import many_alpaca_rows, usage_error_message
+
+from align_core import materialize as materialize_lib
+from align_core import sources
+from align_core.errors import UsageError
+from flows.materialize import materialize, parse_runner
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def planted_source(path: Path) -> Path:
+    """240 Alpaca rows with bad ones among them: empty output, a wrong type, invalid JSON, a blank line."""
+    lines = [json.dumps(row) for row in many_alpaca_rows(240)]
+    lines[17] = json.dumps({"instruction": "Say hi.", "input": "", "output": ""})
+    lines[90] = json.dumps({"instruction": 7, "output": "x"})
+    lines[150] = "{not json"
+    lines[200] = ""
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def dataset_bytes(folder: str) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(Path(folder).rglob("*.arrow"))}
+
+
+def contract_result(folder: str) -> dict:
+    """validation.json without what differs between two validations of the same shards (times, run ids)."""
+    record = json.loads((Path(folder) / "validation.json").read_text())
+    return {key: value for key, value in record.items() if key not in ("dataset_dir", "seconds", "validated_at")}
+
+
+def test_dask_cluster_builds_the_same_dataset_bytes_and_contract_result_as_one_machine(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "JSONL_CHUNK_BYTES", 2_000)  # ~10 chunks
+    monkeypatch.setattr(materialize_lib, "CHUNKS_PER_PART", 3)  # ~4 parts for the cluster's 2 workers
+    source = planted_source(tmp_path / "rows.jsonl")
+    common = {"source": str(source), "template": "Alpaca", "kind": "supervised", "rows_per_shard": 50}
+    folders = {
+        "local, 1 worker": materialize(out=str(tmp_path / "local1"), workers=1, **common),
+        "local, 2 workers": materialize(out=str(tmp_path / "local2"), workers=2, **common),
+    }
+    cluster = {"n_workers": 2, "threads_per_worker": 1, "processes": False}
+    on_dask = materialize.with_options(task_runner=DaskTaskRunner(cluster_kwargs=cluster))
+    folders["dask, 2 workers"] = on_dask(out=str(tmp_path / "dask2"), runner="dask", **common)
+    folders["parts on the flow's threads"] = materialize(out=str(tmp_path / "threads"), runner="dask", **common)
+
+    reference = folders.pop("local, 1 worker")
+    files = dataset_bytes(reference)
+    assert len([name for name in files if name.startswith("shards/")]) == 5  # 236 good rows, 50 a shard
+    for name, folder in folders.items():
+        assert Path(folder).name == Path(reference).name, name
+        assert dataset_bytes(folder) == files, name
+        assert contract_result(folder) == contract_result(reference), name
+    assert contract_result(reference)["passed"] is True
+    assert not list(Path(tmp_path / "dask2").glob(".staging-*")), "the parts' staging folder is gone"
+
+
+def test_a_rerun_on_the_cluster_finds_the_published_dataset(tmp_path):
+    source = planted_source(tmp_path / "rows.jsonl")
+    common = {"source": str(source), "template": "Alpaca", "kind": "supervised", "validate_contract": False}
+    first = materialize(out=str(tmp_path / "out"), **common)
+    stamps = {path: path.stat().st_mtime_ns for path in Path(first).rglob("*")}
+    again = materialize(out=str(tmp_path / "out"), runner="dask", **common)  # parts on the flow's own threads
+    assert again == first
+    assert {path: path.stat().st_mtime_ns for path in Path(first).rglob("*")} == stamps
+
+
+@pytest.mark.parametrize("runner", ["spark", "local:x", "dask:"])
+def test_an_unknown_runner_is_a_usage_error_naming_the_runners(runner):
+    assert usage_error_message(lambda: parse_runner(runner)) == (
+        f"unknown runner {runner!r}; expected one of: local, dask, dask:ADDRESS"
+    )
+
+
+def test_the_cli_runs_on_the_runner_named_and_refuses_an_unknown_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from alignflow.cli import app
+
+    source = str(planted_source(tmp_path / "rows.jsonl"))
+    args = ["materialize", source, "--template", "Alpaca", "--kind", "supervised", "--no-validate"]
+    refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--runner", "spark"])
+    assert isinstance(refused.exception, UsageError)  # main() prints it as one line and exits 2
+    assert str(refused.exception) == "unknown runner 'spark'; expected one of: local, dask, dask:ADDRESS"
+    assert not (tmp_path / "bad").exists()
+    local = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "local")])
+    # a LocalCluster of one worker process: the parts and the formatted results cross a process boundary
+    on_dask = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "dask"), "--runner", "dask", "--workers", "1"])
+    assert on_dask.exit_code == 0, on_dask.output
+    assert dataset_bytes(on_dask.output.strip().splitlines()[-1]) == dataset_bytes(local.output.strip().splitlines()[-1])
