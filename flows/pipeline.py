@@ -39,7 +39,7 @@ from align_core.sources import SourceInfo
 from align_core.trainers.cached_steps import tokenize_specs
 from align_core.trainers.rundir import set_aside_other_run
 from data_contracts.results import ValidationResult
-from flows.materialize import materialize
+from flows.materialize import materialize, materialize_on
 from flows.pipeline_config import LauncherEntry, PipelineConfig, check_pipeline, job_sections, load_pipeline
 from tasks.artifacts import publish_markdown
 from tasks.contamination import check_contamination
@@ -83,7 +83,7 @@ def pipeline(config: str) -> dict[str, Any]:
     dataset_dirs = {}
     for name, entry in spec.datasets.items():
         with labelled(dataset=name):
-            dataset_dirs[name] = materialize(
+            dataset_dirs[name] = materialize_on(entry.runner)(
                 source=entry.source,
                 template=entry.template,
                 kind=entry.kind,
@@ -93,6 +93,7 @@ def pipeline(config: str) -> dict[str, Any]:
                 source_format=entry.format,
                 suite=entry.suite,
                 media_root=entry.media_root,
+                runner=entry.runner,
             )
     model_dirs = {}
     for name, entry in spec.models.items():

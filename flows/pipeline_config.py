@@ -85,6 +85,7 @@ class DatasetEntry(_Strict):
     format: str | None = None
     suite: str | None = None
     media_root: str | None = Field(None, description="the folder media paths in the source are relative to")
+    runner: str = Field("local", description="where it is formatted: local, dask (a LocalCluster) or dask:ADDRESS")
     benchmark: bool = Field(False, description="an evaluation benchmark: every job's training datasets are checked "
                             "for n-gram overlap with it")
 
@@ -323,6 +324,7 @@ def check_pipeline(spec: PipelineConfig) -> None:
             source_format=entry.format,
             suite=entry.suite,
             media_root=entry.media_root,
+            runner=entry.runner,
         )
     for name, model in spec.models.items():
         _check_model(name, model)

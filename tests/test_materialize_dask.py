@@ -98,3 +98,18 @@ def test_the_cli_runs_on_the_runner_named_and_refuses_an_unknown_one(tmp_path):
     on_dask = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "dask"), "--runner", "dask", "--workers", "1"])
     assert on_dask.exit_code == 0, on_dask.output
     assert dataset_bytes(on_dask.output.strip().splitlines()[-1]) == dataset_bytes(local.output.strip().splitlines()[-1])
+
+
+def test_a_pipeline_dataset_names_its_runner_and_an_unknown_one_is_refused(tmp_path):
+    import yaml
+
+    from flows.pipeline_config import check_pipeline, load_pipeline
+
+    (tmp_path / "data.jsonl").write_text('{"instruction": "Say hi.", "output": "Hi."}\n')
+    entry = {"source": "data.jsonl", "template": "Alpaca", "kind": "supervised", "runner": "dask:tcp://scheduler:8786"}
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": "out", "datasets": {"alpaca": entry}}))
+    check_pipeline(load_pipeline(config))
+    config.write_text(yaml.safe_dump({"output_dir": "out", "datasets": {"alpaca": {**entry, "runner": "spark"}}}))
+    message = usage_error_message(lambda: check_pipeline(load_pipeline(config)))
+    assert message == "datasets.alpaca: unknown runner 'spark'; expected one of: local, dask, dask:ADDRESS"
