@@ -23,6 +23,7 @@ from align_core.reference.cache import MANIFEST_NAME, ReferenceSpec, is_complete
 from align_core.trainers.cached_steps import reference_specs
 from tasks.artifacts import publish_markdown
 from tasks.caching import disk_output_key
+from tasks.parallel import map_parts
 from tasks.prefect_env import prefect_result_storage
 
 
@@ -36,7 +37,7 @@ def reference_logps(spec: ReferenceSpec) -> str:
     """The folder of the cached column; attaches a summary (rows, mean log-probs, seconds)."""
     from deepspeed.accelerator import get_accelerator
 
-    folder = spec.build(get_accelerator().current_device_name())
+    folder = spec.build(get_accelerator().current_device_name(), map_parts=map_parts)  # per token file; Dask when there
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     means = [(f"mean {name}", f"{value:.4f}") for name, value in manifest["mean_logps"].items()]
     publish_markdown(

@@ -18,9 +18,11 @@ reading (once per process); ``verify_reference_column`` (``alignflow cache verif
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ import align_core.losses.logps as logps_module
 import align_core.reference.mismatched as mismatched_module
 import align_core.reference.scoring as scoring_module
 from align_core.data.schema import SEQUENCE_PREFIXES
-from align_core.data.token_cache import read_token_manifest, tokenizer_files_digest
+from align_core.data.token_cache import MapParts, read_token_manifest, tokenizer_files_digest
 from align_core.data.token_dataset import TokenDataset
 from align_core.errors import UsageError
 from align_core.io import (
@@ -130,10 +132,10 @@ class ReferenceSpec(BaseModel):
         """Where the column is (complete once its manifest exists); needs the token cache's manifest."""
         return reference_dir(self.token_cache_dir, self.reference_model, self.pairing, self.torch_dtype())
 
-    def build(self, device: str | torch.device = "cpu") -> Path:
+    def build(self, device: str | torch.device = "cpu", map_parts: MapParts = map) -> Path:
         return compute_reference_logps(
             self.token_cache_dir, self.reference_model, self.pairing, dtype=self.torch_dtype(),
-            batch_size=self.batch_size, device=device, trust_remote_code=self.trust_remote_code,
+            batch_size=self.batch_size, device=device, trust_remote_code=self.trust_remote_code, map_parts=map_parts,
         )
 
 
@@ -190,12 +192,15 @@ def compute_reference_logps(
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
+    map_parts: MapParts = map,
 ) -> Path:
     """Score every row of a token cache under ``reference_model`` once; returns the column's folder.
 
     A complete folder for the same key is returned as is, without loading the model. Concurrent
     callers for one key (two pipeline jobs on the same data, in threads or processes) take turns on
-    a lock file: the second finds the first's column instead of scoring again.
+    a lock file: the second finds the first's column instead of scoring again. Each token file is a part
+    (``ReferencePart``) that ``map_parts`` runs, here in order by default (``tasks.parallel.map_parts``:
+    over a Dask cluster).
     """
     final = reference_dir(token_cache_dir, reference_model, pairing, dtype)
     if is_complete(final):
@@ -207,9 +212,11 @@ def compute_reference_logps(
         if not is_complete(final):
             started = time.perf_counter()
             rows = TokenDataset(token_cache_dir)
-            scorer = load_frozen_scorer(str(reference_model), dtype, trust_remote_code).to(device)
-            logps = _score_rows(scorer, rows, pairing, batch_size, device)
-            del scorer
+            job = ReferencePart(str(token_cache_dir), str(reference_model), pairing, str(dtype).removeprefix("torch."),
+                                batch_size, str(device), trust_remote_code)
+            parts = list(map_parts(job, range(len(rows.manifest["shards"]))))
+            _loaded_scorer.cache_clear()  # the model is not needed here any more
+            logps = np.concatenate(parts) if parts else np.zeros((0, len(column_names(token_cache_dir))), np.float32)
             _publish(final, rows, logps, {
                 "token_cache": str(Path(token_cache_dir).absolute()),
                 "reference_model": str(Path(reference_model).absolute()),
@@ -220,18 +227,50 @@ def compute_reference_logps(
     return final
 
 
-def _score_rows(scorer: torch.nn.Module, rows: TokenDataset, pairing: str, batch_size: int, device) -> np.ndarray:
-    """(len(rows), k) summed log-probs of each row's k sequences (or of their mismatched pairs)."""
+@dataclass(frozen=True)
+class ReferencePart:
+    """Scores the rows of one token file: a picklable job, so a large cache's parts can run in other
+    processes or on a Dask cluster's workers. A part's batches depend on its rows alone, so the column's
+    bytes are the same whatever ran the parts."""
+
+    token_cache_dir: str
+    reference_model: str
+    pairing: str
+    dtype: str  # a torch dtype name
+    batch_size: int
+    device: str
+    trust_remote_code: bool
+
+    def __call__(self, part: int) -> np.ndarray:
+        """(rows of token file ``part``, k) summed log-probs, in the rows' order."""
+        rows = TokenDataset(self.token_cache_dir)
+        sizes = [entry["rows"] for entry in rows.manifest["shards"]]
+        start = sum(sizes[:part])
+        scorer = _loaded_scorer(self.reference_model, model_weights_digest(self.reference_model), self.dtype, self.device,
+                                self.trust_remote_code)
+        return _score_rows(scorer, rows, np.arange(start, start + sizes[part]), self.pairing, self.batch_size, self.device)
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded_scorer(reference_model: str, weights_digest: str, dtype: str, device: str,
+                   trust_remote_code: bool) -> torch.nn.Module:
+    """The frozen scorer, loaded once per process for all the parts it scores (keyed by the weights' digest)."""
+    return load_frozen_scorer(reference_model, getattr(torch, dtype), trust_remote_code).to(device)
+
+
+def _score_rows(scorer: torch.nn.Module, rows: TokenDataset, indices: np.ndarray, pairing: str, batch_size: int,
+                device) -> np.ndarray:
+    """(len(indices), k) summed log-probs of those rows' k sequences (or of their mismatched pairs)."""
     source = MismatchedRows(rows) if pairing == "mismatched" else rows
     collate = rows.collator()
-    logps = np.zeros((len(rows), len(column_names(rows.path))), dtype=np.float32)
-    order = np.argsort(-rows.lengths, kind="stable")  # similar lengths together: less padding to score
+    logps = np.zeros((len(indices), len(column_names(rows.path))), dtype=np.float32)
+    order = np.argsort(-rows.lengths[indices], kind="stable")  # similar lengths together: less padding to score
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
-            batch = collate([source[int(i)] for i in indices]).to(device)
+            positions = order[start : start + batch_size]
+            batch = collate([source[int(indices[position])] for position in positions]).to(device)
             scores = score_sequences(scorer, batch)
-            logps[indices] = scores.sum.float().cpu().numpy().reshape(logps.shape[1], len(indices)).T  # sequence-major -> (b, k)
+            logps[positions] = scores.sum.float().cpu().numpy().reshape(logps.shape[1], len(positions)).T  # sequence-major -> (b, k)
     return logps
 
 

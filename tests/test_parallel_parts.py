@@ -1,27 +1,30 @@
-"""Tokenising a dataset shard by shard: the same cache bytes whether the parts run here in order, in other
-processes, out of order, or on a Dask cluster under prefect-dask's DaskTaskRunner."""
+"""Tokenising a dataset shard by shard and scoring reference log-probs token file by token file: the same
+bytes whether the parts run here in order, in other processes, out of order, or on a Dask cluster under
+prefect-dask's DaskTaskRunner."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_tokenize import assistant, user, write_dataset
+from train_data import tiny_model  # noqa: F401
 
 from align_core.data.token_cache import TokenizeSpec, read_token_manifest, tokenize_dataset
-from align_core.models.tiny import build_tiny_tokenizer
+from align_core.data.token_dataset import TokenDataset
+from align_core.reference.cache import ReferenceSpec, compute_reference_logps, read_reference_logps
 from align_core.shards.schema import Kind
 
 ROWS = 11  # 4 shards of 3, 3, 3 and 2 rows; a long row in shard 2 is dropped
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tokenizer")
-    build_tiny_tokenizer().save_pretrained(folder)
-    return folder
+def tokenizer_dir(tiny_model) -> Path:
+    return tiny_model  # the model folder holds its tokenizer: the reference model must share the cache's
 
 
 @pytest.fixture(scope="module")
@@ -64,27 +67,55 @@ def test_parts_in_other_processes_or_out_of_order_give_the_same_cache_bytes(data
         assert cache_contents(tokenize(dataset_dir, tokenizer_dir, tmp_path / "processes", map_parts=pool.map)) == in_order
 
 
+def column_bytes(folder: Path) -> bytes:
+    return (folder / "logps.arrow").read_bytes()
+
+
+def test_reference_parts_out_of_order_give_the_same_column(dataset_dir, tokenizer_dir, tmp_path):
+    # (no process pool: each worker would spend ~20 s importing torch; the Dask test below runs parts on workers)
+    cache = tokenize(dataset_dir, tokenizer_dir, tmp_path)
+    in_order = compute_reference_logps(cache, tokenizer_dir, batch_size=2)
+    expected = column_bytes(in_order)
+    shutil.rmtree(in_order)
+    assert column_bytes(compute_reference_logps(cache, tokenizer_dir, batch_size=2, map_parts=reversed_map)) == expected
+
+
+def test_reference_parts_score_each_row_as_it_scores_alone(dataset_dir, tokenizer_dir, tmp_path):
+    cache = tokenize(dataset_dir, tokenizer_dir, tmp_path)
+    rows = TokenDataset(cache)
+    batched = read_reference_logps(compute_reference_logps(cache, tokenizer_dir, batch_size=4), rows)
+    shutil.rmtree(cache / "reference")
+    alone = read_reference_logps(compute_reference_logps(cache, tokenizer_dir, batch_size=1), rows)
+    assert batched.shape == (ROWS - 1, 2) and np.allclose(batched, alone, atol=1e-4)
+
+
 @pytest.mark.slow
-def test_the_tokenize_task_maps_its_parts_over_the_dask_cluster_its_flow_runs_on(dataset_dir, tokenizer_dir, tmp_path,
+def test_the_tokenize_and_reference_tasks_map_their_parts_over_the_dask_cluster_their_flow_runs_on(dataset_dir, tokenizer_dir, tmp_path,
                                                                                  prefect_harness):
     from distributed import Client, LocalCluster, get_task_stream
     from prefect import flow
     from prefect_dask import DaskTaskRunner
 
+    from tasks.reference import reference_logps
     from tasks.tokenize import tokenize as tokenize_task
 
-    here = cache_contents(tokenize(dataset_dir, tokenizer_dir, tmp_path / "here"))
+    here = tokenize(dataset_dir, tokenizer_dir, tmp_path / "here")
+    here_column = column_bytes(compute_reference_logps(here, tokenizer_dir))
     spec = TokenizeSpec(dataset_dir=str(dataset_dir), tokenizer_path=str(tokenizer_dir), max_length=64,
                         cache_root=str(tmp_path / "dask"))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
 
         @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
-        def tokenize_on_dask() -> str:
-            return tokenize_task.submit(spec).result()
+        def tokenize_and_score_on_dask() -> tuple[str, str]:
+            cache = tokenize_task.submit(spec).result()
+            reference = ReferenceSpec(token_cache_dir=cache, reference_model=str(tokenizer_dir))
+            return cache, reference_logps.submit(reference).result()
 
         with Client(cluster) as client, get_task_stream(client) as stream:
-            cache = Path(tokenize_on_dask())
-    assert cache_contents(cache) == here
-    parts = [task["key"] for task in stream.data if str(task["key"]).startswith("TokenizePart-")]
-    assert len(parts) == 4, stream.data  # one Dask task per dataset shard, beside the Prefect task itself
+            cache, column = map(Path, tokenize_and_score_on_dask())
+    assert cache_contents(cache) == cache_contents(here) and column_bytes(column) == here_column
+    keys = [str(task["key"]) for task in stream.data]
+    # one Dask task per dataset shard and per token file, beside the two Prefect tasks themselves
+    assert sum(key.startswith("TokenizePart-") for key in keys) == 4, keys
+    assert sum(key.startswith("ReferencePart-") for key in keys) == 4, keys
     assert json.loads((cache / "manifest.json").read_text())["counts"]["dropped_too_long"] == 1
