@@ -81,33 +81,35 @@ def shingle_hashes(texts: pa.Array, salts: np.ndarray | None = None) -> tuple[np
     Words are runs of ASCII letters and digits and of non-ASCII characters, ASCII lower-cased: case,
     punctuation and spacing do not tell prompts apart. ``salts`` (rows,) uint64 are mixed into every
     hash of a row (its media items' digests: the same question about another image shares no shingle).
-    Numpy over the UTF-8 bytes; a word's hash is a polynomial of its bytes mod 2^64.
+    Numpy over the UTF-8 bytes, a constant number of operations per word: its hash mixes its length, its
+    first 8 and its last 8 bytes (words of up to 16 bytes are hashed whole; longer ones that agree in
+    length and both ends collide, which only makes near-duplicates of what is nearly one already).
     """
     data, offsets = utf8_rows(texts)
-    data = _WORD_BYTES[data[: offsets[-1]]]  # 0 for a separator, the lower-cased byte otherwise
+    size = int(offsets[-1])
+    data = np.concatenate([_WORD_BYTES[data[:size]], np.zeros(8, np.uint8)])  # 0: a separator; else lower-cased
     is_word = data != 0
-    starts = is_word.copy()
-    starts[1:] &= ~is_word[:-1]
-    starts[offsets[:-1][np.diff(offsets) > 0]] = is_word[offsets[:-1][np.diff(offsets) > 0]]  # never across rows
-    word_bytes = data[is_word].astype(np.uint64)
-    word_starts = np.flatnonzero(starts[is_word])  # in word_bytes
-    row = np.searchsorted(offsets, np.flatnonzero(starts), side="right") - 1
-    if len(word_starts):
-        position = np.arange(len(word_bytes)) - np.repeat(word_starts, np.diff(np.append(word_starts, len(word_bytes))))
-        powers = np.cumprod(np.full(int(position.max()) + 1, _WORD_MULTIPLIER, np.uint64)) if len(position) else position
-        hashes = fmix(np.add.reduceat(word_bytes * powers[position], word_starts), 64)
-    else:
-        hashes = np.zeros(0, np.uint64)
+    row_start = np.zeros(size + 1, bool)
+    row_start[offsets[:-1]] = True  # a word never spans two rows
+    first = is_word[:size] & (row_start[:size] | ~np.concatenate([[False], is_word[: size - 1]]))
+    last = is_word[:size] & (row_start[1:] | ~is_word[1 : size + 1])
+    starts, ends = np.flatnonzero(first), np.flatnonzero(last) + 1
+    lengths = (ends - starts).astype(np.uint64)
+    eight_bytes = np.ndarray((size + 1,), np.dtype("<u8"), data, 0, (1,))  # unaligned 8-byte reads at any position
+    short = lengths < 8
+    head_mask = np.where(short, (np.uint64(1) << (np.uint64(8) * np.minimum(lengths, np.uint64(7)))) - np.uint64(1), ~np.uint64(0))
+    head = eight_bytes[starts] & head_mask
+    tail = np.where(short, np.uint64(0), eight_bytes[np.maximum(ends - 8, starts)])
+    hashes = fmix(head ^ fmix(tail ^ lengths * _WORD_MULTIPLIER, 64), 64)
+    row = np.searchsorted(offsets, starts, side="right") - 1
     rows = len(offsets) - 1
     counts = np.bincount(row, minlength=rows)
-    first_word = np.concatenate([[0], np.cumsum(counts)])[:-1]
-    same_row = row[1:] == row[:-1]
-    bigrams = (hashes[:-1] * _BIGRAM_MULTIPLIER + hashes[1:])[same_row]
-    single = counts == 1
-    shingles = np.concatenate([bigrams, hashes[first_word[single]]])
-    shingle_row = np.concatenate([row[1:][same_row], np.flatnonzero(single)])
-    order = np.argsort(shingle_row, kind="stable")
-    shingles, shingle_row = shingles[order], shingle_row[order]
+    # each word with the next one of its row, or alone if it is its row's only word: in row order already
+    next_hashes = np.append(hashes[1:], np.uint64(0))
+    with_next = np.append(row[1:] == row[:-1], False)
+    keep = with_next | (counts[row] == 1)
+    shingles = np.where(with_next, hashes * _BIGRAM_MULTIPLIER + next_hashes, hashes)[keep]
+    shingle_row = row[keep]
     if salts is not None:
         shingles = fmix(shingles ^ salts[shingle_row], 64)
     shingle_offsets = np.concatenate([[0], np.cumsum(np.bincount(shingle_row, minlength=rows))]).astype(np.int64)
@@ -178,11 +180,8 @@ class NearDuplicateIndex:
         without words (all minima empty) is never a near-duplicate."""
         keep = (signatures != np.uint32(0xFFFFFFFF)).any(axis=1)
         signatures = signatures[keep]
-        keys = np.empty((len(signatures), self.bands), np.uint64)
-        for band in range(self.bands):
-            columns = signatures[:, band * self.band_rows : (band + 1) * self.band_rows].astype(np.uint64)
-            keys[:, band] = (columns * self._band_multipliers).sum(axis=1)  # wraps mod 2^64: a hash of the band
-        self._keys.append(keys)
+        banded = signatures[:, : self.bands * self.band_rows].astype(np.uint64) * np.tile(self._band_multipliers, self.bands)
+        self._keys.append(banded.reshape(len(signatures), self.bands, self.band_rows).sum(axis=2))  # wraps: a hash per band
         self._signatures.append((signatures & np.uint32(0xFF)).astype(np.uint8))  # b-bit minwise hashing, b = 8
         rows = pa.array(np.flatnonzero(keep), pa.int64())
         self._ids.append(ids.take(rows))
@@ -194,11 +193,11 @@ class NearDuplicateIndex:
         keys = np.concatenate(self._keys) if self._keys else np.zeros((0, self.bands), np.uint64)
         count = len(keys)
         candidates = np.full((count, self.bands), -1, np.int64)
-        for band in range(self.bands):
-            order = np.argsort(keys[:, band], kind="stable")  # stable: the earliest holder leads each run of a key
+        for band in range(self.bands if count else 0):
+            order = np.argsort(keys[:, band])
             sorted_keys = keys[order, band]
-            run_starts = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]) if count else np.zeros(0, bool)
-            first_holder = order[np.flatnonzero(run_starts)][np.cumsum(run_starts) - 1]
+            run_starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+            first_holder = np.repeat(np.minimum.reduceat(order, run_starts), np.diff(np.append(run_starts, count)))
             candidates[order, band] = np.where(first_holder < order, first_holder, -1)
         similarity = self._estimate(candidates)
         best = np.argmax(similarity, axis=1) if count else np.zeros(0, np.int64)
