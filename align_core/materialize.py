@@ -8,8 +8,12 @@ inputs are a cache hit (nothing rewritten), one changed byte, template or option
 Everything is built in a hidden staging folder and renamed into place after the manifest is
 written, so a killed run never leaves a folder that looks complete.
 
-Formatting runs in worker processes for large sources (chunks of ~4 MB or 20k rows); shards are
-written in source order by the parent, so the output is identical whatever the worker count.
+A chunk (~4 MB of JSON Lines or 20k rows) is formatted by the template's batch method where it has
+one (the rows it is sure of, column-wise) and its row method for the rest, with the same bytes either
+way. Large sources are formatted in worker processes that read their own chunks; shards are written
+in source order by the parent, in a thread beside the formatting, so the output is identical whatever
+the worker count. On a cluster the chunks are grouped into parts (``plan_parts``, ``format_part``,
+``merge_parts``), formatted anywhere and merged in order by the same writer: the same bytes again.
 This module is plain Python; ``tasks/materialize.py`` wraps its steps as Prefect tasks.
 """
 
@@ -44,7 +48,16 @@ from align_core.shards.manifest import MANIFEST_NAME, Manifest, read_manifest
 from align_core.shards.media_store import MediaStoreWriter
 from align_core.shards.schema import SCHEMA_VERSION, Kind, parse_kind, shard_schema
 from align_core.shards.writer import DEFAULT_ROWS_PER_SHARD, QuarantineWriter, SampleBatch, ShardWriter, sample_id
-from align_core.sources import Chunk, ChunkRef, SourceInfo, chunk_rows, fingerprint_source, plan_chunks, read_chunk
+from align_core.sources import (
+    Chunk,
+    ChunkRef,
+    SourceInfo,
+    chunk_rows,
+    fingerprint_source,
+    plan_chunks,
+    read_chunk,
+    splits_by_reference,
+)
 from align_core.templates import get_template, load_template_module
 from align_core.templates.base import FormattedBatch, Template
 
@@ -476,12 +489,11 @@ def plan_parts(source: SourceInfo, spec: MaterializeSpec, out_root: str | os.Pat
         return PartPlan(final, None)
     staging = _new_staging(out_root, digest)
     (staging / PARTS_SUBDIR).mkdir()
-    refs = list(plan_chunks(source.path, source.format))
-    if any(ref.chunk is not None for ref in refs):  # the chunk's data is in hand: read the whole source in one part
-        groups: list[tuple[ChunkRef, ...] | None] = [None]
-    else:
-        size = chunks_per_part or CHUNKS_PER_PART
-        groups = [tuple(refs[start : start + size]) for start in range(0, len(refs), size)] or [()]
+    if splits_by_reference(source.path, source.format):
+        refs, size = list(plan_chunks(source.path, source.format)), chunks_per_part or CHUNKS_PER_PART
+        groups: list[tuple[ChunkRef, ...] | None] = [tuple(refs[start : start + size]) for start in range(0, len(refs), size)] or [()]
+    else:  # a JSON array, CSV, Parquet or Arrow stream is read from its start: one part reads it all
+        groups = [None]
     parts = tuple(Part(number, str(staging / PARTS_SUBDIR / f"part-{number:05d}.arrow"), group) for number, group in enumerate(groups))
     return PartPlan(final, str(staging), parts)
 

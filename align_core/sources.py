@@ -282,13 +282,18 @@ def plan_chunks(path: str | os.PathLike, source_format: str) -> Iterator[ChunkRe
         if source_format == "jsonl":
             for start_index, offset, length in _jsonl_ranges(path):
                 yield ChunkRef(str(path), source_format, start_index, offset, length)
-        elif source_format == "arrow" and _is_arrow_file(path):
+        elif splits_by_reference(path, source_format):
             yield from _arrow_file_refs(path)
         else:
             readers = {"json": _json_array_chunks, "csv": _csv_chunks, "parquet": _parquet_chunks}
             readers |= {"arrow": _arrow_chunks, "hf_disk": _hf_disk_chunks}
             for chunk in readers[source_format](path):
                 yield ChunkRef(str(path), source_format, chunk.start_index, chunk=chunk)
+
+
+def splits_by_reference(path: str | os.PathLike, source_format: str) -> bool:
+    """Whether ``plan_chunks`` gives references (JSON Lines, an Arrow file) rather than the chunks themselves."""
+    return source_format == "jsonl" or (source_format == "arrow" and _is_arrow_file(Path(path)))
 
 
 def read_chunk(ref: ChunkRef) -> Chunk:
@@ -696,5 +701,6 @@ __all__ = [
     "plan_chunks",
     "read_chunk",
     "read_source_rows",
+    "splits_by_reference",
     "stat_key",
 ]

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 from prefect_dask import DaskTaskRunner
-from rows import many_alpaca_rows, usage_error_message
+from rows import SOURCE_WRITERS, many_alpaca_rows, usage_error_message, write_source
 
 from align_core import materialize as materialize_lib
 from align_core import sources
 from align_core.errors import UsageError
+from align_core.materialize import MaterializeSpec, build_dataset, format_part, merge_parts, plan_parts
+from align_core.sources import fingerprint_source
 from flows.materialize import materialize, parse_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -63,6 +65,25 @@ def test_dask_cluster_builds_the_same_dataset_bytes_and_contract_result_as_one_m
         assert contract_result(folder) == contract_result(reference), name
     assert contract_result(reference)["passed"] is True
     assert not list(Path(tmp_path / "dask2").glob(".staging-*")), "the parts' staging folder is gone"
+
+
+@pytest.mark.parametrize("source_format", list(SOURCE_WRITERS))
+def test_parts_formatted_in_any_order_merge_into_the_build_bytes_for_every_format(tmp_path, monkeypatch, source_format):
+    monkeypatch.setattr(sources, "JSONL_CHUNK_BYTES", 2_000)
+    monkeypatch.setattr(materialize_lib, "CHUNKS_PER_PART", 2)
+    rows = many_alpaca_rows(120)
+    rows[30]["output"] = ""
+    source = fingerprint_source(write_source(source_format, rows, tmp_path / source_format))
+    spec = MaterializeSpec.checked("Alpaca", "supervised", rows_per_shard=25)
+    built = build_dataset(source, spec, tmp_path / "built", workers=1)
+    plan = plan_parts(source, spec, tmp_path / "parts")
+    splits = SOURCE_WRITERS[source_format][2] == "jsonl" or source_format == "arrow_file"  # byte or row ranges
+    assert (len(plan.parts) > 1) == splits
+    parts = [format_part(source, spec, part) for part in reversed(plan.parts)]  # finished out of order
+    merged = merge_parts(source, spec, plan, parts)
+    assert merged.path.name == built.path.name
+    assert dataset_bytes(str(merged.path)) == dataset_bytes(str(built.path))
+    assert sorted(path.name for path in merged.path.iterdir()) == ["manifest.json", "quarantine.arrow", "shards"]
 
 
 def test_a_rerun_on_the_cluster_finds_the_published_dataset(tmp_path):
