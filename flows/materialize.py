@@ -15,20 +15,10 @@ from typing import Any
 
 from prefect import flow, unmapped
 
-from align_core.errors import UsageError
 from align_core.shards.writer import DEFAULT_ROWS_PER_SHARD
 from flows.pipeline_config import check_materialize
 from tasks.materialize import build_shards, fingerprint, format_dataset_part, merge_dataset_parts, plan_dataset_parts
-
-RUNNERS = ("local", "dask", "dask:ADDRESS")
-
-
-def parse_runner(runner: str | None) -> tuple[str, str | None]:
-    """``(kind, address)`` of a runner option: ``local``, ``dask`` (a LocalCluster here) or ``dask:ADDRESS``."""
-    kind, _, address = (runner or "local").partition(":")
-    if kind not in ("local", "dask") or (kind == "local" and address) or (address == "" and ":" in (runner or "")):
-        raise UsageError(f"unknown runner {runner!r}; expected one of: {', '.join(RUNNERS)}")
-    return kind, address or None
+from tasks.parallel import parse_runner
 
 
 def task_runner_for(runner: str | None, workers: int | None = None):

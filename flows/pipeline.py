@@ -83,7 +83,7 @@ def pipeline(config: str) -> dict[str, Any]:
     dataset_dirs = {}
     for name, entry in spec.datasets.items():
         with labelled(dataset=name):
-            dataset_dirs[name] = materialize_on(entry.runner)(
+            dataset_dirs[name] = materialize_on(spec.dataset_runner(name))(
                 source=entry.source,
                 template=entry.template,
                 kind=entry.kind,
@@ -93,7 +93,7 @@ def pipeline(config: str) -> dict[str, Any]:
                 source_format=entry.format,
                 suite=entry.suite,
                 media_root=entry.media_root,
-                runner=entry.runner,
+                runner=spec.dataset_runner(name),
             )
     model_dirs = {}
     for name, entry in spec.models.items():
@@ -144,9 +144,9 @@ def submit_job(spec: PipelineConfig, name: str, model_dir: Callable[[str], str],
         prerequisites += [check_contamination.submit(dataset_dirs[dataset], sources, names) for dataset in job.train]
     for token_spec in tokenize_specs(train_config, list(datasets)):
         with labelled(dataset=datasets[token_spec.dataset_dir]):
-            tokenized = tokenize.submit(token_spec)
+            tokenized = tokenize.submit(token_spec, spec.runner)
             # reference log-probs (dpo, ipo, kto): each cached column computed once, before training
-            references = reference_steps(train_config, {str(token_spec.cache_dir()): tokenized})
+            references = reference_steps(train_config, {str(token_spec.cache_dir()): tokenized}, spec.runner)
             prerequisites += [tokenized, *references]
     launcher = job.launcher or LauncherEntry()
     return train_model.submit(str(config_path), nproc=job.nproc, launcher=launcher.name,

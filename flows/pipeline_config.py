@@ -39,6 +39,7 @@ from align_core.errors import UsageError
 from align_core.materialize import MaterializeSpec
 from align_core.shards.writer import DEFAULT_ROWS_PER_SHARD
 from align_core.sources import check_source
+from tasks.parallel import parse_runner
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # Keys of a job's training config that the pipeline sets itself (from the job's other keys).
@@ -85,7 +86,8 @@ class DatasetEntry(_Strict):
     format: str | None = None
     suite: str | None = None
     media_root: str | None = Field(None, description="the folder media paths in the source are relative to")
-    runner: str = Field("local", description="where it is formatted: local, dask (a LocalCluster) or dask:ADDRESS")
+    runner: str | None = Field(None, description="where it is formatted: local, dask (a LocalCluster) or dask:ADDRESS; "
+                               "default: the pipeline's runner")
     benchmark: bool = Field(False, description="an evaluation benchmark: every job's training datasets are checked "
                             "for n-gram overlap with it")
 
@@ -164,6 +166,8 @@ class JobEntry(_Strict):
 
 class PipelineConfig(_Strict):
     output_dir: str
+    runner: str = Field("local", description="where the parts of materialising, tokenising and reference log-probs "
+                        "run: local, dask (a LocalCluster) or dask:ADDRESS (tasks.parallel)")
     models: dict[str, ModelEntry] = {}
     datasets: dict[str, DatasetEntry]
     jobs: dict[str, JobEntry] = {}
@@ -203,6 +207,10 @@ class PipelineConfig(_Strict):
         job = self.jobs[name]
         refs = [job.model, *job.after, *job.scorers().values(), *(job.evaluate.refs() if job.evaluate else [])]
         return [ref for ref in dict.fromkeys(refs) if ref in self.jobs]
+
+    def dataset_runner(self, name: str) -> str:
+        """Where dataset ``name`` is materialised: its own runner, else the pipeline's."""
+        return self.datasets[name].runner or self.runner
 
     def job_order(self) -> list[list[str]]:
         """Jobs in waves: every job of a wave depends only on jobs of earlier waves."""
@@ -289,7 +297,6 @@ def check_materialize(
     kind, the media root, the source (``check_source``), the contract's suite and override keys, the output
     root, the runner."""
     from data_contracts.suite import load_suite
-    from flows.materialize import parse_runner
 
     if workers is not None and workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}")
@@ -311,6 +318,7 @@ def check_pipeline(spec: PipelineConfig) -> None:
     output_dir = Path(spec.output_dir)
     check_output_root(output_dir, "output_dir")
     check_outputs_inside(spec)
+    _prefixed("runner", parse_runner, spec.runner)
     for name, entry in spec.datasets.items():
         _prefixed(
             f"datasets.{name}",
@@ -324,7 +332,7 @@ def check_pipeline(spec: PipelineConfig) -> None:
             source_format=entry.format,
             suite=entry.suite,
             media_root=entry.media_root,
-            runner=entry.runner,
+            runner=spec.dataset_runner(name),
         )
     for name, model in spec.models.items():
         _check_model(name, model)

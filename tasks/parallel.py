@@ -1,15 +1,32 @@
-"""Parts of one task spread over the Dask cluster the task runs on, or run in order here.
+"""Where the parts of a task run: the runner option, and mapping a task's parts over a Dask cluster.
 
-A flow whose task runner is prefect-dask's ``DaskTaskRunner`` runs each task on a Dask worker; a task that
-splits its work into parts (tokenising a dataset shard by shard) maps them over the whole cluster from
-there. ``worker_client`` secedes the task's thread from the worker's pool while it waits, so a cluster of
-one thread cannot deadlock on its own parts. Under any other runner the parts run in order in the task.
+A runner is ``local`` (this machine: the task's parts run in order in it), ``dask`` (a ``LocalCluster`` of
+this machine's cores) or ``dask:ADDRESS`` (the scheduler of a running cluster, whose workers must see the
+same paths). A task that splits its work into parts (tokenising a dataset shard by shard, scoring
+reference log-probs token file by token file) maps them with ``map_parts``: onto the cluster its flow runs
+on when it runs on a Dask worker itself (prefect-dask's ``DaskTaskRunner``), else onto the cluster its
+runner names. ``worker_client`` secedes the task's thread from the worker's pool while it waits, so a
+cluster of one thread cannot deadlock on its own parts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from align_core.errors import UsageError
+
+RUNNERS = ("local", "dask", "dask:ADDRESS")
+
+
+def parse_runner(runner: str | None) -> tuple[str, str | None]:
+    """``(kind, address)`` of a runner option: ``local``, ``dask`` (a LocalCluster here) or ``dask:ADDRESS``."""
+    kind, _, address = (runner or "local").partition(":")
+    if kind not in ("local", "dask") or (kind == "local" and address) or (address == "" and ":" in (runner or "")):
+        raise UsageError(f"unknown runner {runner!r}; expected one of: {', '.join(RUNNERS)}")
+    return kind, address or None
 
 
 def on_dask_worker() -> bool:
@@ -25,17 +42,38 @@ def on_dask_worker() -> bool:
     return True
 
 
-def map_parts(function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-    """``[function(item) for item in items]``: on the Dask cluster when the caller runs on one, results in
-    the items' order either way."""
+@contextlib.contextmanager
+def _client(runner: str | None) -> Iterator[Any]:
+    """A Dask client for the parts, or None to run them here."""
+    if on_dask_worker():
+        from distributed import worker_client
+
+        with worker_client() as client:
+            yield client
+        return
+    kind, address = parse_runner(runner)
+    if kind == "local":
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if address:
+        with Client(address) as client:
+            yield client
+        return
+    with LocalCluster(threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def map_parts(function: Callable[[Any], Any], items: Iterable[Any], runner: str | None = None) -> list[Any]:
+    """``[function(item) for item in items]``, results in the items' order: on a Dask cluster (the one this
+    task runs on, else the one ``runner`` names), or here in order."""
     items = list(items)
-    if not on_dask_worker() or len(items) < 2:
+    if len(items) < 2 and not on_dask_worker():
         return [function(item) for item in items]
-    import uuid
-
-    from distributed import worker_client
-
-    name = getattr(function, "__name__", type(function).__name__)  # a part job may be a callable instance
-    run = uuid.uuid4().hex[:12]
-    with worker_client() as client:
+    with _client(runner) as client:
+        if client is None:
+            return [function(item) for item in items]
+        name = getattr(function, "__name__", type(function).__name__)  # a part job may be a callable instance
+        run = uuid.uuid4().hex[:12]
         return client.gather(client.map(function, items, key=[f"{name}-{run}-{index}" for index in range(len(items))]))

@@ -11,6 +11,7 @@ from the same ``ReferenceSpec`` the trainer builds.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -33,11 +34,12 @@ def _task_key(context, parameters: dict) -> str:
 
 
 @task(name="reference-logps", cache_key_fn=_task_key, persist_result=True, result_storage=prefect_result_storage())
-def reference_logps(spec: ReferenceSpec) -> str:
+def reference_logps(spec: ReferenceSpec, runner: str = "local") -> str:
     """The folder of the cached column; attaches a summary (rows, mean log-probs, seconds)."""
     from deepspeed.accelerator import get_accelerator
 
-    folder = spec.build(get_accelerator().current_device_name(), map_parts=map_parts)  # per token file; Dask when there
+    # token file by token file, on runner's cluster (tasks.parallel)
+    folder = spec.build(get_accelerator().current_device_name(), map_parts=functools.partial(map_parts, runner=runner))
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     means = [(f"mean {name}", f"{value:.4f}") for name, value in manifest["mean_logps"].items()]
     publish_markdown(
@@ -50,13 +52,13 @@ def reference_logps(spec: ReferenceSpec) -> str:
     return str(folder)
 
 
-def reference_steps(train_config: TrainConfig, token_caches: dict[str, Any]) -> list[Any]:
+def reference_steps(train_config: TrainConfig, token_caches: dict[str, Any], runner: str = "local") -> list[Any]:
     """Submit the reference columns ``train_config``'s trainer reads; futures to wait for (may be empty).
 
     ``token_caches``: token cache folder -> the future of the task that makes it (or None when it exists).
     """
     return [
-        reference_logps.submit(spec, wait_for=[future] if future is not None else [])
+        reference_logps.submit(spec, runner, wait_for=[future] if future is not None else [])
         for cache_dir, future in token_caches.items()
         for spec in reference_specs(train_config, cache_dir)
     ]

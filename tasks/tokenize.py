@@ -8,6 +8,8 @@ same spec. A deleted cache folder is rebuilt rather than served from a stale Pre
 
 from __future__ import annotations
 
+import functools
+
 from prefect import task
 
 from align_core.data.token_cache import TokenizeSpec, is_complete, read_token_manifest
@@ -27,10 +29,10 @@ def _task_key(context, parameters: dict) -> str:
 
 
 @task(name="tokenize", cache_key_fn=_task_key, persist_result=True, result_storage=prefect_result_storage())
-def tokenize(spec: TokenizeSpec) -> str:
-    """Token cache folder for the spec's dataset; attaches tables of kept/truncated/dropped counts and of the
-    token-level checks (``align_core.data.token_checks``)."""
-    cache_dir = spec.build(map_parts=map_parts)  # per dataset shard, over the Dask cluster when the flow runs on one
+def tokenize(spec: TokenizeSpec, runner: str = "local") -> str:
+    """Token cache folder for the spec's dataset, tokenised shard by shard on ``runner`` (``tasks.parallel``);
+    attaches tables of kept/truncated/dropped counts and of the token-level checks (``align_core.data.token_checks``)."""
+    cache_dir = spec.build(map_parts=functools.partial(map_parts, runner=runner))
     manifest = read_token_manifest(cache_dir)
     findings = check_token_cache(cache_dir)  # the trainer refuses a cache whose error-severity checks fail
     publish_markdown(

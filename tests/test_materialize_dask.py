@@ -16,7 +16,8 @@ from align_core import sources
 from align_core.errors import UsageError
 from align_core.materialize import MaterializeSpec, build_dataset, format_part, merge_parts, plan_parts
 from align_core.sources import fingerprint_source
-from flows.materialize import materialize, parse_runner
+from flows.materialize import materialize
+from tasks.parallel import parse_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

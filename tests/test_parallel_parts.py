@@ -4,6 +4,7 @@ prefect-dask's DaskTaskRunner."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -87,6 +88,40 @@ def test_reference_parts_score_each_row_as_it_scores_alone(dataset_dir, tokenize
     shutil.rmtree(cache / "reference")
     alone = read_reference_logps(compute_reference_logps(cache, tokenizer_dir, batch_size=1), rows)
     assert batched.shape == (ROWS - 1, 2) and np.allclose(batched, alone, atol=1e-4)
+
+
+def test_a_runner_naming_a_cluster_sends_the_parts_there_from_outside_it(dataset_dir, tokenizer_dir, tmp_path):
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from tasks.parallel import map_parts
+
+    here = cache_contents(tokenize(dataset_dir, tokenizer_dir, tmp_path / "here"))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        on_cluster = functools.partial(map_parts, runner=f"dask:{cluster.scheduler_address}")
+        with Client(cluster) as client, get_task_stream(client) as stream:
+            cache = tokenize(dataset_dir, tokenizer_dir, tmp_path / "dask", map_parts=on_cluster)
+    assert cache_contents(cache) == here
+    assert sum(str(task["key"]).startswith("TokenizePart-") for task in stream.data) == 4
+
+
+def test_a_pipeline_names_its_runner_for_every_step_with_parts_and_an_unknown_one_is_refused(tmp_path):
+    import yaml
+
+    from align_core.errors import UsageError
+    from flows.pipeline_config import check_pipeline, load_pipeline
+
+    (tmp_path / "data.jsonl").write_text('{"instruction": "Say hi.", "output": "Hi."}\n')
+    datasets = {"alpaca": {"source": "data.jsonl", "template": "Alpaca", "kind": "supervised"},
+                "local": {"source": "data.jsonl", "template": "Alpaca", "kind": "supervised", "runner": "local"}}
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": "out", "runner": "dask:tcp://scheduler:8786", "datasets": datasets}))
+    spec = load_pipeline(config)
+    check_pipeline(spec)
+    assert (spec.dataset_runner("alpaca"), spec.dataset_runner("local")) == ("dask:tcp://scheduler:8786", "local")
+    config.write_text(yaml.safe_dump({"output_dir": "out", "runner": "spark", "datasets": datasets}))
+    with pytest.raises(UsageError) as error:
+        check_pipeline(load_pipeline(config))
+    assert str(error.value) == "runner: unknown runner 'spark'; expected one of: local, dask, dask:ADDRESS"
 
 
 @pytest.mark.slow
