@@ -58,7 +58,7 @@ import xxhash
 
 from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind, shard_schema
 from data_contracts.media_checks import MediaProber, media_columns
-from data_contracts.near_duplicates import NearDuplicateIndex, shingle_hashes, signatures
+from data_contracts.near_duplicates import NearDuplicateIndex, PromptSketches, sketch_prompts
 from data_contracts.text_checks import (
     damaged_parts,
     dominant_script,
@@ -218,7 +218,7 @@ class DerivedBatch:
 
     columns: dict[str, pa.Array | np.ndarray]
     hashes: dict[str, np.ndarray]  # "id", "prompt", "sample" -> (rows,) uint64
-    prompt_signatures: np.ndarray | None = None  # (rows, NUM_PERM) uint32 MinHash of the prompts' user text
+    prompt_sketches: PromptSketches | None = None  # MinHash LSH sketches of the prompts' user text
     prompt_texts: pa.Array | None = None  # (rows,) that text
 
 
@@ -227,11 +227,11 @@ def derive_batch(
     kind: Kind,
     media: tuple[str, ...] = (),
     prober: MediaProber | None = None,
-    near_duplicates: bool = False,
+    near_duplicate_similarity: float | None = None,
 ) -> DerivedBatch:
     """Everything that depends on this batch alone: safe to run for many batches in parallel threads.
     ``prober`` measures the dataset's stored media (without one, the measurement columns are null);
-    ``near_duplicates`` adds the prompts' MinHash signatures."""
+    ``near_duplicate_similarity`` adds the prompts' MinHash LSH sketches for that threshold."""
     columns: dict[str, pa.Array | np.ndarray] = {"id": batch.column("id"), "source_index": batch.column("source_index")}
     flats = {name: FlatConversations.from_column(batch.column(name)) for name in CONVERSATION_COLUMNS[kind]}
     texts = {name: flat.texts() for name, flat in flats.items()}
@@ -275,11 +275,11 @@ def derive_batch(
         "sample": _combine(sample_parts + media_hashes),
     }
     derived = DerivedBatch(columns, hashes)
-    if near_duplicates:
+    if near_duplicate_similarity:
         prompt = flats["messages" if kind is Kind.SUPERVISED else "prompt"]
         derived.prompt_texts = prompt.user_text()
         salts = _combine(media_hashes) if media_hashes else None  # the same question about other media is another prompt
-        derived.prompt_signatures = signatures(*shingle_hashes(derived.prompt_texts, salts))
+        derived.prompt_sketches = sketch_prompts(derived.prompt_texts, near_duplicate_similarity, salts)
     return derived
 
 
@@ -306,21 +306,20 @@ class RowDeriver:
         self.media = tuple(media)
         self._seen = {key: SeenHashes() for key in ("id", "prompt", "sample")}
         # fed each distinct prompt in dataset order; the runner asks it for the clusters at the end
+        self.near_duplicate_similarity = near_duplicate_similarity
         self.near_duplicates = NearDuplicateIndex(near_duplicate_similarity) if near_duplicate_similarity else None
 
     def frame(self, batch: pa.RecordBatch) -> pd.DataFrame:
-        return self.with_repeats(derive_batch(batch, self.kind, self.media, near_duplicates=bool(self.near_duplicates)))
+        return self.with_repeats(derive_batch(batch, self.kind, self.media, near_duplicate_similarity=self.near_duplicate_similarity))
 
     def with_repeats(self, derived: DerivedBatch) -> pd.DataFrame:
         """The batch's frame with ``*_repeat`` columns; call in dataset order."""
         columns = dict(derived.columns)
         for key, hashes in derived.hashes.items():
             columns[f"{key}_repeat"] = self._repeats(key, hashes)
-        if self.near_duplicates is not None and derived.prompt_signatures is not None:
-            first = pa.array(np.flatnonzero(~columns["prompt_repeat"]), pa.int64())  # exact repeats: duplicate_prompts
-            self.near_duplicates.add(
-                derived.prompt_signatures[first.to_numpy()], derived.columns["id"].take(first), derived.prompt_texts.take(first)
-            )
+        if self.near_duplicates is not None and derived.prompt_sketches is not None:
+            first = np.flatnonzero(~columns["prompt_repeat"])  # exact repeats are duplicate_prompts' finding
+            self.near_duplicates.add(derived.prompt_sketches, first, derived.columns["id"], derived.prompt_texts)
         return pa.table({name: _as_arrow(values) for name, values in columns.items()}).to_pandas()
 
     def _repeats(self, key: str, hashes: np.ndarray) -> np.ndarray:

@@ -138,6 +138,33 @@ def signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = NUM_PERM
 
 
 @dataclass
+class PromptSketches:
+    """What the index keeps of a batch's prompts, computed beside the other derived columns (in threads)."""
+
+    band_keys: np.ndarray  # (rows, bands) uint64: a hash of each LSH band of the signature
+    low_bits: np.ndarray  # (rows, num_perm) uint8: each minimum's low 8 bits (b-bit minwise hashing)
+    has_words: np.ndarray  # (rows,) bool: a prompt without words is never a near-duplicate
+
+
+def sketch_prompts(texts: pa.Array, threshold: float, salts: np.ndarray | None = None) -> PromptSketches:
+    """(rows,) prompt texts' MinHash signatures, cut into the LSH bands of ``threshold`` (``shingle_hashes``
+    for ``salts``)."""
+    minima = signatures(*shingle_hashes(texts, salts))
+    bands, band_rows = lsh_bands(threshold, minima.shape[1])
+    banded = minima[:, : bands * band_rows].astype(np.uint64) * np.tile(_band_multipliers(band_rows), bands)
+    return PromptSketches(
+        band_keys=banded.reshape(len(minima), bands, band_rows).sum(axis=2),  # wraps mod 2^64: a hash per band
+        low_bits=(minima & np.uint32(0xFF)).astype(np.uint8),
+        has_words=(minima != np.uint32(0xFFFFFFFF)).any(axis=1),
+    )
+
+
+@functools.cache
+def _band_multipliers(band_rows: int) -> np.ndarray:
+    return (np.random.RandomState(SEED).randint(1, 1 << 62, band_rows, np.int64) * 2 + 1).astype(np.uint64)
+
+
+@dataclass
 class Cluster:
     """Prompts that are near-duplicates of its first one (transitively), as the report lists them."""
 
@@ -168,24 +195,20 @@ class NearDuplicateIndex:
             raise ValueError(f"near-duplicate similarity must be a number between 0 and 1 (exclusive), got {threshold!r}")
         self.threshold = float(threshold)
         self.bands, self.band_rows = lsh_bands(self.threshold, num_perm)
-        multipliers = np.random.RandomState(SEED).randint(1, 1 << 62, self.band_rows, np.int64) * 2 + 1
-        self._band_multipliers = multipliers.astype(np.uint64)
         self._keys: list[np.ndarray] = []  # per batch: (prompts, bands) uint64 LSH band hashes
         self._signatures: list[np.ndarray] = []  # per batch: (prompts, num_perm) uint8, the low bits of each minimum
         self._ids: list[pa.Array] = []
         self._samples: list[pa.Array] = []
 
-    def add(self, signatures: np.ndarray, ids: pa.Array, texts: pa.Array) -> None:
-        """Index the first occurrences of prompts (exact repeats left out), in dataset order; a prompt
-        without words (all minima empty) is never a near-duplicate."""
-        keep = (signatures != np.uint32(0xFFFFFFFF)).any(axis=1)
-        signatures = signatures[keep]
-        banded = signatures[:, : self.bands * self.band_rows].astype(np.uint64) * np.tile(self._band_multipliers, self.bands)
-        self._keys.append(banded.reshape(len(signatures), self.bands, self.band_rows).sum(axis=2))  # wraps: a hash per band
-        self._signatures.append((signatures & np.uint32(0xFF)).astype(np.uint8))  # b-bit minwise hashing, b = 8
-        rows = pa.array(np.flatnonzero(keep), pa.int64())
-        self._ids.append(ids.take(rows))
-        self._samples.append(pc.utf8_slice_codeunits(pc.fill_null(texts.take(rows), ""), 0, SAMPLE_CHARS))
+    def add(self, sketches: PromptSketches, rows: np.ndarray, ids: pa.Array, texts: pa.Array) -> None:
+        """Index ``rows`` of a batch (the first occurrences of prompts: exact repeats left out), in dataset
+        order; ``sketches``, ``ids`` and ``texts`` are the whole batch's."""
+        rows = rows[sketches.has_words[rows]]
+        self._keys.append(sketches.band_keys[rows])
+        self._signatures.append(sketches.low_bits[rows])
+        taken = pa.array(rows, pa.int64())
+        self._ids.append(ids.take(taken))
+        self._samples.append(pc.utf8_slice_codeunits(pc.fill_null(texts.take(taken), ""), 0, SAMPLE_CHARS))
 
     def finish(self, listed: int = SAMPLE_IDS) -> NearDuplicates:
         """Each prompt joins the cluster of the most similar earlier prompt that shares an LSH band with it
@@ -193,9 +216,9 @@ class NearDuplicateIndex:
         keys = np.concatenate(self._keys) if self._keys else np.zeros((0, self.bands), np.uint64)
         count = len(keys)
         candidates = np.full((count, self.bands), -1, np.int64)
-        for band in range(self.bands if count else 0):
-            order = np.argsort(keys[:, band])
-            sorted_keys = keys[order, band]
+        for band, band_keys in enumerate(np.ascontiguousarray(keys.T) if count else []):
+            order = np.argsort(band_keys)
+            sorted_keys = band_keys[order]
             run_starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
             first_holder = np.repeat(np.minimum.reduceat(order, run_starts), np.diff(np.append(run_starts, count)))
             candidates[order, band] = np.where(first_holder < order, first_holder, -1)

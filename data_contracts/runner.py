@@ -122,12 +122,12 @@ def _derived_frames(dataset: ShardDataset, deriver: RowDeriver, workers: int, pr
     signatures indexed) in order, on this thread."""
     kind, media = dataset.kind, tuple(dataset.manifest.media)
     columns = _input_columns(kind, media)
-    signatures = deriver.near_duplicates is not None
+    similarity = deriver.near_duplicate_similarity
 
     def read_and_derive(path: Path, index: int) -> DerivedBatch:
         with pa.memory_map(str(path)) as source:  # an uncompressed batch points into the map: derive inside
             batch = pa.ipc.open_file(source).get_batch(index).select(columns)
-            return derive_batch(batch, kind, media, prober, near_duplicates=signatures)
+            return derive_batch(batch, kind, media, prober, near_duplicate_similarity=similarity)
 
     with ThreadPoolExecutor(workers) as pool:
         pending: deque[Future] = deque()
