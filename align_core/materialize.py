@@ -170,7 +170,9 @@ class FormattedChunk:
     media: dict[str, MediaBlob] = field(default_factory=dict)  # sha256 -> blob, first use first
 
 
-def format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str, batch_formatting: bool = True) -> FormattedChunk:
+def format_chunk(
+    chunk: Chunk, spec: MaterializeSpec, source_sha256: str, batch_formatting: bool = True
+) -> FormattedChunk:
     """Format every row of a chunk: good rows into one record batch, bad rows into quarantine tuples.
 
     With ``batch_formatting`` the template's batch method (if it has one) formats the rows it is sure of
@@ -186,7 +188,9 @@ def format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str, batch_
             gc.enable()
 
 
-def format_chunk_at(ref: ChunkRef, spec: MaterializeSpec, source_sha256: str, batch_formatting: bool = True) -> FormattedChunk:
+def format_chunk_at(
+    ref: ChunkRef, spec: MaterializeSpec, source_sha256: str, batch_formatting: bool = True
+) -> FormattedChunk:
     """Read the chunk ``ref`` points at and format it (``format_chunk``)."""
     return format_chunk(read_chunk(ref), spec, source_sha256, batch_formatting)
 
@@ -214,7 +218,7 @@ def _format_chunk(chunk: Chunk, spec: MaterializeSpec, source_sha256: str, batch
         return _format_rows_individually(chunk, spec, source_sha256, schema, quarantine)
 
 
-def _format_rows(template: Template, spec: MaterializeSpec, rows: list, source_sha256: str, samples, quarantine, media) -> None:
+def _format_rows(template: Template, spec: MaterializeSpec, rows: list, source_sha256: str, samples, quarantine, media):
     """The row method on each of ``rows``: good ones into ``samples``, bad ones into ``quarantine``."""
     for index, row, raw in rows:
         if isinstance(row, RowRejected):
@@ -255,7 +259,7 @@ def _format_batch(template: Template, spec: MaterializeSpec, rows: list) -> tupl
     return batch, [positions[position] for position in batch.positions]
 
 
-def _add_batch_run(samples: SampleBatch, batch: FormattedBatch, indices: list[int], start: int, source_sha256: str) -> None:
+def _add_batch_run(samples: SampleBatch, batch: FormattedBatch, indices: list[int], start: int, source_sha256: str):
     """Add batch rows ``start`` .. ``start + len(indices)`` (source indices ``indices``) to ``samples``."""
     end = start + len(indices)
     samples.add_turns(
@@ -361,7 +365,9 @@ def default_workers(source: SourceInfo) -> int:
     return max(1, min(len(os.sched_getaffinity(0)) - 1, 8))
 
 
-def _write_shards(spec: MaterializeSpec, source: SourceInfo, staging: Path, formatted_chunks: Iterable[FormattedChunk], on_progress):
+def _write_shards(
+    spec: MaterializeSpec, source: SourceInfo, staging: Path, formatted_chunks: Iterable[FormattedChunk], on_progress
+):
     shards = ShardWriter(staging, spec.kind, source.sha256, spec.media, spec.rows_per_shard)
     quarantine = QuarantineWriter(staging)
     media_store = MediaStoreWriter(staging) if spec.media else None
@@ -418,11 +424,13 @@ def _new_staging(out_root: str | os.PathLike, digest: str) -> Path:
     return staging_dir(out_root / digest)
 
 
-def _publish(source, spec, template, digest: str, staging: Path, formatted_chunks, on_progress=None) -> MaterializeResult:
-    """Write the formatted chunks as shards + quarantine into ``staging``, then the manifest, then rename it into place."""
+def _publish(source, spec, template, digest: str, staging: Path, formatted_chunks, on_progress=None):
+    """Write the formatted chunks as shards + quarantine into ``staging``, then the manifest, then rename
+    ``staging`` into place; a ``MaterializeResult``."""
     final = staging.parent / digest
     try:
-        shard_entries, quarantine_entry, reasons, media_entry = _write_shards(spec, source, staging, formatted_chunks, on_progress)
+        written = _write_shards(spec, source, staging, formatted_chunks, on_progress)
+        shard_entries, quarantine_entry, reasons, media_entry = written
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
         raise
@@ -463,7 +471,7 @@ PARTS_SUBDIR = "parts"
 class Part:
     number: int
     path: str  # the part's formatted batches: an Arrow file inside the staging folder
-    chunks: tuple[ChunkRef, ...] | None  # None: the whole source, read in order (formats that cannot be entered mid-way)
+    chunks: tuple[ChunkRef, ...] | None  # None: the whole source, read in order (it cannot be entered mid-way)
 
 
 @dataclass(frozen=True)
@@ -481,7 +489,9 @@ class FormattedPart:
     media: dict[str, MediaBlob]
 
 
-def plan_parts(source: SourceInfo, spec: MaterializeSpec, out_root: str | os.PathLike, chunks_per_part: int | None = None) -> PartPlan:
+def plan_parts(
+    source: SourceInfo, spec: MaterializeSpec, out_root: str | os.PathLike, chunks_per_part: int | None = None
+) -> PartPlan:
     """The parts to format for ``source``, in source order, and the staging folder they are written into."""
     digest = dataset_digest(source, spec, spec.load_template())
     final = str(Path(out_root).absolute() / digest)
@@ -491,10 +501,11 @@ def plan_parts(source: SourceInfo, spec: MaterializeSpec, out_root: str | os.Pat
     (staging / PARTS_SUBDIR).mkdir()
     if splits_by_reference(source.path, source.format):
         refs, size = list(plan_chunks(source.path, source.format)), chunks_per_part or CHUNKS_PER_PART
-        groups: list[tuple[ChunkRef, ...] | None] = [tuple(refs[start : start + size]) for start in range(0, len(refs), size)] or [()]
+        groups: list[tuple[ChunkRef, ...] | None] = [tuple(refs[at : at + size]) for at in range(0, len(refs), size)]
+        groups = groups or [()]  # an empty source: one empty part
     else:  # a JSON array, CSV, Parquet or Arrow stream is read from its start: one part reads it all
         groups = [None]
-    parts = tuple(Part(number, str(staging / PARTS_SUBDIR / f"part-{number:05d}.arrow"), group) for number, group in enumerate(groups))
+    parts = tuple(Part(n, str(staging / PARTS_SUBDIR / f"part-{n:05d}.arrow"), group) for n, group in enumerate(groups))
     return PartPlan(final, str(staging), parts)
 
 
@@ -514,7 +525,9 @@ def format_part(source: SourceInfo, spec: MaterializeSpec, part: Part) -> Format
     return formatted
 
 
-def merge_parts(source: SourceInfo, spec: MaterializeSpec, plan: PartPlan, parts: list[FormattedPart]) -> MaterializeResult:
+def merge_parts(
+    source: SourceInfo, spec: MaterializeSpec, plan: PartPlan, parts: list[FormattedPart]
+) -> MaterializeResult:
     """Write the formatted parts, in order, as the dataset's shards and quarantine, and publish it."""
     if plan.staging is None:
         return MaterializeResult(Path(plan.final), read_manifest(plan.final), cache_hit=True)

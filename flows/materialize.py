@@ -36,7 +36,8 @@ def task_runner_for(runner: str | None, workers: int | None = None):
 
 
 def materialize_on(runner: str | None, workers: int | None = None):
-    """The materialise flow with the task runner of ``runner`` (``task_runner_for``); call it with the same ``runner``."""
+    """The materialise flow with the task runner of ``runner`` (``task_runner_for``); call it with the same
+    ``runner``."""
     task_runner = task_runner_for(runner, workers)
     return materialize if task_runner is None else materialize.with_options(task_runner=task_runner)
 

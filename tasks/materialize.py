@@ -85,7 +85,8 @@ def format_dataset_part(source: SourceInfo, spec: MaterializeSpec, part: Part) -
 
 @task(name="merge-parts", cache_policy=NO_CACHE, persist_result=False)
 def merge_dataset_parts(source: SourceInfo, spec: MaterializeSpec, plan: PartPlan, parts: list[FormattedPart]) -> str:
-    """The formatted parts written in order as shards + quarantine + manifest, published atomically; returns the folder."""
+    """The formatted parts written in order as shards + quarantine + manifest, published atomically; returns
+    the folder."""
     result = merge_parts(source, spec, plan, parts)
     _publish_artifact(source, result)
     return str(result.path)

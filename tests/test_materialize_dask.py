@@ -119,7 +119,8 @@ def test_the_cli_runs_on_the_runner_named_and_refuses_an_unknown_one(tmp_path):
     # a LocalCluster of one worker process: the parts and the formatted results cross a process boundary
     on_dask = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "dask"), "--runner", "dask", "--workers", "1"])
     assert on_dask.exit_code == 0, on_dask.output
-    assert dataset_bytes(on_dask.output.strip().splitlines()[-1]) == dataset_bytes(local.output.strip().splitlines()[-1])
+    folders = [result.output.strip().splitlines()[-1] for result in (local, on_dask)]
+    assert dataset_bytes(folders[1]) == dataset_bytes(folders[0])
 
 
 def test_a_pipeline_dataset_names_its_runner_and_an_unknown_one_is_refused(tmp_path):
