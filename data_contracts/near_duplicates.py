@@ -1,17 +1,17 @@
 """Near-duplicate prompts across a dataset: MinHash signatures of word bigrams, LSH banding, clusters.
 
-Per record batch (threads, vectorised): each prompt's user text is lower-cased and split into words
-(letters and digits; Arrow's RE2 and dictionary encoding, so only distinct words are hashed in Python),
-its word bigrams hashed to 32 bits, and the MinHash signature computed as datasketch's ``MinHash``
-(``scheme="affine32"``, ``num_perm=NUM_PERM``, ``seed=SEED``) would compute it from those hashes:
-deterministic, and the same permutations (``tests/test_contracts_v2_near_duplicates.py`` checks it).
+Per record batch, in the worker threads with the other derived columns (numpy over the UTF-8 bytes, no
+Python loop over rows or words): each prompt's user text is split into ASCII-lower-cased words, its word
+bigrams hashed to 32 bits, and its MinHash signature computed as datasketch's ``MinHash(num_perm=NUM_PERM,
+seed=SEED, scheme="affine32")`` computes it from those hashes (``tests/test_contracts_v2_checks.py`` checks
+it), then cut into the LSH bands that datasketch's ``MinHashLSH`` picks for the threshold (false negatives
+weighted 0.8: every candidate is verified).
 
-In dataset order (``NearDuplicateIndex.add``), each distinct prompt is compared with the earlier ones
-that share an LSH band with it (bands and rows from datasketch's ``MinHashLSH`` for the threshold, with
-false negatives weighted 0.8 since candidates are verified), and joins the cluster of the most similar
-one when the signatures' estimated Jaccard similarity is above the threshold. The state is per distinct
+In dataset order the index only appends each distinct prompt's sketch (``NearDuplicateIndex.add``); at the
+end (``finish``) each prompt joins the cluster of the most similar earlier prompt that first held one of its
+bands, when the signatures' estimated Jaccard similarity is above the threshold. The state per distinct
 prompt: 1 byte per permutation (b-bit minwise hashing, the low 8 bits of each minimum), 8 bytes per LSH
-band, its id and its first SAMPLE_CHARS characters (~250 bytes for a short prompt).
+band, its id and its first SAMPLE_CHARS characters (~200 bytes for a short prompt).
 """
 
 from __future__ import annotations
