@@ -305,9 +305,8 @@ def read_chunk(ref: ChunkRef) -> Chunk:
             with open(ref.path, "rb") as handle:
                 handle.seek(ref.offset)
                 return Chunk(start_index=ref.start_index, jsonl=handle.read(ref.length))
-        with pa.memory_map(ref.path) as source:
-            batch = pa.ipc.open_file(source).get_batch(ref.batch).slice(ref.offset, ref.length)
-            return Chunk(start_index=ref.start_index, batch=batch)
+        reader = pa.ipc.open_file(pa.memory_map(ref.path))  # not closed: the batch's buffers keep the mapping
+        return Chunk(start_index=ref.start_index, batch=reader.get_batch(ref.batch).slice(ref.offset, ref.length))
 
 
 class _read_errors:
