@@ -6,10 +6,12 @@ signed powers of two, similarities by twentieths; so streaming needs no first pa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from align_core.shards.schema import CONVERSATION_COLUMNS, Kind
 
@@ -89,3 +91,41 @@ class Distributions:
 
     def to_dict(self) -> dict[str, Any]:
         return {"histograms": [histogram.to_dict() for histogram in self.histograms]}
+
+
+def token_length_histograms(cache_dir: str | Path) -> list[Histogram]:
+    """Tokens per sequence column of a token cache (``chosen_input_ids``, ...; the model's view of the
+    lengths the contract counts in characters), and trained tokens where the kind has labels."""
+    import pyarrow.compute as pc
+
+    from align_core.data.schema import SEQUENCE_PREFIXES, has_labels
+    from align_core.data.token_cache import read_token_manifest
+    from align_core.data.truncation import IGNORE_INDEX
+
+    manifest = read_token_manifest(cache_dir)
+    kind = Kind(manifest["kind"])
+    names = [f"{prefix}input_ids" for prefix in SEQUENCE_PREFIXES[kind]]
+    labels = [f"{prefix}labels" for prefix in SEQUENCE_PREFIXES[kind]] if has_labels(kind) else []
+    histograms = {name: Histogram(name, f"tokens of {name}", "length") for name in names}
+    histograms |= {name: Histogram(name, f"trained tokens of {name}", "length") for name in labels}
+    for entry in manifest["shards"]:
+        with pa.memory_map(str(Path(cache_dir) / entry["path"])) as source:
+            table = pa.ipc.open_file(source).read_all()
+            for name in names:
+                histograms[name].add(pd.Series(pc.list_value_length(table.column(name)).to_numpy()))
+            for name in labels:
+                column = table.column(name).combine_chunks()
+                trained = (column.values.to_numpy() != IGNORE_INDEX).astype(np.int64)
+                row_of_value = np.repeat(np.arange(len(column)), np.diff(column.offsets.to_numpy()))
+                histograms[name].add(pd.Series(np.bincount(row_of_value, weights=trained, minlength=len(column))))
+    return list(histograms.values())
+
+
+def histogram_table(histograms: list[Histogram]) -> tuple[list[str], list[list[Any]]]:
+    """(header, rows) of one table of several length histograms: a row per bin, a column of counts each."""
+    labels = histograms[0].labels()
+    filled = [i for i in range(len(labels)) if any(h.counts[i] for h in histograms)]
+    if not filled:
+        return ["tokens", *(h.column for h in histograms)], []
+    bins = range(filled[0], filled[-1] + 1)
+    return ["tokens", *(h.column for h in histograms)], [[labels[i], *(int(h.counts[i]) for h in histograms)] for i in bins]

@@ -16,6 +16,7 @@ from align_core.data.token_cache import TokenizeSpec, is_complete, read_token_ma
 from align_core.data.token_checks import check_token_cache
 from align_core.io import sha256_json
 from align_core.markdown import markdown_table
+from data_contracts.distributions import histogram_table, token_length_histograms
 from tasks.artifacts import publish_markdown
 from tasks.caching import disk_output_key
 from tasks.parallel import map_parts
@@ -46,6 +47,7 @@ def tokenize(spec: TokenizeSpec, runner: str = "local") -> str:
         ],
         tables=[markdown_table(["count", "value"], manifest["counts"].items()),
                 markdown_table(["token check", "severity", "failing", "of", "e.g."],
-                               [(f.name, f.severity, f.count, f.checked, ", ".join(f.sample_ids) or "-") for f in findings])],
+                               [(f.name, f.severity, f.count, f.checked, ", ".join(f.sample_ids) or "-") for f in findings]),
+                markdown_table(*histogram_table(token_length_histograms(cache_dir)))],  # sequences per length bin
     )
     return str(cache_dir)
