@@ -10,11 +10,13 @@ Library-level: no Prefect here (``tasks/validate.py`` wraps it).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 import align_core
+from align_core.data.token_cache import MapParts
 from align_core.io import atomic_write_json, atomic_write_text
 from align_core.shards.dataset import ShardDataset
 from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind
@@ -37,6 +40,7 @@ from data_contracts.suite import Suite, load_suite
 # Derived rows handed to GX at once: each GX call costs ~0.1 s on top of the rows, and 100k derived
 # rows are ~20-40 MB of flat columns.
 CHUNK_ROWS = 250_000
+PART_WINDOW = 64  # record batches derived at once by map_parts: bounds the derived frames held in memory
 
 
 def validate_dataset(
@@ -46,13 +50,16 @@ def validate_dataset(
     *,
     chunk_rows: int = CHUNK_ROWS,
     workers: int | None = None,
+    map_parts: MapParts | None = None,
 ) -> ValidationResult:
     """Validate every shard of ``dataset_dir`` with ``suite`` (default: the suite of its kind).
 
     Writes ``report.html`` and ``validation.json`` beside the manifest; ``.passed`` is False when an
     error-severity expectation failed. Bad suites or folders raise ``UsageError``. ``chunk_rows``
     bounds the derived rows held at once (memory), ``workers`` the threads that read and flatten
-    batches (default: one per CPU, at most 4); the verdict depends on neither.
+    batches (default: one per CPU, at most 4); the verdict depends on neither. ``map_parts`` (e.g.
+    ``tasks.parallel.map_parts`` onto a Dask cluster) derives the record batches instead of the threads,
+    a window at a time; the verdict is the same.
     """
     started = time.perf_counter()
     dataset = ShardDataset(dataset_dir)
@@ -62,11 +69,13 @@ def validate_dataset(
     checks = GXChecks(resolved, derived_columns(dataset.kind, media))
     check_scripts(resolved)
     deriver = RowDeriver(dataset.kind, media, near_duplicate_similarity(resolved))
-    # Each distinct stored item is probed once, when a batch first references it.
-    prober = MediaProber(dataset.media_store()) if dataset.manifest.media_store else None
     distributions = Distributions(dataset.kind)
     rows = 0
-    for frame in _chunks(_derived_frames(dataset, deriver, workers or default_workers(), prober), chunk_rows):
+    if map_parts is None:
+        derived = _derived_frames(dataset, deriver, workers or default_workers())
+    else:
+        derived = _derived_frames_in_parts(dataset, deriver, map_parts)
+    for frame in _chunks(derived, chunk_rows):
         checks.validate(frame)
         distributions.add(frame)
         rows += len(frame)
@@ -116,30 +125,70 @@ def default_workers() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
-def _derived_frames(dataset: ShardDataset, deriver: RowDeriver, workers: int, prober: MediaProber | None) -> Iterator[pd.DataFrame]:
+def _derived_frames(dataset: ShardDataset, deriver: RowDeriver, workers: int) -> Iterator[pd.DataFrame]:
     """Derived frames in dataset order. Threads read and flatten batches (Arrow's decompression and
     kernels release the GIL); the repeat columns are then marked (and the prompts' near-duplicate
     signatures indexed) in order, on this thread."""
-    kind, media = dataset.kind, tuple(dataset.manifest.media)
-    columns = _input_columns(kind, media)
-    similarity = deriver.near_duplicate_similarity
-
-    def read_and_derive(path: Path, index: int) -> DerivedBatch:
-        with pa.memory_map(str(path)) as source:  # an uncompressed batch points into the map: derive inside
-            batch = pa.ipc.open_file(source).get_batch(index).select(columns)
-            return derive_batch(batch, kind, media, prober, near_duplicate_similarity=similarity)
-
+    job = _derive_job(dataset, deriver)
     with ThreadPoolExecutor(workers) as pool:
         pending: deque[Future] = deque()
-        for path in dataset.shard_paths:
-            with pa.memory_map(str(path)) as source:
-                batches = pa.ipc.open_file(source).num_record_batches
-            for index in range(batches):
-                pending.append(pool.submit(read_and_derive, path, index))
-                if len(pending) >= 2 * workers:  # bounded read-ahead keeps memory flat
-                    yield deriver.with_repeats(pending.popleft().result())
+        for part in _batch_parts(dataset):
+            pending.append(pool.submit(job, part))
+            if len(pending) >= 2 * workers:  # bounded read-ahead keeps memory flat
+                yield deriver.with_repeats(pending.popleft().result())
         while pending:
             yield deriver.with_repeats(pending.popleft().result())
+
+
+def _derived_frames_in_parts(dataset: ShardDataset, deriver: RowDeriver, map_parts: MapParts) -> Iterator[pd.DataFrame]:
+    """Derived frames in dataset order, the batches derived by ``map_parts`` a window at a time."""
+    job = _derive_job(dataset, deriver)
+    parts = _batch_parts(dataset)
+    for start in range(0, len(parts), PART_WINDOW):
+        for derived in map_parts(job, parts[start : start + PART_WINDOW]):
+            yield deriver.with_repeats(derived)
+
+
+def _batch_parts(dataset: ShardDataset) -> list[tuple[str, int]]:
+    """(shard path, record batch index) of every record batch, in dataset order."""
+    parts = []
+    for path in dataset.shard_paths:
+        with pa.memory_map(str(path)) as source:
+            parts += [(str(path.absolute()), index) for index in range(pa.ipc.open_file(source).num_record_batches)]
+    return parts
+
+
+def _derive_job(dataset: ShardDataset, deriver: RowDeriver) -> DeriveBatchPart:
+    job = DeriveBatchPart(str(dataset.path.absolute()), dataset.digest, dataset.kind, tuple(dataset.manifest.media),
+                          deriver.near_duplicate_similarity)
+    _prober(job.dataset_dir, job.dataset_digest)  # made here, before threads race to make it
+    return job
+
+
+@dataclass(frozen=True)
+class DeriveBatchPart:
+    """Derives one record batch (``(shard path, batch index)``): a picklable job, so the batches of a large
+    dataset can be derived on a Dask cluster's workers (which must see the dataset's folder)."""
+
+    dataset_dir: str
+    dataset_digest: str
+    kind: Kind
+    media: tuple[str, ...]
+    near_duplicate_similarity: float | None
+
+    def __call__(self, part: tuple[str, int]) -> DerivedBatch:
+        path, index = part
+        with pa.memory_map(path) as source:  # an uncompressed batch points into the map: derive inside
+            batch = pa.ipc.open_file(source).get_batch(index).select(_input_columns(self.kind, self.media))
+            return derive_batch(batch, self.kind, self.media, _prober(self.dataset_dir, self.dataset_digest),
+                                near_duplicate_similarity=self.near_duplicate_similarity)
+
+
+@functools.lru_cache(maxsize=1)
+def _prober(dataset_dir: str, dataset_digest: str) -> MediaProber | None:
+    """One prober per process and dataset, shared by its threads, so each stored item is probed once here."""
+    dataset = ShardDataset(dataset_dir)
+    return MediaProber(dataset.media_store()) if dataset.manifest.media_store else None
 
 
 def _input_columns(kind: Kind, media: tuple[str, ...]) -> list[str]:

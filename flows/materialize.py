@@ -101,5 +101,6 @@ def materialize(
     if validate_contract:
         from tasks.validate import validate_shards
 
-        validate_shards(dataset_dir, suite=suite, overrides=contract_overrides)
+        # submitted, so on a Dask runner it runs on the cluster and derives its batches there
+        validate_shards.submit(dataset_dir, suite=suite, overrides=contract_overrides, runner=runner).result()
     return dataset_dir

@@ -3,15 +3,16 @@
 A runner is ``local`` (this machine: the task's parts run in order in it), ``dask`` (a ``LocalCluster`` of
 this machine's cores) or ``dask:ADDRESS`` (the scheduler of a running cluster, whose workers must see the
 same paths). A task that splits its work into parts (tokenising a dataset shard by shard, scoring
-reference log-probs token file by token file) maps them with ``map_parts``: onto the cluster its flow runs
-on when it runs on a Dask worker itself (prefect-dask's ``DaskTaskRunner``), else onto the cluster its
-runner names. ``worker_client`` secedes the task's thread from the worker's pool while it waits, so a
+reference log-probs token file by token file, deriving a dataset's contract columns record batch by record
+batch) maps them with ``map_parts``: onto the cluster it runs on when it is a submitted task of a flow whose
+task runner is prefect-dask's ``DaskTaskRunner``, else onto the cluster its runner names. ``worker_client`` secedes the task's thread from the worker's pool while it waits, so a
 cluster of one thread cannot deadlock on its own parts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -63,6 +64,15 @@ def _client(runner: str | None) -> Iterator[Any]:
         return
     with LocalCluster(threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
+
+
+def parts_mapper(runner: str | None) -> Callable[[Callable[[Any], Any], Iterable[Any]], list[Any]] | None:
+    """``map_parts`` bound to ``runner`` when the parts would leave this process (the task runs on a Dask
+    worker, or ``runner`` names a cluster); None when they would run here, for a caller with its own
+    threads to use them instead."""
+    if parse_runner(runner)[0] == "local" and not on_dask_worker():
+        return None
+    return functools.partial(map_parts, runner=runner)
 
 
 def map_parts(function: Callable[[Any], Any], items: Iterable[Any], runner: str | None = None) -> list[Any]:

@@ -22,6 +22,7 @@ from data_contracts.results import ValidationResult
 from data_contracts.runner import current_result, validate_dataset
 from data_contracts.suite import load_suite
 from tasks.caching import disk_output_key
+from tasks.parallel import parts_mapper
 from tasks.prefect_env import prefect_result_storage
 
 
@@ -52,11 +53,14 @@ def validate_shards(
     dataset_dir: str | Path,
     suite: str | None = None,
     overrides: dict[str, Any] | None = None,
+    runner: str = "local",
 ) -> ValidationResult:
     """Validate ``dataset_dir`` against its suite and publish the report as an artifact keyed by
     the dataset; raises ``ValidationGateError`` (failing the task and its flow run) when an
-    error-severity expectation failed."""
-    result = current_result(dataset_dir, suite, overrides) or validate_dataset(dataset_dir, suite, overrides)
+    error-severity expectation failed. The record batches are derived on ``runner``'s cluster when it
+    names one (``tasks.parallel``), in this process's threads otherwise; the result is the same."""
+    result = current_result(dataset_dir, suite, overrides) or validate_dataset(
+        dataset_dir, suite, overrides, map_parts=parts_mapper(runner))
     create_markdown_artifact(
         key=artifact_key(result.dataset_digest),
         markdown=render_markdown(result),

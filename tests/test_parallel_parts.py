@@ -104,6 +104,32 @@ def test_a_runner_naming_a_cluster_sends_the_parts_there_from_outside_it(dataset
     assert sum(str(task["key"]).startswith("TokenizePart-") for task in stream.data) == 4
 
 
+def validation_record(result) -> dict:
+    record = result.to_dict()
+    for key in ("validated_at", "seconds"):
+        record.pop(key)
+    return record
+
+
+def test_validation_derives_its_batches_on_a_cluster_to_the_same_result_and_report(dataset_dir, tmp_path):
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from data_contracts.runner import validate_dataset
+    from tasks.parallel import parts_mapper
+
+    copy = tmp_path / dataset_dir.name
+    shutil.copytree(dataset_dir, copy)
+    threads = validate_dataset(copy)
+    report = (copy / "report.html").read_text()
+    assert parts_mapper("local") is None  # here the threads do it
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
+    with cluster, Client(cluster) as client, get_task_stream(client) as stream:
+        on_cluster = validate_dataset(copy, map_parts=parts_mapper(f"dask:{cluster.scheduler_address}"))
+    assert validation_record(on_cluster) == validation_record(threads) and on_cluster.rows == ROWS
+    assert (copy / "report.html").read_text().split("validated", 1)[0] == report.split("validated", 1)[0]
+    assert sum(str(task["key"]).startswith("DeriveBatchPart-") for task in stream.data) == 4  # one per record batch
+
+
 def test_a_pipeline_names_its_runner_for_every_step_with_parts_and_an_unknown_one_is_refused(tmp_path):
     import yaml
 
