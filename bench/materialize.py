@@ -88,12 +88,12 @@ def run_alignflow(source: Path, out: Path, runner: str) -> str:
     )
 
 
-def run_library(source: Path, out: Path, batch_formatting: bool) -> str:
+def run_library(source: Path, out: Path, batch_formatting: bool, workers: int | None = None) -> str:
     from align_core.materialize import MaterializeSpec, build_dataset
     from align_core.sources import fingerprint_source
 
     spec = MaterializeSpec.checked("Alpaca", "supervised")
-    return str(build_dataset(fingerprint_source(source), spec, out, batch_formatting=batch_formatting).path)
+    return str(build_dataset(fingerprint_source(source), spec, out, workers, batch_formatting=batch_formatting).path)
 
 
 def main() -> None:
@@ -132,16 +132,30 @@ def main() -> None:
     served_seconds, served_cpu, served_dir = timed(run_alignflow, source, workdir / "shards-served", args.runner)
     assert Path(served_dir).name == Path(dataset_dir).name
     report("alignflow flow (cold, server running):", served_seconds, served_cpu)
+    extra: dict[str, float] = {}
     if not args.no_extra:
-        for label, batch_formatting in (("build_dataset, no Prefect:", True), ("build_dataset, row path only:", False)):
-            wall, cpu, _ = timed(run_library, source, workdir / f"library-{batch_formatting}", batch_formatting)
+        runs = (("build_dataset, no Prefect, 1 worker:", "one_worker", True, 1),
+                ("build_dataset, no Prefect, 2 workers:", "two_workers", True, 2),
+                ("build_dataset, row path only, 1 worker:", "row_path", False, 1))
+        for label, name, batch_formatting, workers in runs:
+            wall, cpu, _ = timed(run_library, source, workdir / f"library-{name}", batch_formatting, workers)
             report(label, wall, cpu)
+            extra[f"library_{name}_seconds"] = wall
 
     manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
     print(f"rows written {manifest['rows']}, quarantined {manifest['quarantined']} {manifest['quarantine_reasons']}")
     print(f"ratio alignflow/baseline throughput: {baseline_seconds / cold_seconds:.2f}x (target >= 1.2x)")
     print(f"  with Prefect's server already running: {baseline_seconds / served_seconds:.2f}x")
     print(f"warm rerun / cold run: {100 * warm_seconds / cold_seconds:.1f}% (target <= 5%)")
+    from bench.harness import save_results
+
+    workers_speedup = {"workers_speedup": extra["library_one_worker_seconds"] / extra["library_two_workers_seconds"]} if extra else {}
+    save_results("materialize", {
+        "rows": args.rows, "runner": args.runner, "baseline_seconds": baseline_seconds, "cold_seconds": cold_seconds,
+        "warm_seconds": warm_seconds, "served_seconds": served_seconds, "ratio": baseline_seconds / cold_seconds,
+        "ratio_server_running": baseline_seconds / served_seconds, "warm_fraction": warm_seconds / cold_seconds,
+        **extra, **workers_speedup,
+    })
 
 
 if __name__ == "__main__":

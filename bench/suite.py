@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,15 +22,34 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.harness import RESULTS_DIR
 
-# name -> (script and arguments, the smaller arguments of --quick)
+# The data contracts before issue 14's dataset-level checks: validation may cost at most 2x what it cost there.
+CONTRACTS_BEFORE = "e4c7a57^"
+BEFORE_CHECKOUT = REPO / "bench_out" / "contracts-before"
+
+# name -> (script and arguments, the smaller arguments of --quick); a name ending in -before runs the same
+# script with the CONTRACTS_BEFORE checkout first on PYTHONPATH (its data_contracts and align_core)
 BENCHMARKS = {
     "materialize": (["bench/materialize.py"], ["--rows", "100000"]),
-    "validate": (["bench/validate.py"], ["--rows", "20000", "--repeats", "1"]),
+    "validate-supervised": (["bench/validate.py"], ["--rows", "20000", "--repeats", "1"]),
+    "validate-preference": (["bench/validate.py", "--kind", "preference"], ["--rows", "20000", "--repeats", "1"]),
+    "validate-supervised-before": (["bench/validate.py", "--name", "validate-supervised-before"],
+                                   ["--rows", "20000", "--repeats", "1"]),
+    "validate-preference-before": (["bench/validate.py", "--kind", "preference", "--name", "validate-preference-before"],
+                                   ["--rows", "20000", "--repeats", "1"]),
     "train": (["bench/train.py"], ["--rows", "200", "--steps", "8", "--warmup", "2", "--rounds", "1"]),
     "dpo": (["bench/dpo.py"], ["--rows", "100", "--steps", "8", "--warmup", "2", "--rounds", "1"]),
     "rl": (["bench/rl.py"], ["--steps", "4", "--warmup", "1", "--rounds", "1"]),
     "pipeline": (["bench/pipeline.py"], ["--rows", "60"]),
 }
+
+
+def before_checkout() -> Path:
+    """A detached worktree of CONTRACTS_BEFORE (made once) for the -before benchmarks."""
+    if not (BEFORE_CHECKOUT / "data_contracts").is_dir():
+        BEFORE_CHECKOUT.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "worktree", "add", "--force", "--detach", str(BEFORE_CHECKOUT), CONTRACTS_BEFORE],
+                       cwd=REPO, check=True)
+    return BEFORE_CHECKOUT
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -50,7 +70,15 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, float | None, str,
         ("materialise: alignflow cold / datasets throughput", get("materialize", "ratio"), "x", ">= 1.2x"),
         ("materialise: warm rerun / cold run", get("materialize", "warm_fraction"), "%", "<= 5%"),
         ("materialise: 2 workers / 1 worker throughput", get("materialize", "workers_speedup"), "x", "-"),
-        ("validation / materialisation time (1 process)", get("validate", "validation_fraction"), "%", "<= 25%"),
+        ("validation / materialisation time, supervised", get("validate-supervised", "validation_fraction"), "%", "<= 25%"),
+        ("validation / materialisation time, preference", get("validate-preference", "validation_fraction"), "%", "<= 25%"),
+        # validate-*-before: bench/validate.py run with PYTHONPATH at the commit before issue 14's checks
+        ("validation time, supervised: now / before issue 14",
+         ratio(get("validate-supervised", "validate_seconds"), get("validate-supervised-before", "validate_seconds")), "x",
+         "<= 2x"),
+        ("validation time, preference: now / before issue 14",
+         ratio(get("validate-preference", "validate_seconds"), get("validate-preference-before", "validate_seconds")), "x",
+         "<= 2x"),
         ("SFT: ours / plain loop tokens/s", ratio(sft("ours"), sft("plain")), "x", ">= 0.9x"),
         ("SFT: ours / TRL tokens/s", ratio(sft("ours"), sft("trl")), "x", ">= 1.2x"),
         ("SFT: packed / unpacked (shuffled) tokens/s", ratio(sft("ours-packed"), sft("ours-random")), "x", "-"),
@@ -63,7 +91,7 @@ def summary_rows(results: dict[str, dict]) -> list[tuple[str, float | None, str,
         ("GRPO: ours / plain rollout tokens/s",
          ratio(get("rl", "variants", "ours", "rollout_tokens_per_second"),
                get("rl", "variants", "plain", "rollout_tokens_per_second")), "x", "-"),
-        ("pipeline: warm rerun / cold run", get("pipeline", "warm_fraction"), "%", "<= 10%"),
+        ("pipeline: warm rerun / cold run", get("pipeline", "warm_fraction"), "%", "-"),
     ]
 
 
@@ -93,7 +121,8 @@ def main() -> None:
         command, quick = BENCHMARKS[name]
         print(f"\n===== {name}: {' '.join(command + (quick if args.quick else []))}", flush=True)
         start = time.perf_counter()
-        completed = subprocess.run([sys.executable, *command, *(quick if args.quick else [])], cwd=REPO, check=False)
+        env = {**os.environ, "PYTHONPATH": str(before_checkout())} if name.endswith("-before") else None
+        completed = subprocess.run([sys.executable, *command, *(quick if args.quick else [])], cwd=REPO, env=env, check=False)
         print(f"===== {name}: exit {completed.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
         if completed.returncode != 0:
             failed.append(name)

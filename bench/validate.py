@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kind", choices=("supervised", "preference"), default="supervised")
     parser.add_argument("--workdir", type=Path, default=Path("bench_out/validate"))
+    parser.add_argument("--name", help="the results file, bench/results/NAME.json (default: validate-KIND)")
     args = parser.parse_args()
 
     from align_core.materialize import materialize_dataset
@@ -100,6 +101,13 @@ def main() -> None:
     print(f"validate:                  {validate_seconds:6.2f} s  {result.rows / validate_seconds:9.0f} rows/s  ({len(result.results)} expectations, {'passed' if result.passed else 'FAILED'})")
     print(f"validation / materialisation time: {100 * validate_seconds / materialize_seconds:.1f}% of 1 process, "
           f"{100 * validate_seconds / parallel_seconds:.1f}% of default workers (target <= 25%)")
+    from bench.harness import save_results
+
+    save_results(args.name or f"validate-{args.kind}", {
+        "rows": args.rows, "kind": args.kind, "materialize_seconds": materialize_seconds,
+        "materialize_default_workers_seconds": parallel_seconds, "validate_seconds": validate_seconds,
+        "validation_fraction": validate_seconds / materialize_seconds, "expectations": len(result.results),
+    })
 
 
 if __name__ == "__main__":
