@@ -280,8 +280,12 @@ def device_peak(override_tflops: float | None) -> tuple[str, float | None, str]:
         return (name, *peak_flops(name, override_tflops))
     if override_tflops:
         return ("cpu", *peak_flops(None, override_tflops))
-    torch.set_num_threads(1)  # as the workers run (bench/harness.py)
-    return "cpu", matmul_flops_per_second(), "this CPU's measured one-thread fp32 matmul"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers run (bench/harness.py); restored: a caller's process keeps its own
+    try:
+        return "cpu", matmul_flops_per_second(), "this CPU's measured one-thread fp32 matmul"
+    finally:
+        torch.set_num_threads(threads)
 
 
 def report(setup: dict, medians: dict[str, dict], device: str, peak: float | None, source: str) -> dict:
