@@ -325,23 +325,26 @@ def blank_images(folder: Path) -> None:
 
 
 @pytest.mark.slow
-def test_an_image_reward_model_learns_the_shapes_from_the_pixels_and_not_without_them(tmp_path, media_models):
+def test_an_image_reward_model_learns_the_shapes_from_the_pixels_and_is_a_coin_toss_without_them(tmp_path, media_models):
+    from align_core.evaluation.evaluate import EvalSpec, evaluate
     from align_core.materialize import materialize_dataset
     from alignflow.samples import write_media_samples
 
-    accuracy = {}
-    for blanked in (False, True):
-        root = tmp_path / ("blanked" if blanked else "pixels")
-        datasets = []
-        for split, rows, seed in (("train", 400, 0), ("eval", 200, 1)):
-            written = write_media_samples(root / split, rows=rows, seed=seed)["image_colours"]
-            if blanked:
-                blank_images(written.media_root)
-            datasets.append(materialize_dataset(written.source, written.template, written.kind, root / "datasets",
-                                                media_root=written.media_root))
-        settings = {"train_cfgs": {"algorithm": "rm", "max_steps": 600, "save_interval": 1000, "learning_rate": 3e-3,
-                                   "per_device_train_batch_size": 8}, "data_cfgs": {"max_length": 256}}
-        config = write_config(root / "rm.yaml", media_models["image"], datasets[:1], root / "out", settings, eval_sets=datasets[1:])
-        accuracy[blanked] = run_in_process(config)["eval"]["eval/accuracy"]
-    assert accuracy[False] > 0.8, accuracy  # 0.89 measured on 300 eval rows
-    assert 0.38 < accuracy[True] < 0.62, accuracy  # the same text with grey pictures: a coin toss (0.55 measured)
+    datasets = {}
+    for split, rows, seed in (("train", 400, 0), ("eval", 200, 1), ("blanked", 200, 1)):
+        written = write_media_samples(tmp_path / split, rows=rows, seed=seed)["image_colours"]
+        if split == "blanked":  # the eval rows again, every picture the same grey: only the text is left
+            blank_images(written.media_root)
+        datasets[split] = materialize_dataset(written.source, written.template, written.kind, tmp_path / "datasets",
+                                              media_root=written.media_root)
+    settings = {"train_cfgs": {"algorithm": "rm", "max_steps": 600, "save_interval": 1000, "learning_rate": 3e-3,
+                               "per_device_train_batch_size": 8}, "data_cfgs": {"max_length": 256}}
+    config = write_config(tmp_path / "rm.yaml", media_models["image"], [datasets["train"]], tmp_path / "out", settings,
+                          eval_sets=[datasets["eval"]])
+    assert run_in_process(config)["eval"]["eval/accuracy"] > 0.8  # 0.90 measured on 200 eval rows
+    spec = EvalSpec(model_dir=str(tmp_path / "out" / "model"), datasets=(str(datasets["eval"]), str(datasets["blanked"])),
+                    names=("pixels", "blanked"), max_length=256)
+    accuracy = {name: metrics["accuracy"] for name, metrics in evaluate(spec, tmp_path / "evals").metrics.items()}
+    assert accuracy["pixels"] > 0.8, accuracy  # the evaluation agrees with the run's own
+    # the same model on the same rows with grey pictures: its ranking came from the pixels, not the text (0.49)
+    assert 0.38 < accuracy["blanked"] < 0.62, accuracy
