@@ -220,7 +220,7 @@ def test_prefects_heartbeat_automation_crashes_a_killed_run_on_its_own(tmp_path)
     with get_client(sync_client=True) as client:
         for automation in client.read_automations_by_name(CRASH_AUTOMATION):
             client.delete_automation(automation.id)
-        ensure_crash_automation(client, within_seconds=35)  # production waits 90 s: three missed heartbeats
+        ensure_crash_automation(client, within_seconds=12)  # production waits 90 s: three missed heartbeats
     try:
         # a run killed before its first heartbeat reaches the server starts no countdown: only the
         # recorded process (the other tests) catches that one
