@@ -24,6 +24,17 @@ import time
 from pathlib import Path
 
 
+def save_results(name: str, results: dict) -> None:
+    """bench/harness.py's ``save_results`` from this checkout, whichever ``bench`` package PYTHONPATH put first (a
+    baseline checkout's harness may predate it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_harness_of_this_checkout", Path(__file__).with_name("harness.py"))
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    harness.save_results(name, results)
+
+
 def timed(function, repeats: int) -> tuple[float, object]:
     """Median seconds of ``repeats`` calls, and the last call's return value."""
     seconds, value = [], None
@@ -101,8 +112,6 @@ def main() -> None:
     print(f"validate:                  {validate_seconds:6.2f} s  {result.rows / validate_seconds:9.0f} rows/s  ({len(result.results)} expectations, {'passed' if result.passed else 'FAILED'})")
     print(f"validation / materialisation time: {100 * validate_seconds / materialize_seconds:.1f}% of 1 process, "
           f"{100 * validate_seconds / parallel_seconds:.1f}% of default workers (target <= 25%)")
-    from bench.harness import save_results
-
     save_results(args.name or f"validate-{args.kind}", {
         "rows": args.rows, "kind": args.kind, "materialize_seconds": materialize_seconds,
         "materialize_default_workers_seconds": parallel_seconds, "validate_seconds": validate_seconds,
