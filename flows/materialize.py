@@ -9,6 +9,7 @@ paths), then merged in order. The dataset is byte for byte the same whichever ru
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from prefect import flow, unmapped
 from align_core.shards.writer import DEFAULT_ROWS_PER_SHARD
 from flows.pipeline_config import check_materialize
 from tasks.materialize import build_shards, fingerprint, format_dataset_part, merge_dataset_parts, plan_dataset_parts
-from tasks.parallel import parse_runner
+from tasks.parallel import environment_restored, parse_runner
 
 
 def task_runner_for(runner: str | None, workers: int | None = None):
@@ -32,7 +33,22 @@ def task_runner_for(runner: str | None, workers: int | None = None):
     if address:
         return DaskTaskRunner(address=address)
     cluster = {"threads_per_worker": 1, **({"n_workers": workers} if workers else {})}
-    return DaskTaskRunner(cluster_kwargs=cluster)
+    return _local_cluster_runner()(cluster_kwargs=cluster)
+
+
+@functools.cache
+def _local_cluster_runner() -> type:
+    """prefect-dask's ``DaskTaskRunner`` that gives this process its environment back once its LocalCluster
+    has started (``tasks.parallel.environment_restored``: the nannies leave ``OMP_NUM_THREADS=1`` behind)."""
+    from prefect_dask import DaskTaskRunner
+
+    class LocalClusterTaskRunner(DaskTaskRunner):
+        @property
+        def client(self):  # the cluster starts on the first use of the client
+            with environment_restored():
+                return super().client
+
+    return LocalClusterTaskRunner
 
 
 def materialize_on(runner: str | None, workers: int | None = None):

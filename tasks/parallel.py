@@ -30,6 +30,21 @@ def parse_runner(runner: str | None) -> tuple[str, str | None]:
     return kind, address or None
 
 
+@contextlib.contextmanager
+def environment_restored() -> Iterator[None]:
+    """This process's environment as it was, after a Dask ``LocalCluster`` started here: its nannies set
+    ``OMP_NUM_THREADS=1`` (and MKL/OpenBLAS/malloc settings) in the parent's ``os.environ`` for the workers
+    they spawn and never put it back, so every later subprocess (a training run) would get one thread."""
+    import os
+
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def on_dask_worker() -> bool:
     """Whether this code runs inside a Dask worker (a task under ``DaskTaskRunner``)."""
     try:
@@ -62,7 +77,7 @@ def _client(runner: str | None) -> Iterator[Any]:
         with Client(address) as client:
             yield client
         return
-    with LocalCluster(threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
+    with environment_restored(), LocalCluster(threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
 
 

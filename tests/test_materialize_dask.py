@@ -5,6 +5,7 @@ of workers and parts."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -115,8 +116,10 @@ def test_the_cli_runs_on_the_runner_named_and_refuses_an_unknown_one(tmp_path):
     assert not (tmp_path / "bad").exists()
     local = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "local")])
     # a LocalCluster of one worker process: the parts and the formatted results cross a process boundary
+    environment = dict(os.environ)
     on_dask = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "dask"), "--runner", "dask", "--workers", "1"])
     assert on_dask.exit_code == 0, on_dask.output
+    assert dict(os.environ) == environment  # the cluster's nannies set OMP_NUM_THREADS=1 here; it is put back
     folders = [result.output.strip().splitlines()[-1] for result in (local, on_dask)]
     assert dataset_bytes(folders[1]) == dataset_bytes(folders[0])
 
