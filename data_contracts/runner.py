@@ -24,8 +24,8 @@ import pandas as pd
 import pyarrow as pa
 
 import align_core
-from align_core.data.token_cache import MapParts
 from align_core.io import atomic_write_json, atomic_write_text
+from align_core.parts import MapParts
 from align_core.shards.dataset import ShardDataset
 from align_core.shards.schema import CONVERSATION_COLUMNS, MEDIA_COLUMNS, Kind
 from data_contracts.checks import GXChecks, check_scripts, near_duplicate_similarity

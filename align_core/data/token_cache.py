@@ -22,7 +22,6 @@ import functools
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from align_core.io import (
     staging_dir,
 )
 from align_core.models.registry import load_processor, require_local_dir
+from align_core.parts import MapParts
 from align_core.paths import state_dir
 from align_core.shards.dataset import ShardDataset, arrow_file_problem
 from align_core.shards.manifest import FileEntry
@@ -61,8 +61,6 @@ DAMAGED = "the token cache is damaged; delete its folder and it is tokenised aga
 MANIFEST_NAME = "manifest.json"
 SHARDS_SUBDIR = "shards"
 DEFAULT_ROWS_PER_SHARD = 200_000
-# runs a per-shard part job over shard numbers, yielding the parts' results in order (builtin ``map`` by default)
-MapParts = Callable[[Callable[[int], dict[str, Any]], Sequence[int]], Iterable[dict[str, Any]]]
 
 # Files that define a tokenizer and its chat formatting; model weights are deliberately not among
 # them, so training a model further does not invalidate the token cache of its tokenizer.

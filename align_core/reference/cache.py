@@ -34,7 +34,7 @@ import align_core.losses.logps as logps_module
 import align_core.reference.mismatched as mismatched_module
 import align_core.reference.scoring as scoring_module
 from align_core.data.schema import SEQUENCE_PREFIXES
-from align_core.data.token_cache import MapParts, read_token_manifest, tokenizer_files_digest
+from align_core.data.token_cache import read_token_manifest, tokenizer_files_digest
 from align_core.data.token_dataset import TokenDataset
 from align_core.errors import UsageError
 from align_core.io import (
@@ -48,6 +48,7 @@ from align_core.io import (
     staging_dir,
 )
 from align_core.models.registry import require_local_dir
+from align_core.parts import MapParts
 from align_core.reference.mismatched import MismatchedRows
 from align_core.reference.scoring import load_frozen_scorer, score_sequences
 from align_core.shards.dataset import arrow_file_problem
