@@ -59,20 +59,12 @@ def on_dask_worker() -> bool:
 
 
 @contextlib.contextmanager
-def _client(runner: str | None) -> Iterator[Any]:
-    """A Dask client for the parts, or None to run them here."""
-    if on_dask_worker():
-        from distributed import worker_client
-
-        with worker_client() as client:
-            yield client
-        return
-    kind, address = parse_runner(runner)
-    if kind == "local":
-        yield None
-        return
+def _runner_client(runner: str | None) -> Iterator[Any]:
+    """A Dask client of the cluster a ``dask:ADDRESS`` runner names, or of a ``LocalCluster`` of this machine's
+    cores started for runner ``dask`` (and shut down after, this process's environment restored)."""
     from distributed import Client, LocalCluster
 
+    address = parse_runner(runner)[1]
     if address:
         with Client(address) as client:
             yield client
@@ -94,11 +86,19 @@ def map_parts(function: Callable[[Any], Any], items: Iterable[Any], runner: str 
     """``[function(item) for item in items]``, results in the items' order: on a Dask cluster (the one this
     task runs on, else the one ``runner`` names), or here in order."""
     items = list(items)
-    if len(items) < 2 and not on_dask_worker():
+    if on_dask_worker():
+        from distributed import worker_client
+
+        with worker_client() as client:
+            return _gathered(client, function, items)
+    if len(items) < 2 or parse_runner(runner)[0] == "local":  # one part is not worth a cluster's start
         return [function(item) for item in items]
-    with _client(runner) as client:
-        if client is None:
-            return [function(item) for item in items]
-        name = getattr(function, "__name__", type(function).__name__)  # a part job may be a callable instance
-        run = uuid.uuid4().hex[:12]
-        return client.gather(client.map(function, items, key=[f"{name}-{run}-{index}" for index in range(len(items))]))
+    with _runner_client(runner) as client:
+        return _gathered(client, function, items)
+
+
+def _gathered(client: Any, function: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """The parts as Dask tasks keyed by the job's name and this call, gathered in the items' order."""
+    name = getattr(function, "__name__", type(function).__name__)  # a part job may be a callable instance
+    run = uuid.uuid4().hex[:12]
+    return client.gather(client.map(function, items, key=[f"{name}-{run}-{index}" for index in range(len(items))]))
