@@ -87,7 +87,7 @@ def shingle_hashes(texts: pa.Array, salts: np.ndarray | None = None) -> tuple[np
     """
     data, offsets = utf8_rows(texts)
     size = int(offsets[-1])
-    data = np.concatenate([_WORD_BYTES[data[:size]], np.zeros(8, np.uint8)])  # 0: a separator; else lower-cased
+    data = np.concatenate([np.take(_WORD_BYTES, data[:size]), np.zeros(8, np.uint8)])  # 0: a separator; else lower-cased
     is_word = data != 0
     row_start = np.zeros(size + 1, bool)
     row_start[offsets[:-1]] = True  # a word never spans two rows
@@ -149,19 +149,24 @@ class PromptSketches:
 def sketch_prompts(texts: pa.Array, threshold: float, salts: np.ndarray | None = None) -> PromptSketches:
     """(rows,) prompt texts' MinHash signatures, cut into the LSH bands of ``threshold`` (``shingle_hashes``
     for ``salts``)."""
-    minima = signatures(*shingle_hashes(texts, salts))
-    bands, band_rows = lsh_bands(threshold, minima.shape[1])
-    banded = minima[:, : bands * band_rows].astype(np.uint64) * np.tile(_band_multipliers(band_rows), bands)
+    hashes, offsets = shingle_hashes(texts, salts)
+    minima = signatures(hashes, offsets)
     return PromptSketches(
-        band_keys=banded.reshape(len(minima), bands, band_rows).sum(axis=2),  # wraps mod 2^64: a hash per band
-        low_bits=(minima & np.uint32(0xFF)).astype(np.uint8),
-        has_words=(minima != np.uint32(0xFFFFFFFF)).any(axis=1),
+        band_keys=band_keys(minima, *lsh_bands(threshold, minima.shape[1])),
+        low_bits=minima.astype(np.uint8),  # the low 8 bits
+        has_words=np.diff(offsets) > 0,
     )
 
 
-@functools.cache
-def _band_multipliers(band_rows: int) -> np.ndarray:
-    return (np.random.RandomState(SEED).randint(1, 1 << 62, band_rows, np.int64) * 2 + 1).astype(np.uint64)
+def band_keys(minima: np.ndarray, bands: int, band_rows: int) -> np.ndarray:
+    """(rows, bands) uint64: a polynomial hash (mod 2^64) of each LSH band of (rows, num_perm) uint32 ``minima``,
+    computed a column of every band at a time."""
+    columns = minima[:, : bands * band_rows].reshape(len(minima), bands, band_rows)
+    keys = columns[:, :, 0].astype(np.uint64)
+    for column in range(1, band_rows):
+        keys *= _BIGRAM_MULTIPLIER
+        keys += columns[:, :, column]
+    return keys
 
 
 @dataclass

@@ -14,7 +14,7 @@ import functools
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +75,15 @@ def validate_dataset(
         derived = _derived_frames(dataset, deriver, workers or default_workers())
     else:
         derived = _derived_frames_in_parts(dataset, deriver, map_parts)
-    for frame in _chunks(derived, chunk_rows):
-        checks.validate(frame)
-        distributions.add(frame)
-        rows += len(frame)
-    near_duplicates = deriver.near_duplicates.finish() if deriver.near_duplicates else None
+    with ThreadPoolExecutor(1) as background:
+        clustered: list[Future] = []
+        if deriver.near_duplicates:  # numpy sorts that release the GIL: clustered while GX checks the last chunk
+            derived = _then(derived, lambda: clustered.append(background.submit(deriver.near_duplicates.finish)))
+        for frame in _chunks(derived, chunk_rows):
+            checks.validate(frame)
+            distributions.add(frame)
+            rows += len(frame)
+        near_duplicates = clustered[0].result() if clustered else None
     results = checks.results(rows, near_duplicates)
     result = ValidationResult(
         dataset_dir=str(dataset.path.absolute()),
@@ -199,6 +203,12 @@ def _input_columns(kind: Kind, media: tuple[str, ...]) -> list[str]:
     if kind is Kind.PREFERENCE:
         columns.append("meta")
     return columns + [MEDIA_COLUMNS[m] for m in media]
+
+
+def _then(items: Iterable[Any], callback: Callable[[], object]) -> Iterator[Any]:
+    """``items``, then ``callback()`` as soon as they are exhausted (before the consumer resumes)."""
+    yield from items
+    callback()
 
 
 def _chunks(frames: Iterable[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]:
