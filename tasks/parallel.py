@@ -5,17 +5,18 @@ this machine's cores) or ``dask:ADDRESS`` (the scheduler of a running cluster, w
 same paths). A task that splits its work into parts (tokenising a dataset shard by shard, scoring
 reference log-probs token file by token file, deriving a dataset's contract columns record batch by record
 batch) maps them with ``map_parts``: onto the cluster it runs on when it is a submitted task of a flow whose
-task runner is prefect-dask's ``DaskTaskRunner``, else onto the cluster its runner names. ``worker_client`` secedes the task's thread from the worker's pool while it waits, so a
-cluster of one thread cannot deadlock on its own parts.
+task runner is prefect-dask's ``DaskTaskRunner``, else onto the cluster its runner names. ``worker_client``
+secedes the task's thread from the worker's pool while it waits, so a cluster of one thread cannot deadlock on
+its own parts. A task that maps its parts in many calls holds one ``RunnerMapper`` (``parts_mapper``) for all
+of them, so runner ``dask`` starts one ``LocalCluster`` per task, not one per call.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Self
 
 from align_core.errors import UsageError
 
@@ -73,28 +74,59 @@ def _runner_client(runner: str | None) -> Iterator[Any]:
         yield client
 
 
-def parts_mapper(runner: str | None) -> Callable[[Callable[[Any], Any], Iterable[Any]], list[Any]] | None:
-    """``map_parts`` bound to ``runner`` when the parts would leave this process (the task runs on a Dask
-    worker, or ``runner`` names a cluster); None when they would run here, for a caller with its own
-    threads to use them instead."""
+class RunnerMapper:
+    """``map_parts`` bound to ``runner``, holding the runner's cluster client from the first call that sends
+    parts until ``close`` (or the end of a ``with`` block): a caller that maps its parts in many calls
+    (validation, a window of record batches at a time) starts runner ``dask``'s ``LocalCluster`` once, not
+    once per call. On a Dask worker each call borrows the worker's client only while it waits."""
+
+    def __init__(self, runner: str | None = None) -> None:
+        self.runner = runner
+        self._held = contextlib.ExitStack()
+        self._client: Any = None
+
+    def __call__(self, function: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        items = list(items)
+        if on_dask_worker():
+            from distributed import worker_client
+
+            with worker_client() as client:
+                return _gathered(client, function, items)
+        if len(items) < 2 or parse_runner(self.runner)[0] == "local":  # one part is not worth a cluster's start
+            return [function(item) for item in items]
+        if self._client is None:
+            self._client = self._held.enter_context(_runner_client(self.runner))
+        return _gathered(self._client, function, items)
+
+    def close(self) -> None:
+        """Close the runner's client and shut down the LocalCluster started for it, if any."""
+        self._client = None
+        self._held.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def parts_mapper(runner: str | None) -> Iterator[RunnerMapper | None]:
+    """A ``RunnerMapper`` of ``runner`` for the ``with`` block when the parts would leave this process (the
+    task runs on a Dask worker, or ``runner`` names a cluster); None when they would run here, for a caller
+    with its own threads to use them instead."""
     if parse_runner(runner)[0] == "local" and not on_dask_worker():
-        return None
-    return functools.partial(map_parts, runner=runner)
+        yield None
+        return
+    with RunnerMapper(runner) as mapper:
+        yield mapper
 
 
 def map_parts(function: Callable[[Any], Any], items: Iterable[Any], runner: str | None = None) -> list[Any]:
     """``[function(item) for item in items]``, results in the items' order: on a Dask cluster (the one this
-    task runs on, else the one ``runner`` names), or here in order."""
-    items = list(items)
-    if on_dask_worker():
-        from distributed import worker_client
-
-        with worker_client() as client:
-            return _gathered(client, function, items)
-    if len(items) < 2 or parse_runner(runner)[0] == "local":  # one part is not worth a cluster's start
-        return [function(item) for item in items]
-    with _runner_client(runner) as client:
-        return _gathered(client, function, items)
+    task runs on, else the one ``runner`` names, started for this call alone), or here in order."""
+    with RunnerMapper(runner) as mapper:
+        return mapper(function, items)
 
 
 def _gathered(client: Any, function: Callable[[Any], Any], items: list[Any]) -> list[Any]:

@@ -59,8 +59,9 @@ def validate_shards(
     the dataset; raises ``ValidationGateError`` (failing the task and its flow run) when an
     error-severity expectation failed. The record batches are derived on ``runner``'s cluster when it
     names one (``tasks.parallel``), in this process's threads otherwise; the result is the same."""
-    result = current_result(dataset_dir, suite, overrides) or validate_dataset(
-        dataset_dir, suite, overrides, map_parts=parts_mapper(runner))
+    with parts_mapper(runner) as map_parts:  # one cluster for every window of record batches
+        result = current_result(dataset_dir, suite, overrides) or validate_dataset(
+            dataset_dir, suite, overrides, map_parts=map_parts)
     create_markdown_artifact(
         key=artifact_key(result.dataset_digest),
         markdown=render_markdown(result),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -121,13 +122,46 @@ def test_validation_derives_its_batches_on_a_cluster_to_the_same_result_and_repo
     shutil.copytree(dataset_dir, copy)
     threads = validate_dataset(copy)
     report = (copy / "report.html").read_text()
-    assert parts_mapper("local") is None  # here the threads do it
+    with parts_mapper("local") as here:
+        assert here is None  # here the threads do it
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
-    with cluster, Client(cluster) as client, get_task_stream(client) as stream:
-        on_cluster = validate_dataset(copy, map_parts=parts_mapper(f"dask:{cluster.scheduler_address}"))
+    on_cluster_runner = parts_mapper(f"dask:{cluster.scheduler_address}")
+    with cluster, Client(cluster) as client, get_task_stream(client) as stream, on_cluster_runner as map_parts:
+        on_cluster = validate_dataset(copy, map_parts=map_parts)
     assert validation_record(on_cluster) == validation_record(threads) and on_cluster.rows == ROWS
     assert (copy / "report.html").read_text().split("validated", 1)[0] == report.split("validated", 1)[0]
     assert sum(str(task["key"]).startswith("DeriveBatchPart-") for task in stream.data) == 4  # one per record batch
+
+
+def test_validation_on_runner_dask_starts_one_local_cluster_for_all_its_windows_and_gives_the_environment_back(
+        dataset_dir, tmp_path, monkeypatch):
+    import data_contracts.runner
+    from data_contracts.runner import validate_dataset
+    from tasks.parallel import parts_mapper
+
+    copy = tmp_path / dataset_dir.name
+    shutil.copytree(dataset_dir, copy)
+    threads = validate_dataset(copy)
+    monkeypatch.setattr(data_contracts.runner, "PART_WINDOW", 2)  # 4 record batches: two windows, two calls
+    environment = dict(os.environ)
+    schedulers = []  # the scheduler that each part ran under, seen from its worker
+
+    with parts_mapper("dask") as map_parts:
+
+        def noting_the_scheduler(job, parts):
+            def part_and_scheduler(part):
+                from distributed import get_worker
+
+                return job(part), get_worker().scheduler.address
+
+            results = map_parts(part_and_scheduler, parts)
+            schedulers.append({scheduler for _, scheduler in results})
+            return [result for result, _ in results]
+
+        on_cluster = validate_dataset(copy, map_parts=noting_the_scheduler)
+    assert len(schedulers) == 2 and len(set.union(*schedulers)) == 1  # two windows, one cluster
+    assert validation_record(on_cluster) == validation_record(threads) and on_cluster.rows == ROWS
+    assert dict(os.environ) == environment  # the nannies' OMP_NUM_THREADS=1 went with the cluster
 
 
 def test_a_pipeline_names_its_runner_for_every_step_with_parts_and_an_unknown_one_is_refused(tmp_path):
