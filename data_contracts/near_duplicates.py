@@ -96,13 +96,11 @@ def shingle_hashes(texts: pa.Array, salts: np.ndarray | None = None) -> tuple[np
     starts, ends = np.flatnonzero(first), np.flatnonzero(last) + 1
     lengths = (ends - starts).astype(np.uint64)
     eight_bytes = np.ndarray((size + 1,), np.dtype("<u8"), data, 0, (1,))  # unaligned 8-byte reads at any position
-    short = lengths < 8
-    head_mask = np.where(short, (np.uint64(1) << (np.uint64(8) * np.minimum(lengths, np.uint64(7)))) - np.uint64(1), ~np.uint64(0))
-    head = eight_bytes[starts] & head_mask
-    tail = np.where(short, np.uint64(0), eight_bytes[np.maximum(ends - 8, starts)])
+    head = eight_bytes[starts] & (~np.uint64(0) >> (np.uint64(8) * (np.uint64(8) - np.minimum(lengths, np.uint64(8)))))
+    tail = np.where(lengths < 8, np.uint64(0), eight_bytes[np.maximum(ends - 8, starts)])
     hashes = fmix(head ^ fmix(tail ^ lengths * _WORD_MULTIPLIER, 64), 64)
-    row = np.searchsorted(offsets, starts, side="right") - 1
     rows = len(offsets) - 1
+    row = np.repeat(np.arange(rows, dtype=np.int32), np.diff(offsets))[starts]  # ~3x a searchsorted's speed
     counts = np.bincount(row, minlength=rows)
     # each word with the next one of its row, or alone if it is its row's only word: in row order already
     next_hashes = np.append(hashes[1:], np.uint64(0))

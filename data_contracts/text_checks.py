@@ -106,8 +106,8 @@ def _trigram_set(data: np.ndarray, offsets: np.ndarray, hash_limits: np.ndarray)
     keep[ends - 1] = False
     keep[np.maximum(ends - 2, 0)] = False  # for a 1-byte row this is the previous row's last byte: dropped anyway
     kept = np.flatnonzero(keep)
-    rows = np.searchsorted(offsets, kept, side="right") - 1
-    keys = np.sort((rows.astype(np.uint64) << np.uint64(24)) | (words[kept] & np.uint32(0xFFFFFF)))
+    row_keys = np.repeat(np.arange(len(lengths), dtype=np.uint64) << np.uint64(24), lengths)  # ~2x a searchsorted's speed
+    keys = np.sort(row_keys[kept] | (words[kept] & np.uint32(0xFFFFFF)))
     return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
 
 
