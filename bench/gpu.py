@@ -29,6 +29,7 @@ the arithmetic (at the tiny size attention, which 6N leaves out, is most of a st
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import random
@@ -40,7 +41,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import StepClock, emit, matmul_flops_per_second, run_rounds, run_worker, save_results, summarize
+from bench.harness import (
+    StepClock,
+    emit,
+    matmul_flops_per_second,
+    parse_arguments,
+    run_rounds,
+    run_worker,
+    save_results,
+    summarize,
+)
 
 BETA = 0.1
 LEARNING_RATE = 1e-4
@@ -320,23 +330,18 @@ def pad_fractions(setup: dict) -> dict[str, float]:
             for algorithm, lengths in setup["lengths"].items()}
 
 
-def main() -> None:
-    import argparse
-
-    from align_core.paths import configure_environment
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def gpu_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=tuple(SIZES), default="150m")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 3 timed steps, 1 round: a CPU check of the script")
-    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per variant")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--peak-tflops", type=float, help="the device's peak bf16 TFLOP/s (default: the table, by name)")
-    parser.add_argument("--workdir", type=Path, default=Path("bench_out/gpu"))
-    parser.add_argument("--variants", help=f"comma-separated (default: {','.join(DEFAULT_VARIANTS)})")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--setup", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+
+
+def main() -> None:
+    from align_core.paths import configure_environment
+
+    # --worker takes any variant name: they are composed (parse_variant checks them)
+    args = parse_arguments(__doc__.splitlines()[0], DEFAULT_VARIANTS, rows=None, workdir="bench_out/gpu", rounds=1,
+                           workers="any", options=gpu_options)
     configure_environment()
     if args.worker:
         worker(args.worker, args.setup, args.steps, args.warmup)

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_PREFIX = "BENCH "
@@ -82,16 +83,32 @@ def run_rounds(run: Callable[[str], dict], variants: list[str], rounds: int) -> 
     return {variant: {key: statistics.median(m[key] for m in runs) for key in runs[0]} for variant, runs in results.items()}
 
 
-def parse_arguments(description: str, variants: tuple[str, ...], rows: int, workdir: str) -> argparse.Namespace:
-    """The options every benchmark takes; ``--worker``/``--setup`` are how ``run_worker`` calls it back."""
+def parse_arguments(
+    description: str,
+    variants: tuple[str, ...],
+    rows: int | None,
+    workdir: str,
+    *,
+    rounds: int = 3,
+    workers: tuple[str, ...] | Literal["any"] | None = None,
+    options: Callable[[argparse.ArgumentParser], object] | None = None,
+) -> argparse.Namespace:
+    """The options every benchmark takes, after the script's own (``options(parser)`` adds them); ``--rows``
+    only when ``rows`` is given. ``--worker``/``--setup`` are how ``run_worker`` calls it back: ``--worker``
+    takes ``workers`` (default: the variants; ``"any"``: any name, for variants composed of parts the script
+    checks itself)."""
     parser = argparse.ArgumentParser(description=description)
+    if options:
+        options(parser)
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    if rows is not None:
+        parser.add_argument("--rows", type=int, default=rows)
     parser.add_argument("--workdir", type=Path, default=Path(workdir))
-    parser.add_argument("--variants", default=",".join(variants))
-    parser.add_argument("--worker", choices=variants, help=argparse.SUPPRESS)
+    parser.add_argument("--variants", default=",".join(variants), help=f"comma-separated (default: {','.join(variants)})")
+    workers = variants if workers is None else workers
+    parser.add_argument("--worker", choices=None if workers == "any" else workers, help=argparse.SUPPRESS)
     parser.add_argument("--setup", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()
 

@@ -24,7 +24,6 @@ without length grouping.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -37,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from bench.harness import matmul_flops_per_second, save_results
+from bench.harness import matmul_flops_per_second, parse_arguments, save_results
 
 BATCH = 8
 LEARNING_RATE = 5e-4
@@ -286,16 +285,8 @@ def worker(variant: str, setup_file: Path, steps: int, warmup: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per variant")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=800)
-    parser.add_argument("--workdir", type=Path, default=Path("bench_out/train"))
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--worker", choices=(*VARIANTS, "interleaved"), help=argparse.SUPPRESS)
-    parser.add_argument("--setup", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__.splitlines()[0], VARIANTS, rows=800, workdir="bench_out/train",
+                           workers=(*VARIANTS, "interleaved"))
     from align_core.paths import configure_environment
 
     configure_environment()
