@@ -1,6 +1,7 @@
-"""Padding-free packing: first-fit-decreasing bins on hand-computed lengths, a packed forward equal to the
-padded one per row, preference pairs whose per-sequence log-probs, losses and gradients do not change when
-packed, and SFT and DPO runs whose logged losses do not change when their micro-batches are packed."""
+"""Padding-free packing: first-fit-decreasing bins on hand-computed lengths, the boundaries a packed batch gives
+the model, a packed forward equal to the padded one per row, preference pairs whose per-sequence log-probs,
+losses and gradients do not change when packed, and SFT and DPO runs whose logged losses do not change when
+their micro-batches are packed. Each attention implementation: ``test_packing_attention.py``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import torch
 from train_data import preference_data, read_jsonl, sft_data, tiny_model, write_config  # noqa: F401
 
+from align_core.data.batch import forward
 from align_core.data.collate import Collator
-from align_core.data.packing import document_mask, first_fit_decreasing, pack_sequences
+from align_core.data.packing import first_fit_decreasing, pack_sequences
 from align_core.data.truncation import IGNORE_INDEX
 from align_core.errors import UsageError
 from align_core.shards.schema import Kind
@@ -21,9 +23,18 @@ def test_first_fit_decreasing_places_the_longest_rows_first():
     assert first_fit_decreasing([9, 1], 6) == [[0], [1]]  # too long for a bin: a bin of its own
 
 
-def test_the_document_mask_is_causal_within_each_row_and_padding_sees_itself():
-    mask = document_mask(torch.tensor([[0, 0, 1, -1]]))[0, 0]
-    assert mask.int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+def test_a_packed_row_restarts_positions_per_sequence_and_its_padding_is_a_sequence_of_its_own():
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    # lengths 9, 4, 6, 3 into bins of 12: [9, 3] and [6, 4] + 2 padding
+    packed = pack_sequences([[1] * n for n in (9, 4, 6, 3)], [[1] * n for n in (9, 4, 6, 3)], pad_token_id=0, capacity=12)
+    assert packed.packing.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2], [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 0, 1]]
+    assert packed.packing.cu_seq_lens.tolist() == [0, 9, 12, 18, 22, 24] and packed.packing.max_length == 9
+    # transformers finds the same five segments in the positions as the varlen boundaries give
+    assert find_packed_sequence_indices(packed.packing.position_ids).tolist() == [[0] * 9 + [1] * 3, [0] * 6 + [1] * 4 + [2] * 2]
+    assert packed.packing.last_positions().tolist() == [8, 21, 17, 11]  # flattened: sequence 1 ends at row 1, column 9
+    kwargs = packed.model_kwargs()
+    assert kwargs["attention_mask"] is None and int(packed.non_pad_tokens()) == 22
 
 
 def test_a_packed_forward_gives_each_row_its_padded_logits(tiny_model):
@@ -37,7 +48,7 @@ def test_a_packed_forward_gives_each_row_its_padded_logits(tiny_model):
     assert packed.input_ids.shape == (2, 12) and int(packed.non_pad_tokens()) == 22
     assert int((packed.labels != IGNORE_INDEX).sum()) == 22 - 4  # every row's first label is dropped
     with torch.no_grad():
-        logits = model(**packed.model_kwargs()).logits
+        logits = forward(model, packed).logits
         for index, row in enumerate(rows):
             alone = model(input_ids=torch.as_tensor(row["input_ids"], dtype=torch.long)[None]).logits[0]
             ids = torch.as_tensor(row["input_ids"], dtype=torch.long)
@@ -125,16 +136,25 @@ def test_an_sft_run_logs_the_same_losses_packed_and_padded(tmp_path, tiny_model,
     assert [loss for loss, _ in losses[True]] == pytest.approx([loss for loss, _ in losses[False]], rel=1e-5)
 
 
-@pytest.mark.slow
-def test_a_dpo_run_logs_the_same_losses_and_rewards_packed_and_padded(tmp_path, tiny_model, preference_data):
+def assert_packed_runs_log_the_padded_runs(tmp_path, model, train, train_cfgs: dict, names: tuple[str, ...]) -> None:
+    """A run with ``train_cfgs`` and the same run with ``packing`` log the same token counts every step, and the
+    same ``names`` to 1e-5. Rows of 256 tokens hold three of the test rows' 66-81 token sequences."""
     from align_core.launch import run as run_in_process
 
     logged = {}
     for packing in (False, True):
-        name = f"dpo-packed{packing}"
-        run_in_process(write_config(tmp_path / f"{name}.yaml", tiny_model, [preference_data[0]], tmp_path / name,
-                                    {"train_cfgs": {"algorithm": "dpo", "max_steps": 2, "packing": packing, "save_interval": 100}}))
-        logged[packing] = [(r["loss"], r["rewards/margin"], r["logps/chosen"], r["tokens"]) for r in read_jsonl(tmp_path / name / "metrics.jsonl")]
-    assert [row[3] for row in logged[True]] == [row[3] for row in logged[False]]
+        out = tmp_path / f"{train_cfgs['algorithm']}-packed{packing}"
+        run_in_process(write_config(out.with_suffix(".yaml"), model, [train], out,
+                                    {"train_cfgs": {**train_cfgs, "packing": packing, "save_interval": 100},
+                                     "data_cfgs": {"max_length": 256}}))
+        logged[packing] = [[record[name] for name in ("tokens", *names)] for record in read_jsonl(out / "metrics.jsonl")]
+    assert len(logged[True]) == train_cfgs["max_steps"]
+    assert [step[0] for step in logged[True]] == [step[0] for step in logged[False]]
     for packed, padded in zip(logged[True], logged[False]):
-        assert packed[:3] == pytest.approx(padded[:3], rel=1e-5, abs=1e-6)
+        assert packed[1:] == pytest.approx(padded[1:], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_dpo_run_logs_the_same_losses_and_rewards_packed_and_padded(tmp_path, tiny_model, preference_data):
+    assert_packed_runs_log_the_padded_runs(tmp_path, tiny_model, preference_data[0], {"algorithm": "dpo", "max_steps": 2},
+                                           ("loss", "rewards/margin", "logps/chosen"))

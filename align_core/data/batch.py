@@ -13,7 +13,8 @@ so one forward pass scores every sequence. Beside the tokens it carries
 - ``companions``: other batches that belong to these rows (KTO's mismatched pairs), selected with them;
 - ``packing``: set on a padding-free packed batch (``align_core.data.packing``), whose tensor rows are
   bins of whole sequences: it maps every position back to its sequence, so counts and per-sequence
-  values are the unpacked batch's (``num_sequences``, ``trained_tokens``, a scorer's log-probs).
+  values are the unpacked batch's (``num_sequences``, ``trained_tokens``, a scorer's log-probs), and
+  gives the model the sequences' boundaries in place of a 2D mask.
 
 ``forward(model, batch)`` is the one place a model is called with a batch.
 """
@@ -73,16 +74,34 @@ class ModelInput:
 
 @dataclass(frozen=True)
 class Packing:
-    """Where a packed batch's tokens come from.
+    """Where a packed batch's tokens come from, and the boundaries the model attends within.
 
     Attributes:
         sequence_index: (n_bins, L) the unpacked sequence (its index in the sequence-major order of the
             rows packed) each position belongs to; -1 on padding.
         num_sequences: sequences packed: the unpacked batch's n.
+        position_ids: (n_bins, L) restarting at 0 for each sequence and for a bin's trailing padding.
+        cu_seq_lens: (segments + 1,) int32 start of every segment (a sequence, or a bin's padding) in the
+            flattened (n_bins * L) tokens, then n_bins * L: FlashAttention's varlen boundaries.
+        max_length: the longest segment.
     """
 
     sequence_index: torch.Tensor
     num_sequences: int
+    position_ids: torch.Tensor
+    cu_seq_lens: torch.Tensor
+    max_length: int
+
+    def attention_kwargs(self) -> dict[str, Any]:
+        """The boundaries as transformers' attention reads them: ``position_ids`` for the implementations whose
+        mask it builds (sdpa, eager, flex_attention), ``cu_seq_lens_*`` for FlashAttention's varlen kernel."""
+        return {
+            "position_ids": self.position_ids,
+            "cu_seq_lens_q": self.cu_seq_lens,
+            "cu_seq_lens_k": self.cu_seq_lens,
+            "max_length_q": self.max_length,
+            "max_length_k": self.max_length,
+        }
 
     def label_sums(self, values: torch.Tensor) -> torch.Tensor:
         """(num_sequences,) sums of ``values`` (n_bins, L-1) at label positions: position t predicts
@@ -91,8 +110,22 @@ class Packing:
         keep = owners >= 0
         return values.new_zeros(self.num_sequences).index_add(0, owners[keep], values[keep])
 
+    def last_positions(self) -> torch.Tensor:
+        """(num_sequences,) each sequence's last token as an index into the flattened (n_bins * L) positions
+        (where a reward model reads its score)."""
+        owners = self.sequence_index.reshape(-1)
+        keep = owners >= 0
+        positions = torch.arange(len(owners), device=owners.device)
+        last = torch.zeros(self.num_sequences, dtype=torch.long, device=owners.device)
+        return last.scatter_reduce(0, owners[keep], positions[keep], "amax", include_self=False)
+
     def to(self, device: torch.device | str) -> Packing:
-        return replace(self, sequence_index=self.sequence_index.to(device))
+        return replace(
+            self,
+            sequence_index=self.sequence_index.to(device),
+            position_ids=self.position_ids.to(device),
+            cu_seq_lens=self.cu_seq_lens.to(device),
+        )
 
 
 @dataclass
@@ -128,12 +161,16 @@ class Batch:
         return self.num_sequences // self.sequences_per_row
 
     def model_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of the model's forward: the tokens and every extra input."""
-        return {
+        """Keyword arguments of the model's forward: the tokens and every extra input. A packed batch gives
+        its sequences' boundaries instead of the 2D mask, and needs ``use_cache=False`` (``forward`` passes it)."""
+        kwargs = {
             "input_ids": self.input_ids,
             "attention_mask": self.attention_mask,
             **{name: model_input.value for name, model_input in self.model_inputs.items()},
         }
+        if self.packing is not None:
+            kwargs.update(attention_mask=None, **self.packing.attention_kwargs())
+        return kwargs
 
     def trained_tokens(self) -> torch.Tensor:
         """(k,) label tokens that predict a next token (what a causal LM loss sums over), per sequence group."""
@@ -202,4 +239,9 @@ class Batch:
 
 def forward(model: Any, batch: Batch, **kwargs: Any) -> Any:
     """Call ``model`` (a module, a DeepSpeed engine, a scorer) with the batch's tokens and extra inputs."""
+    if batch.packing is not None:
+        from align_core.data.packing import check_packable
+
+        check_packable(model)
+        kwargs = {"use_cache": False, **kwargs}  # with a KV cache transformers does not look for packed sequences
     return model(**batch.model_kwargs(), **kwargs)
