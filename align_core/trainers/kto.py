@@ -4,7 +4,9 @@ A preference pair becomes one desirable row (prompt + chosen) and one undesirabl
 rejected): the collator already stacks them so, and the batch's first half is the desirable one.
 The reference point z0 is the mean policy-minus-reference log-ratio over the rows' mismatched pairs
 (``align_core/reference/mismatched.py``) on every rank, clamped at 0 and detached; the policy scores
-those pairs without gradients, and their reference log-probs are cached like the rows' own.
+those pairs without gradients, and their reference log-probs are cached like the rows' own. With
+``train_cfgs.packing`` the rows' sequences and, apart, their mismatched pairs are packed padding-free and
+scored per sequence, as the padded ones are.
 
 Metrics: loss, kl (z0), rewards/chosen and logps/chosen over the desirable rows, rewards/rejected and
 logps/rejected over the undesirable ones, rewards/margin, and rewards/accuracy: the share of rows
@@ -24,6 +26,7 @@ from align_core.losses import kto_loss
 from align_core.shards.schema import Kind
 from align_core.trainers.base import Metrics
 from align_core.trainers.response_logps import PerExample, ReferenceSettings, ResponseLogpsTrainer
+from align_core.trainers.throughput import PackingSettings
 
 # Means over the rows of one label: a micro-batch may hold none (length grouping even sorts the
 # short undesirable answers together), so training sums them per label and divides once per step.
@@ -57,7 +60,7 @@ def label_means(sums: dict[str, float]) -> dict[str, float]:
     return means
 
 
-class KTOSettings(ReferenceSettings):
+class KTOSettings(ReferenceSettings, PackingSettings):
     beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward")
     kto_desirable_weight: float = Field(1.0, gt=0, description="lambda_D")
     kto_undesirable_weight: float = Field(1.0, gt=0, description="lambda_U")

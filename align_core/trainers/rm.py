@@ -1,18 +1,35 @@
-"""Reward model: a score head trained on preference pairs with the pairwise (Bradley-Terry) loss."""
+"""Reward model: a score head trained on preference pairs with the pairwise (Bradley-Terry) loss.
+
+Each step scores the 2b chosen and rejected sequences in one forward pass and reads each one's score at its
+last token; with ``train_cfgs.packing`` the 2b sequences are packed padding-free and read back per sequence.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field
 
-from align_core.config import TrainCfgs
 from align_core.data.batch import Batch, forward
 from align_core.losses import pairwise_reward_loss
 from align_core.shards.schema import Kind
 from align_core.trainers.base import Metrics, StepTotals, Trainer
+from align_core.trainers.throughput import PackingSettings
+
+if TYPE_CHECKING:
+    from align_core.models.score import ScoreModelOutput
 
 
-class RMSettings(TrainCfgs):
+def end_scores(output: ScoreModelOutput, batch: Batch) -> torch.Tensor:
+    """(n,) each sequence's score at its last token: the model's own ``end_scores`` of a padded batch, or,
+    of a packed one (a row of scores per bin), the scores at the positions ``Batch.packing`` finds."""
+    if batch.packing is None:
+        return output.end_scores
+    return output.scores.reshape(-1)[batch.packing.last_positions()]
+
+
+class RMSettings(PackingSettings):
     score_regularization: float = Field(
         0.0, ge=0, description="weight of the penalty reg * (r_chosen^2 + r_rejected^2) / 2 that keeps scores near 0"
     )
@@ -30,7 +47,7 @@ class RMTrainer(Trainer):
 
     def _pair_scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(b,) end scores of the chosen and the rejected responses, from one forward over the 2b stacked rows."""
-        chosen_scores, rejected_scores = forward(self.engine, batch).end_scores.float().chunk(2)
+        chosen_scores, rejected_scores = end_scores(forward(self.engine, batch), batch).float().chunk(2)
         return chosen_scores, rejected_scores
 
     def compute_loss(self, batch: Batch, totals: StepTotals) -> tuple[torch.Tensor, Metrics]:

@@ -2,21 +2,26 @@
 linear cross-entropy, torch.compile. Each is one field, declared once here; a trainer that supports it
 inherits it into its settings class (an algorithm without it rejects the key, naming those with it).
 
-==================  =============================  ============================================================
-setting             trainers                       what changes
-==================  =============================  ============================================================
-``packing``         sft, dpo, ipo, simpo, orpo     each training micro-batch's sequences (a pair's chosen and
-                                                   rejected alike) packed padding-free (``align_core.data.packing``);
-                                                   per-sequence log-probs unpacked to (pairs,) by the scorer
-``liger_kernel``    sft, dpo, ipo, simpo, orpo     the output head and log-softmax of the label positions run as
-                                                   Liger's fused linear cross-entropy: no (tokens, vocab) logits
-                                                   (CUDA, ``pip install 'alignflow[gpu]'``, a plain-head model:
-                                                   llama, mistral, qwen2, qwen3, gpt2; not at ZeRO-3)
-``torch_compile``   sft, dpo, ipo, simpo, orpo     the model's decoder body ``torch.compile``d in place
-                                                   (CUDA; not at ZeRO-3); the head and losses stay eager
-==================  =============================  ============================================================
+==================  ==================================  =======================================================
+setting             trainers                            what changes
+==================  ==================================  =======================================================
+``packing``         sft, dpo, ipo, simpo, orpo, kto,    each training micro-batch's sequences (a pair's chosen
+                    rm                                  and rejected alike, KTO's mismatched pairs too) packed
+                                                        padding-free (``align_core.data.packing``), under any
+                                                        attention implementation transformers builds packed
+                                                        masks for or FlashAttention; per-sequence log-probs
+                                                        and reward scores read back per sequence
+``liger_kernel``    sft, dpo, ipo, simpo, orpo          the output head and log-softmax of the label positions
+                                                        run as Liger's fused linear cross-entropy: no (tokens,
+                                                        vocab) logits (CUDA, ``pip install 'alignflow[gpu]'``,
+                                                        a plain-head model: llama, mistral, qwen2, qwen3,
+                                                        gpt2; not at ZeRO-3)
+``torch_compile``   sft, dpo, ipo, simpo, orpo          the model's decoder body ``torch.compile``d in place
+                                                        (CUDA; not at ZeRO-3); the head and losses stay eager
+==================  ==================================  =======================================================
 
-A switch this machine cannot run fails before any data is read, in one line (``check_kernels``).
+A switch this machine cannot run fails before any data is read, in one line (``check_kernels``); an attention
+implementation packing cannot use fails at the first packed forward (``align_core.data.packing.check_packable``).
 """
 
 from __future__ import annotations
@@ -37,11 +42,17 @@ from align_core.errors import UsageError
 LIGER_MIN_VERSION = (0, 8, 5)
 
 
-class ThroughputSettings(TrainCfgs):
-    """The switches of this module: a trainer that supports them has its settings class derive from this."""
+class PackingSettings(TrainCfgs):
+    """``packing`` alone: for a trainer whose model the fused kernels do not apply to (the reward model) or
+    that has not been run with them (KTO)."""
 
     packing: bool = Field(False, description="pack each micro-batch's sequences end to end into rows of at most "
                           "data_cfgs.max_length tokens, padding-free (align_core.data.packing)")
+
+
+class ThroughputSettings(PackingSettings):
+    """The switches of this module: a trainer that supports them has its settings class derive from this."""
+
     liger_kernel: bool = Field(False, description="CUDA: Liger's fused linear cross-entropy for the label tokens' "
                                "log-probs (the gpu extra)")
     torch_compile: bool = Field(False, description="CUDA: torch.compile the model's decoder body")
