@@ -4,7 +4,7 @@
                  plus the algorithm's own settings (its trainer's ``settings`` class: beta for dpo, ...)
     data_cfgs:   train_datasets (materialised dataset folders), eval_datasets, ptx_datasets (online
                  RL's supervised term), max_length, truncation
-    model_cfgs:  model_name_or_path, trust_remote_code
+    model_cfgs:  model_name_or_path, trust_remote_code, attn_implementation, ...
     logger_cfgs: output_dir, log_type
 
 ``load_config(path, ["train_cfgs.epochs=2", ...])`` reads the file, applies each override (the value
@@ -32,6 +32,10 @@ SchedulerName = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
     "cosine_with_min_lr", "warmup_stable_decay",
 ]  # transformers' get_scheduler names that need no extra arguments
+
+# transformers' attn_implementation values a run may load its models with: each takes a packed batch's
+# sequence boundaries (align_core.data.packing); the flash kernels need CUDA and their package (check_kernels)
+AttnImplementation = Literal["sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"]
 
 
 class _Section(BaseModel):
@@ -107,6 +111,9 @@ class ModelCfgs(_Section):
         None, description="algorithms with a reference model (dpo, ipo, kto); None: model_name_or_path"
     )
     trust_remote_code: bool = False
+    attn_implementation: AttnImplementation = Field(
+        "sdpa", description="transformers' attention kernel for every model the run loads (flash: CUDA only)"
+    )
     # parts of a media model to leave untrained (align_core.models.freeze), for every trained model of the run
     freeze_vision_tower: bool = False
     freeze_audio_tower: bool = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from train_data import sft_data, tiny_model, write_config  # noqa: F401
 
+from align_core.config import ModelCfgs
 from align_core.errors import UsageError
 from align_core.trainers.sft import SFTSettings
 from align_core.trainers.throughput import check_kernels, compile_decoder, version_tuple
@@ -14,7 +15,7 @@ from align_core.trainers.throughput import check_kernels, compile_decoder, versi
 @pytest.mark.parametrize("switch", ["liger_kernel", "torch_compile"])
 def test_a_kernel_switch_off_cuda_is_a_one_line_config_error(switch, tiny_model):
     with pytest.raises(UsageError) as raised:
-        check_kernels(SFTSettings(**{switch: True}), str(tiny_model))
+        check_kernels(SFTSettings(**{switch: True}), ModelCfgs(model_name_or_path=str(tiny_model)))
     assert str(raised.value) == f"train_cfgs.{switch}: needs a CUDA device; this run trains on cpu (set {switch}: false)"
 
 
@@ -24,9 +25,9 @@ def test_liger_without_its_package_names_the_extra_to_install(tiny_model, monkey
     monkeypatch.setattr(type(get_accelerator()), "device_name", lambda self, device_index=None: "cuda")
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(UsageError, match=r"^train_cfgs.liger_kernel: the liger-kernel package is not installed \(pip install 'alignflow\[gpu\]'\)$"):
-        check_kernels(SFTSettings(liger_kernel=True), str(tiny_model))
+        check_kernels(SFTSettings(liger_kernel=True), ModelCfgs(model_name_or_path=str(tiny_model)))
     with pytest.raises(UsageError, match="not supported at zero_stage 3"):
-        check_kernels(SFTSettings(torch_compile=True, zero_stage=3), str(tiny_model))
+        check_kernels(SFTSettings(torch_compile=True, zero_stage=3), ModelCfgs(model_name_or_path=str(tiny_model)))
 
 
 def test_a_run_with_liger_on_cpu_stops_before_reading_any_data(tmp_path, tiny_model, sft_data):

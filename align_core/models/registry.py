@@ -12,10 +12,12 @@ Public API::
     causal_lm_class(config, trust_remote_code=False) -> type        # text out: a causal LM or a media LM
     load_processor(path, trust_remote_code=False) -> processor | None  # None: a text-only model
     score_model_class(config, trust_remote_code=False) -> type      # "<Arch>ForScore"
+    check_attention_support(config, attn_implementation, trust_remote_code=False)  # UsageError if unsupported
     chat_formatter_for(config) -> Callable[[list[dict], bool], str] | None
     load_config(path, trust_remote_code=False) -> PretrainedConfig
     load_tokenizer(path, trust_remote_code=False) -> PreTrainedTokenizerBase
     load_causal_lm(path, *, trust_remote_code=False, **from_pretrained_kwargs) -> PreTrainedModel
+                                          # e.g. attn_implementation="flash_attention_2", dtype=torch.bfloat16
     load_score_model(path, *, trust_remote_code=False, score_bias=True, **from_pretrained_kwargs)
 
 Nothing here downloads: a path that is not a local folder is a ``UsageError`` naming it.
@@ -138,6 +140,27 @@ def causal_lm_class(config: PretrainedConfig, trust_remote_code: bool = False) -
         f"model_type {config.model_type!r} has no causal LM class in transformers; "
         "register one with align_core.models.register_model"
     )
+
+
+# the class flag with which a transformers model declares each attention implementation it runs (eager: all)
+ATTENTION_SUPPORT_FLAGS = {
+    "sdpa": "_supports_sdpa",
+    "flex_attention": "_supports_flex_attn",
+    "flash_attention_2": "_supports_flash_attn",
+    "flash_attention_3": "_supports_flash_attn",
+}
+
+
+def check_attention_support(config: PretrainedConfig, attn_implementation: str, trust_remote_code: bool = False) -> None:
+    """A one-line UsageError when ``config``'s model class does not run ``attn_implementation``, before it loads
+    (transformers' own refusal comes at load time, over several lines)."""
+    flag = ATTENTION_SUPPORT_FLAGS.get(attn_implementation)
+    model_class = causal_lm_class(config, trust_remote_code)
+    if flag is None or getattr(model_class, flag, False):
+        return
+    supported = ["eager", *(name for name, other in ATTENTION_SUPPORT_FLAGS.items() if getattr(model_class, other, False))]
+    raise UsageError(f"model_cfgs.attn_implementation: a {config.model_type} model ({model_class.__name__}) does not run "
+                     f"{attn_implementation}; it runs {', '.join(supported)}")
 
 
 def score_model_class(config: PretrainedConfig, trust_remote_code: bool = False) -> type[PreTrainedModel]:

@@ -134,11 +134,12 @@ class Trainer:
         return model_cfgs.lora is not None and not model_cfgs.reference_model_name_or_path
 
     def load_options(self) -> dict[str, Any]:
-        """Keyword arguments of the registry's loaders for the run's trained models: remote code, and QLoRA's
-        quantized loading (which fails here, in one line, where it cannot run)."""
+        """Keyword arguments of the registry's loaders for the run's trained models: remote code, the attention
+        implementation, and QLoRA's quantized loading (which fails here, in one line, where it cannot run)."""
         model_cfgs = self.config.model_cfgs
         quantized = quantized_loading(model_cfgs.quantization, resolve_dtype(self.train_cfgs.precision), self.train_cfgs.zero_stage)
-        return {"trust_remote_code": model_cfgs.trust_remote_code, **quantized}
+        return {"trust_remote_code": model_cfgs.trust_remote_code, "attn_implementation": model_cfgs.attn_implementation,
+                **quantized}
 
     # ----- algorithm hooks -------------------------------------------------------------------------
 
@@ -264,8 +265,7 @@ class Trainer:
         """Data, models, checkpoints (restored when resuming) and metrics, in the order ranks must agree on."""
         dist = self.dist
         self.load_options()  # a model setting this machine cannot run fails before any data is read
-        model_cfgs = self.config.model_cfgs
-        check_kernels(self.train_cfgs, model_cfgs.model_name_or_path, model_cfgs.trust_remote_code)
+        check_kernels(self.train_cfgs, self.config.model_cfgs)
         train_rows, train_lengths, collate = self.load_datasets(self.config.data_cfgs.train_datasets)
         self.collate = self.train_collate(collate)
         # The order is a pure function of (seed, epoch, rank): a resume skips batches without reading them.

@@ -20,8 +20,13 @@ setting             trainers                            what changes
                                                         (CUDA; not at ZeRO-3); the head and losses stay eager
 ==================  ==================================  =======================================================
 
-A switch this machine cannot run fails before any data is read, in one line (``check_kernels``); an attention
-implementation packing cannot use fails at the first packed forward (``align_core.data.packing.check_packable``).
+The attention kernel is ``model_cfgs.attn_implementation`` (every model of a run loads with it). A packed batch
+gives each of its values the sequence boundaries: FlashAttention (``flash_attention_2/3``) reads them as
+``cu_seq_lens`` with no mask at all, flex_attention builds a block-sparse mask, sdpa and eager a dense (L, L) one.
+
+A switch or attention implementation this machine or model cannot run fails before any data is read, in one
+line (``check_kernels``); an attention implementation packing cannot use fails at the first packed forward
+(``align_core.data.packing.check_packable``).
 """
 
 from __future__ import annotations
@@ -33,13 +38,21 @@ from typing import Any
 
 import torch
 from pydantic import Field
+from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
-from align_core.config import TrainCfgs
+from align_core.config import ModelCfgs, TrainCfgs
 from align_core.errors import UsageError
 
 # liger-kernel's fused cross-entropy with reduction="none" scaled every token's gradient by the first
 # token's before Liger-Kernel PR #1298 (merged 2026-07); preference losses weigh each sequence differently
 LIGER_MIN_VERSION = (0, 8, 5)
+# what each FlashAttention implementation needs installed, transformers' check of it (on CUDA), and how to install it
+FLASH_ATTENTION = {
+    "flash_attention_2": ("the flash-attn package (>= 2.3.3)", is_flash_attn_2_available,
+                          "pip install flash-attn --no-build-isolation"),
+    "flash_attention_3": ("FlashAttention-3 (the flash-attn-3 package)", is_flash_attn_3_available,
+                          "build it from the hopper/ folder of the Dao-AILab/flash-attention repository"),
+}
 
 
 class PackingSettings(TrainCfgs):
@@ -67,11 +80,12 @@ def packing_collate(collate: Any, capacity: int) -> Any:
     return dataclasses.replace(collate, pack_capacity=capacity)
 
 
-def check_kernels(train_cfgs: TrainCfgs, model_path: str, trust_remote_code: bool = False) -> None:
-    """One line naming the first kernel switch this run cannot use here, and why; nothing when all can."""
+def check_kernels(train_cfgs: TrainCfgs, model_cfgs: ModelCfgs) -> None:
+    """One line naming the first kernel switch or attention implementation this run cannot use here, and why;
+    nothing when all can."""
     from deepspeed.accelerator import get_accelerator
 
-    from align_core.models.registry import load_config
+    from align_core.models.registry import check_attention_support, load_config
     from align_core.reference.scoring import PLAIN_HEAD_MODEL_TYPES
 
     device = get_accelerator().device_name()
@@ -82,6 +96,7 @@ def check_kernels(train_cfgs: TrainCfgs, model_path: str, trust_remote_code: boo
             raise UsageError(f"train_cfgs.{switch}: needs a CUDA device; this run trains on {device} (set {switch}: false)")
         if train_cfgs.zero_stage == 3:
             raise UsageError(f"train_cfgs.{switch}: not supported at zero_stage 3 (ZeRO-3 partitions the weights it reads)")
+    model_config = load_config(model_cfgs.model_name_or_path, model_cfgs.trust_remote_code)
     if getattr(train_cfgs, "liger_kernel", False):
         if importlib.util.find_spec("liger_kernel") is None:
             raise UsageError("train_cfgs.liger_kernel: the liger-kernel package is not installed (pip install 'alignflow[gpu]')")
@@ -89,10 +104,27 @@ def check_kernels(train_cfgs: TrainCfgs, model_path: str, trust_remote_code: boo
         if version_tuple(found) < LIGER_MIN_VERSION:
             wanted = ".".join(map(str, LIGER_MIN_VERSION))
             raise UsageError(f"train_cfgs.liger_kernel: needs liger-kernel >= {wanted} (correct per-token gradients); found {found}")
-        model_type = load_config(model_path, trust_remote_code).model_type
-        if model_type not in PLAIN_HEAD_MODEL_TYPES:
-            raise UsageError(f"train_cfgs.liger_kernel: a {model_type} model's logits are not a plain projection of its "
-                             f"last hidden state; fused: {', '.join(sorted(PLAIN_HEAD_MODEL_TYPES))}")
+        if model_config.model_type not in PLAIN_HEAD_MODEL_TYPES:
+            raise UsageError(f"train_cfgs.liger_kernel: a {model_config.model_type} model's logits are not a plain projection "
+                             f"of its last hidden state; fused: {', '.join(sorted(PLAIN_HEAD_MODEL_TYPES))}")
+    check_flash_attention(model_cfgs.attn_implementation, device, train_cfgs.precision)
+    check_attention_support(model_config, model_cfgs.attn_implementation, model_cfgs.trust_remote_code)
+
+
+def check_flash_attention(implementation: str, device: str, precision: str) -> None:
+    """A FlashAttention implementation needs a CUDA device, its package and 16-bit training; a one-line error."""
+    from align_core.trainers.engine import resolve_dtype
+
+    if implementation not in FLASH_ATTENTION:
+        return
+    key = f"model_cfgs.attn_implementation: {implementation}"
+    if device != "cuda":
+        raise UsageError(f"{key} needs a CUDA device; this run trains on {device} (use sdpa, eager or flex_attention)")
+    package, is_available, install = FLASH_ATTENTION[implementation]
+    if not is_available():
+        raise UsageError(f"{key} needs {package}, which is not installed ({install})")
+    if resolve_dtype(precision) == torch.float32:
+        raise UsageError(f"{key} runs in bf16 or fp16; this run trains in fp32 (set train_cfgs.precision: bf16)")
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
