@@ -1,6 +1,6 @@
 """GPU throughput and MFU: our engine vs a plain bf16 PyTorch loop, SFT and DPO, padded and packed.
 
-    python bench/gpu.py [--size 150m] [--steps 30] [--warmup 5] [--rounds 1] [--peak-tflops 989]
+    python bench/gpu.py [--size 150m] [--steps 30] [--warmup 5] [--rounds 1] [--peak-tflops 989] [--attn sdpa]
     python bench/gpu.py --smoke        # a tiny model, a few steps: runs on CPU, tests the script
 
 A Llama is built offline from a config (``--size``: tiny, 150m, 400m, 1b; the tokenizer is a BPE trained
@@ -20,6 +20,10 @@ every ratio compares numbers from the same run. Variants are ``LOOP-ALGO[-packed
   ...-liger         train_cfgs.liger_kernel (CUDA with liger-kernel only)
   ...-compile       train_cfgs.torch_compile (CUDA only)
 
+Every variant, ours and plain alike, loads the model with ``--attn`` (transformers' attn_implementation, our
+``model_cfgs.attn_implementation``); default flash_attention_2 where it runs (CUDA and the flash-attn package),
+else sdpa. Packed batches reach FlashAttention's varlen kernel without a mask; sdpa gets a dense (L, L) one.
+
 Unit: non-pad tokens per second over the timed steps (SFT: the rows' tokens; DPO: the chosen and the
 rejected sequences' tokens), everything between two optimizer steps counted. MFU = 6 x N x tokens/s over
 the device's peak dense bf16 FLOP/s (N: every parameter of the model; a table of known cards, or
@@ -38,9 +42,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from align_core.config import AttnImplementation
 from bench.harness import (
     StepClock,
     emit,
@@ -126,8 +132,26 @@ def write_rows(folder: Path, count: int, prompt_words: tuple[int, int], answer_w
     return supervised, preference
 
 
-def prepare(workdir: Path, size: str, smoke: bool) -> dict:
-    """The model, both datasets and their token caches: what every variant reads."""
+def attention(requested: str | None) -> str:
+    """The attention implementation every variant loads with: ``requested``, else flash_attention_2 where it runs
+    (transformers' check: a CUDA device and flash-attn >= 2.3.3), else sdpa. A FlashAttention this machine cannot
+    run stops the script here, in one line, before the setup."""
+    from deepspeed.accelerator import get_accelerator
+    from transformers.utils import is_flash_attn_2_available
+
+    from align_core.errors import UsageError
+    from align_core.trainers.throughput import check_flash_attention
+
+    attn = requested or ("flash_attention_2" if is_flash_attn_2_available() else "sdpa")
+    try:
+        check_flash_attention(attn, get_accelerator().device_name(), "auto")
+    except UsageError as error:
+        raise SystemExit(f"error: {error}") from None
+    return attn
+
+
+def prepare(workdir: Path, size: str, smoke: bool, attn: str = "sdpa") -> dict:
+    """The model, both datasets and their token caches, and the attention implementation: what every variant reads."""
     from align_core.data import TokenDataset, tokenize_dataset
     from align_core.materialize import materialize_dataset
     from align_core.models.tiny import build_tiny_model
@@ -143,7 +167,7 @@ def prepare(workdir: Path, size: str, smoke: bool) -> dict:
         caches[algorithm] = str(tokenize_dataset(datasets[algorithm], model_dir, config["max_length"], "truncate_prompt_left",
                                                  workdir / "token_cache"))
     lengths = {algorithm: TokenDataset(cache).lengths.tolist() for algorithm, cache in caches.items()}
-    return {**config, "workdir": str(workdir), "model": str(model_dir), "size": size, "datasets": datasets,
+    return {**config, "workdir": str(workdir), "model": str(model_dir), "size": size, "attn": attn, "datasets": datasets,
             "caches": caches, "lengths": lengths, "parameters": parameter_count(model_dir)}
 
 
@@ -202,7 +226,7 @@ def measure_ours(setup: dict, name: str, variant: dict, steps: int, warmup: int)
         "train_cfgs": train_cfgs,
         "data_cfgs": {"train_datasets": [setup["datasets"][algorithm]], "max_length": setup["max_length"],
                       "truncation": "truncate_prompt_left", "token_cache_dir": str(Path(setup["caches"][algorithm]).parent)},
-        "model_cfgs": {"model_name_or_path": setup["model"]},
+        "model_cfgs": {"model_name_or_path": setup["model"], "attn_implementation": setup["attn"]},
         "logger_cfgs": {"output_dir": str(out), "log_type": "none", "progress_bar": False},
     }
     config_file = out.with_suffix(".yaml")
@@ -228,7 +252,7 @@ def measure_plain(setup: dict, algorithm: str, steps: int, warmup: int) -> dict:
     device = torch.device(accelerator.current_device_name())
     on_cuda = device.type == "cuda"
     torch.manual_seed(0)
-    model = load_causal_lm(setup["model"]).to(device).train()
+    model = load_causal_lm(setup["model"], attn_implementation=setup["attn"]).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), fused=on_cuda)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=steps + warmup + 1)
     rows = TokenDataset(setup["caches"][algorithm])
@@ -303,7 +327,7 @@ def report(setup: dict, medians: dict[str, dict], device: str, peak: float | Non
     the rows it printed. On a shared CPU the per-CPU-second ratio is the steadier one; on a GPU, wall."""
     parameters = setup["parameters"]
     peak_text = f"{peak / 1e12:.1f} TFLOP/s" if peak else "none"
-    print(f"\n{device}; peak {peak_text} ({source}); N = {parameters / 1e6:.1f}M parameters")
+    print(f"\n{device}; attention {setup['attn']}; peak {peak_text} ({source}); N = {parameters / 1e6:.1f}M parameters")
     print("variant                tokens/s  per CPU s   step ms   vs plain (wall, CPU)      MFU   first loss")
     rows = {}
     for variant, values in medians.items():
@@ -334,6 +358,8 @@ def gpu_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=tuple(SIZES), default="150m")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 3 timed steps, 1 round: a CPU check of the script")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak bf16 TFLOP/s (default: the table, by name)")
+    parser.add_argument("--attn", choices=get_args(AttnImplementation),
+                        help="attention implementation of every variant (default: flash_attention_2 where it runs, else sdpa)")
 
 
 def main() -> None:
@@ -351,21 +377,24 @@ def main() -> None:
     variants = args.variants.split(",") if args.variants else list(DEFAULT_VARIANTS)
     for variant in variants:
         parse_variant(variant)  # a typo fails here, before minutes of setup
+    attn = attention(args.attn)
     workdir = args.workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    setup = prepare(workdir, args.size, args.smoke)
+    setup = prepare(workdir, args.size, args.smoke, attn)
     setup_file = workdir / "setup.json"
     setup_file.write_text(json.dumps(setup))
     pads = pad_fractions(setup)
     for algorithm, lengths in setup["lengths"].items():
         print(f"{algorithm}: {len(lengths)} rows, tokens per row (longest sequence) median {statistics.median(lengths):.0f} "
               f"(max {max(lengths)}), batch {setup[f'{algorithm}_batch']}, padding {pads[algorithm]:.1%} shuffled", flush=True)
-    print(f"setup {time.perf_counter() - started:.0f} s; {args.steps} timed steps after {args.warmup}", flush=True)
+    print(f"setup {time.perf_counter() - started:.0f} s; {args.steps} timed steps after {args.warmup}; attention {attn}",
+          flush=True)
     medians = run_rounds(lambda variant: run_worker(__file__, variant, setup_file, args.steps, args.warmup), variants, args.rounds)
     device, peak, source = device_peak(args.peak_tflops)
     rows = report(setup, medians, device, peak, source)
-    save_results("gpu", {"size": args.size, "smoke": args.smoke, "device": device, "peak_flops": peak, "peak_source": source,
+    save_results("gpu", {"size": args.size, "smoke": args.smoke, "device": device, "attn_implementation": attn,
+                         "peak_flops": peak, "peak_source": source,
                          "parameters": setup["parameters"], "pad_fraction": pads, "variants": rows})
 
 

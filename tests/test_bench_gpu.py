@@ -34,18 +34,36 @@ def test_variant_names_parse_into_loop_algorithm_and_switches():
         gpu.parse_variant("ours-kto")
 
 
+def test_the_attention_is_sdpa_without_cuda_and_flash_off_cuda_stops_the_script_in_one_line():
+    assert gpu.attention(None) == "sdpa" and gpu.attention("eager") == "eager"
+    with pytest.raises(SystemExit) as stopped:
+        gpu.attention("flash_attention_2")
+    assert str(stopped.value) == ("error: model_cfgs.attn_implementation: flash_attention_2 needs a CUDA device; this run "
+                                  "trains on cpu (use sdpa, eager or flex_attention)")
+
+
 @pytest.mark.slow
-def test_the_smoke_path_measures_the_plain_loop_and_our_packed_engine_on_the_same_rows(tmp_path):
+def test_the_smoke_path_measures_the_plain_loop_and_our_packed_engine_on_the_same_rows(tmp_path, monkeypatch, capsys):
+    from align_core.models import registry
     from align_core.paths import configure_environment
 
     configure_environment()
-    setup = gpu.prepare(tmp_path, "tiny", smoke=True)
+    setup = gpu.prepare(tmp_path, "tiny", smoke=True, attn="eager")
     assert setup["parameters"] > 0 and len(setup["lengths"]["sft"]) == gpu.shape(True)["rows"]
+    loaded, load_causal_lm = [], registry.load_causal_lm
+
+    def recording(*args, **kwargs):
+        loaded.append(load_causal_lm(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(registry, "load_causal_lm", recording)
     plain = gpu.measure("plain-sft", setup, steps=2, warmup=0)
     packed = gpu.measure("ours-sft-packed", setup, steps=2, warmup=0)
+    assert [model.config._attn_implementation for model in loaded] == ["eager", "eager"]  # --attn reaches both loops
     for measured in (plain, packed):
         assert measured["tokens_per_second"] > 0 and measured["step_seconds"] > 0
     assert packed["first_loss"] == pytest.approx(plain["first_loss"], rel=1e-5)  # same model, same first rows
     rows = gpu.report(setup, {"plain-sft": plain, "ours-sft-packed": packed}, "cpu", 1e12, "test")
+    assert "cpu; attention eager; peak 1.0 TFLOP/s (test)" in capsys.readouterr().out
     assert rows["plain-sft"]["vs_plain"] == 1.0
     assert rows["ours-sft-packed"]["mfu"] == pytest.approx(6 * setup["parameters"] * packed["tokens_per_second"] / 1e12)
