@@ -126,8 +126,9 @@ def packed_runs(tmp_path, monkeypatch, model, train, train_cfgs: dict, names: tu
 @pytest.mark.parametrize(("train_cfgs", "names"), [
     ({"algorithm": "sft", "max_steps": 3, "per_device_train_batch_size": 8}, ("loss",)),
     ({"algorithm": "dpo", "max_steps": 2}, ("loss", "rewards/margin", "logps/chosen")),  # the cached reference column
+    ({"algorithm": "dpo", "max_steps": 2, "reference": "live"}, ("loss", "rewards/margin")),  # and a reference model
     ({"algorithm": "rm", "max_steps": 2}, ("loss", "accuracy", "rewards/margin")),  # a score model
-], ids=["sft", "dpo", "rm"])
+], ids=["sft", "dpo", "dpo-live", "rm"])
 def test_a_packed_run_loads_its_model_with_eager_and_logs_the_sdpa_runs_losses(train_cfgs, names, tmp_path, monkeypatch,
                                                                                 tiny_model, request):
     train = request.getfixturevalue("sft_data") if train_cfgs["algorithm"] == "sft" else request.getfixturevalue("preference_data")[0]

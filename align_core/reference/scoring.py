@@ -133,11 +133,13 @@ def score_sequences(scorer: Callable[..., SequenceLogps], batch: Batch) -> Seque
     return forward(scorer, batch, labels=batch.labels, sequence_index=packing.sequence_index, num_sequences=packing.num_sequences)
 
 
-def load_frozen_scorer(path: str, dtype: torch.dtype, trust_remote_code: bool = False) -> ResponseScorer:
+def load_frozen_scorer(path: str, dtype: torch.dtype, trust_remote_code: bool = False,
+                       attn_implementation: str = "sdpa") -> ResponseScorer:
     """A causal LM for scoring only: eval mode (no dropout), no gradients, weights in ``dtype``."""
     from align_core.models.registry import load_causal_lm
 
-    scorer = ResponseScorer(load_causal_lm(path, trust_remote_code=trust_remote_code, dtype=dtype))
+    scorer = ResponseScorer(load_causal_lm(path, trust_remote_code=trust_remote_code, dtype=dtype,
+                                           attn_implementation=attn_implementation))
     scorer.eval()
     scorer.requires_grad_(False)
     return scorer

@@ -68,10 +68,9 @@ class ResponseLogpsTrainer(Trainer):
     def models(self) -> list[ModelRole]:
         roles = super().models()
         if self.uses_reference and not self.cached_reference and not self.reference_is_base:
-            dtype, trust = resolve_dtype(self.train_cfgs.precision), self.config.model_cfgs.trust_remote_code
-            roles.append(
-                ModelRole(REFERENCE, lambda: load_frozen_scorer(self.reference_model_path(), dtype, trust), trained=False)
-            )
+            dtype, model_cfgs = resolve_dtype(self.train_cfgs.precision), self.config.model_cfgs
+            roles.append(ModelRole(REFERENCE, lambda: load_frozen_scorer(
+                self.reference_model_path(), dtype, model_cfgs.trust_remote_code, model_cfgs.attn_implementation), trained=False))
         return roles
 
     def load_datasets(self, dataset_dirs: list[str]) -> tuple[Dataset, list[int], Any]:
