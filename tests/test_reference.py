@@ -317,6 +317,7 @@ def test_pipeline_computes_reference_columns_once_before_dpo_and_kto_train(prefe
 
     config = pipeline_yaml(tmp_path)
     spec = yaml.safe_load(config.read_text())
+    del spec["datasets"]["alpaca"]  # no job reads it: materialising and validating it was time spent on nothing
     settings = {"train_cfgs": {"max_steps": 2, "save_interval": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-3},
                 "data_cfgs": {"max_length": 128}}
     spec["jobs"] = {
