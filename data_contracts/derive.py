@@ -320,7 +320,8 @@ class RowDeriver:
         if self.near_duplicates is not None and derived.prompt_sketches is not None:
             first = np.flatnonzero(~columns["prompt_repeat"])  # exact repeats are duplicate_prompts' finding
             self.near_duplicates.add(derived.prompt_sketches, first, derived.columns["id"], derived.prompt_texts)
-        return pa.table({name: _as_arrow(values) for name, values in columns.items()}).to_pandas()
+        # one thread: the runner already derives a batch per core, and Arrow's pool on top oversubscribes them
+        return pa.table({name: _as_arrow(values) for name, values in columns.items()}).to_pandas(use_threads=False)
 
     def _repeats(self, key: str, hashes: np.ndarray) -> np.ndarray:
         """(rows,) True where the hash occurred earlier in this batch or any earlier batch."""

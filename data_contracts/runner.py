@@ -183,7 +183,9 @@ class DeriveBatchPart:
     def __call__(self, part: tuple[str, int]) -> DerivedBatch:
         path, index = part
         with pa.memory_map(path) as source:  # an uncompressed batch points into the map: derive inside
-            batch = pa.ipc.open_file(source).get_batch(index).select(_input_columns(self.kind, self.media))
+            # decompressed on this thread: the runner already derives a batch per core (Arrow's pool would oversubscribe)
+            reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(use_threads=False))
+            batch = reader.get_batch(index).select(_input_columns(self.kind, self.media))
             return derive_batch(batch, self.kind, self.media, _prober(self.dataset_dir, self.dataset_digest),
                                 near_duplicate_similarity=self.near_duplicate_similarity)
 
