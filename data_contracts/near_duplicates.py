@@ -32,7 +32,7 @@ CLUSTERS_LISTED = 10
 IDS_LISTED = 10
 SAMPLE_CHARS = 160
 SAMPLE_IDS = 5
-_BIGRAM_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_FIBONACCI_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd: word bigrams and LSH bands chain by it
 _WORD_MULTIPLIER = np.uint64(0x100000001B3)  # FNV-1a's 64-bit prime
 # byte -> itself lower-cased if it belongs to a word (ASCII letters and digits, any byte of a non-ASCII
 # character), else 0
@@ -106,7 +106,7 @@ def shingle_hashes(texts: pa.Array, salts: np.ndarray | None = None) -> tuple[np
     next_hashes = np.append(hashes[1:], np.uint64(0))
     with_next = np.append(row[1:] == row[:-1], False)
     keep = with_next | (counts[row] == 1)
-    shingles = np.where(with_next, hashes * _BIGRAM_MULTIPLIER + next_hashes, hashes)[keep]
+    shingles = np.where(with_next, hashes * _FIBONACCI_MULTIPLIER + next_hashes, hashes)[keep]
     shingle_row = row[keep]
     if salts is not None:
         shingles = fmix(shingles ^ salts[shingle_row], 64)
@@ -162,7 +162,7 @@ def band_keys(minima: np.ndarray, bands: int, band_rows: int) -> np.ndarray:
     columns = minima[:, : bands * band_rows].reshape(len(minima), bands, band_rows)
     keys = columns[:, :, 0].astype(np.uint64)
     for column in range(1, band_rows):
-        keys *= _BIGRAM_MULTIPLIER
+        keys *= _FIBONACCI_MULTIPLIER
         keys += columns[:, :, column]
     return keys
 
