@@ -244,7 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run(args[0], args[1:])
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        # one write of the whole line: under `python -u` print() writes the text and its newline apart, and
+        # two ranks failing alike interleaved them into one unreadable line
+        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.flush()
         return 2
     finally:
         _leave_process_group()

@@ -33,6 +33,26 @@ def test_a_bad_config_key_exits_2_and_raises_the_childs_error_message(tmp_path):
     assert lines[0].startswith("launching: ") and not any(line.startswith("error:") for line in lines)
 
 
+def test_a_rank_writes_its_error_line_in_one_write_so_ranks_failing_alike_cannot_interleave_it(tmp_path, monkeypatch):
+    # Under `python -u` each write reaches the pipe at once; a line written in one piece stays whole beside another rank's.
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"train_cfgs": {"algorithm": "sft", "max_step": 3}}))
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    assert launch.main([str(config)]) == 2
+    assert len(writes) == 1 and writes[0].startswith("error: ") and writes[0].endswith("max_step' (did you mean 'max_steps'?) "
+                                                                                       "(sft reads liger_kernel, packing, torch_compile and the common keys)\n")
+
+
 def test_the_cli_prints_one_error_line_when_the_launched_run_exits_2(tmp_path, sft_data):
     # The config loads and its data passed its contract, so only the child finds that the model is missing.
     config = write_config(tmp_path / "c.yaml", tmp_path / "no-model", [sft_data], tmp_path / "out")
