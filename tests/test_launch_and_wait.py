@@ -4,6 +4,7 @@ where to resume, and a run that printed no result is answered from its ``train_r
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -33,24 +34,28 @@ def test_a_bad_config_key_exits_2_and_raises_the_childs_error_message(tmp_path):
     assert lines[0].startswith("launching: ") and not any(line.startswith("error:") for line in lines)
 
 
-def test_a_rank_writes_its_error_line_in_one_write_so_ranks_failing_alike_cannot_interleave_it(tmp_path, monkeypatch):
-    # Under `python -u` each write reaches the pipe at once; a line written in one piece stays whole beside another rank's.
+def test_a_rank_writes_its_error_line_in_one_write_so_ranks_failing_alike_cannot_interleave_it(tmp_path):
+    # Under `python -u` each write reaches the pipe at once; a line written in one piece stays whole beside another
+    # rank's. Run as a rank is (python -u, its own process: main configures the process environment).
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"train_cfgs": {"algorithm": "sft", "max_step": 3}}))
-    writes: list[str] = []
-
-    class Recorder:
-        def write(self, text: str) -> int:
-            writes.append(text)
-            return len(text)
-
-        def flush(self) -> None:
-            pass
-
-    monkeypatch.setattr(sys, "stderr", Recorder())
-    assert launch.main([str(config)]) == 2
-    assert len(writes) == 1 and writes[0].startswith("error: ") and writes[0].endswith("max_step' (did you mean 'max_steps'?) "
-                                                                                       "(sft reads liger_kernel, packing, torch_compile and the common keys)\n")
+    script = (
+        "import json, sys\n"
+        "from align_core import launch\n"
+        "writes = []\n"
+        "class Recorder:\n"
+        "    def write(self, text): writes.append(text); return len(text)\n"
+        "    def flush(self): pass\n"
+        "sys.stderr = Recorder()\n"
+        f"code = launch.main([{str(config)!r}])\n"
+        "print(json.dumps({'code': code, 'writes': writes}))\n"
+    )
+    child = subprocess.run([sys.executable, "-u", "-c", script], capture_output=True, text=True, check=True)
+    outcome = json.loads(child.stdout.strip().splitlines()[-1])
+    assert outcome["code"] == 2
+    message = (f"{config}: unknown config key 'train_cfgs.max_step' (did you mean 'max_steps'?) "
+               "(sft reads liger_kernel, packing, torch_compile and the common keys)")
+    assert outcome["writes"] == [f"error: {message}\n"]
 
 
 def test_the_cli_prints_one_error_line_when_the_launched_run_exits_2(tmp_path, sft_data):
